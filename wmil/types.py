@@ -1,0 +1,107 @@
+"""Typed batches and specs shared by every layer.
+
+Shape letters: B batch, T time, A action dimension, F feature dimension.
+Observation shapes are written ``O`` (``(D,)`` for vectors, ``(C, H, W)`` for pixels).
+
+Time alignment (DESIGN.md, decided once in ``wmil.data``): an episode has T actions and
+T+1 observations. In a sequence window, step t holds
+
+    obs[t]          the observation at step t
+    prev_action[t]  the action that led to obs[t]   (zeros where is_first[t])
+    reward[t]       the reward received on arriving at obs[t] (0 where is_first[t])
+    is_first[t]     obs[t] is the first observation of an episode (a reset)
+    is_terminal[t]  obs[t] is a terminal state (the MDP ended there; not a time-out)
+    action[t]       the action taken at obs[t]       (zeros where not action_mask[t])
+    action_mask[t]  action[t] is a real logged action (False at an episode's last obs)
+
+so that ``prev_action[t+1] == action[t]`` inside an episode. Algorithms never shift indices.
+
+              obs[0]   obs[1]   ...   obs[T-1]   obs[T]
+    prev_act    0       a[0]    ...   a[T-2]     a[T-1]
+    action     a[0]     a[1]    ...   a[T-1]      0 (masked)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, replace
+from typing import Optional
+
+import torch
+
+
+def _to(obj, device):
+    return replace(obj, **{f.name: getattr(obj, f.name).to(device) for f in fields(obj)
+                           if isinstance(getattr(obj, f.name), torch.Tensor)})
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """What a dataset (and every model trained on it) consumes and produces."""
+
+    obs_shape: tuple[int, ...]
+    """(D,) for vector observations, (C, H, W) for pixels."""
+    obs_dtype: str
+    """'float32' for vectors, 'uint8' for pixels."""
+    action_dim: int
+    """Number of discrete actions (one-hot width) or the continuous action dimension A."""
+    discrete: bool
+    """True for Discrete action spaces (one-hot inside models), False for Box."""
+    action_low: Optional[tuple[float, ...]] = None
+    """Lower bound of a continuous action space (None for discrete)."""
+    action_high: Optional[tuple[float, ...]] = None
+    """Upper bound of a continuous action space (None for discrete)."""
+
+    @property
+    def pixels(self) -> bool:
+        return len(self.obs_shape) == 3
+
+    def to_dict(self) -> dict:
+        return {
+            "obs_shape": list(self.obs_shape), "obs_dtype": self.obs_dtype,
+            "action_dim": self.action_dim, "discrete": self.discrete,
+            "action_low": None if self.action_low is None else list(self.action_low),
+            "action_high": None if self.action_high is None else list(self.action_high),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "DataSpec":
+        return cls(
+            obs_shape=tuple(d["obs_shape"]), obs_dtype=d["obs_dtype"],
+            action_dim=int(d["action_dim"]), discrete=bool(d["discrete"]),
+            action_low=None if d.get("action_low") is None else tuple(d["action_low"]),
+            action_high=None if d.get("action_high") is None else tuple(d["action_high"]),
+        )
+
+
+@dataclass(frozen=True)
+class SequenceBatch:
+    """Windows of length T from whole episodes (never crossing an episode end)."""
+
+    obs: torch.Tensor          # (B, T, *O) float32 vectors or uint8 pixels
+    prev_action: torch.Tensor  # (B, T, A) float32, one-hot for discrete
+    action: torch.Tensor       # (B, T, A) float32, one-hot for discrete
+    reward: torch.Tensor       # (B, T) float32
+    is_first: torch.Tensor     # (B, T) bool
+    is_terminal: torch.Tensor  # (B, T) bool
+    action_mask: torch.Tensor  # (B, T) bool
+
+    def to(self, device) -> "SequenceBatch":
+        return _to(self, device)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return tuple(self.is_first.shape)  # type: ignore[return-value]
+
+
+@dataclass(frozen=True)
+class TransitionBatch:
+    """Single transitions (s, a, r, s', done) sampled uniformly over all logged actions."""
+
+    obs: torch.Tensor       # (B, *O)
+    action: torch.Tensor    # (B, A) float32, one-hot for discrete
+    reward: torch.Tensor    # (B,)
+    next_obs: torch.Tensor  # (B, *O)
+    done: torch.Tensor      # (B,) bool: next_obs is terminal (not a time-out)
+
+    def to(self, device) -> "TransitionBatch":
+        return _to(self, device)

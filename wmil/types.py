@@ -13,6 +13,7 @@ T+1 observations. In a sequence window, step t holds
     is_terminal[t]  obs[t] is a terminal state (the MDP ended there; not a time-out)
     action[t]       the action taken at obs[t]       (zeros where not action_mask[t])
     action_mask[t]  action[t] is a real logged action (False at an episode's last obs)
+    mask[t]         step t is real data (False only on padding; None when nothing is padded)
 
 so that ``prev_action[t+1] == action[t]`` inside an episode. Algorithms never shift indices.
 
@@ -84,6 +85,9 @@ class SequenceBatch:
     is_first: torch.Tensor     # (B, T) bool
     is_terminal: torch.Tensor  # (B, T) bool
     action_mask: torch.Tensor  # (B, T) bool
+    mask: Optional[torch.Tensor] = None
+    # (B, T) bool: step t is real data; False only on the right padding of a window taken from
+    # an episode shorter than T (sampler option ``pad=True``). None means every step is real.
 
     def to(self, device) -> "SequenceBatch":
         return _to(self, device)

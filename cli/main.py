@@ -1,0 +1,214 @@
+"""The ``wmil`` command line. Heavy modules are imported inside commands so --help is instant."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from wmil.errors import UserError
+
+
+def _fmt(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, dict) and {"mean", "std", "min", "max"} <= set(value):
+        return f"{value['mean']:.2f} ± {value['std']:.2f} (min {value['min']:.2f}, max {value['max']:.2f})"
+    if isinstance(value, dict):
+        return json.dumps(value)
+    return str(value)
+
+
+def print_summary(summary: dict) -> None:
+    width = max(len(k) for k in summary)
+    for key, value in summary.items():
+        click.echo(f"  {key:<{width}}  {_fmt(value)}")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="wmil")
+def cli():
+    """wmil: offline imitation learning inside learned world models.
+
+    \b
+    Pipeline:  build-dataset → train-model → imagine → evaluate
+    Datasets are Minari datasets in $MINARI_DATASETS_PATH (default ~/.minari/datasets).
+    """
+
+
+# ---------------------------------------------------------------------------------------------
+@cli.command("build-dataset")
+@click.argument("recipe", required=False, type=click.Path(dir_okay=False))
+@click.option("--name", help="Dataset id 'namespace/name-vN' (overrides the recipe).")
+@click.option("--env", "env_id", help="Gymnasium id, e.g. CartPole-v1, ALE/Pong-v5, FetchPush-v4.")
+@click.option("--policy", help="random | expert | module:callable | policy.pt (TorchScript) | model.zip (SB3).")
+@click.option("--epsilon", help="ε (or comma list: episodes split evenly), random-action prob. / action noise.")
+@click.option("--episodes", type=int, help="Number of episodes.")
+@click.option("--seed", type=int, help="Episode k is reset with seed+k (default 0).")
+@click.option("--workers", type=int, help="Parallel environment copies (default 1).")
+@click.option("--pixels", type=int, help="Render observations to N×N uint8 images (e.g. 64).")
+@click.option("--grayscale", is_flag=True, default=None, help="One-channel pixel observations.")
+@click.option("--max-episode-steps", type=int, help="Override the environment's time limit.")
+@click.option("--ref-min-score", type=float, help="Random-policy return (measured if omitted).")
+@click.option("--ref-max-score", type=float, help="Expert return (measured if omitted and an expert exists).")
+@click.option("--ref-episodes", type=int, help="Episodes to measure missing reference scores (0: skip).")
+@click.option("--overwrite", is_flag=True, help="Replace an existing dataset of the same name.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def build_dataset_cmd(recipe, name, env_id, policy, epsilon, episodes, seed, workers, pixels, grayscale,
+                      max_episode_steps, ref_min_score, ref_max_score, ref_episodes, overwrite, quiet):
+    """Record rollouts of a policy into a Minari dataset (from flags or a YAML RECIPE)."""
+    from wmil.data.build import BuildConfig, build_dataset, load_recipe
+
+    eps = None
+    if epsilon is not None:
+        try:
+            eps = [float(x) for x in epsilon.split(",")]
+        except ValueError:
+            raise UserError(f"--epsilon {epsilon!r}: expected a number or a comma-separated list of numbers") from None
+    overrides = dict(name=name, env=env_id, policy=policy, epsilon=eps, episodes=episodes, seed=seed,
+                     workers=workers, pixels=pixels, grayscale=grayscale, max_episode_steps=max_episode_steps,
+                     ref_min_score=ref_min_score, ref_max_score=ref_max_score, ref_episodes=ref_episodes)
+    if recipe:
+        config = load_recipe(recipe, **overrides)
+    else:
+        if not name or not env_id:
+            raise UserError("build-dataset needs a RECIPE file or both --name and --env")
+        config = BuildConfig(**{k: v for k, v in overrides.items() if v is not None})
+    dataset = build_dataset(config, overwrite=overwrite, progress=not quiet)
+    click.echo(f"wrote {dataset.name} to {dataset.data_dir.parent}")
+    print_summary(dataset.summary())
+
+
+# ---------------------------------------------------------------------------------------------
+@cli.group("datasets")
+def datasets_group():
+    """List, inspect, import, export, merge and split datasets."""
+
+
+@datasets_group.command("list")
+def datasets_list():
+    """Local datasets with episode and step counts."""
+    from wmil.data import names
+    from wmil.data.dataset import load
+
+    found = names.list_names()
+    if not found:
+        click.echo(f"no datasets in {names.datasets_root()}")
+        return
+    click.echo(f"{'name':<40} {'episodes':>9} {'steps':>10}  observation / action")
+    for name in found:
+        try:
+            ds = load(name)
+            click.echo(f"{name:<40} {len(ds):>9} {ds.total_steps:>10}  {ds.observation_space.shape} / {ds.action_space}")
+        except UserError as exc:
+            click.echo(f"{name:<40} {'?':>9} {'?':>10}  unreadable: {exc}")
+
+
+@datasets_group.command("info")
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def datasets_info(name, as_json):
+    """Episodes, steps, return/length statistics, spaces and success rate of NAME."""
+    from wmil.data.dataset import load
+
+    summary = load(name).summary()
+    if as_json:
+        click.echo(json.dumps(summary, indent=2))
+    else:
+        print_summary(summary)
+
+
+@datasets_group.command("import")
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--name", required=True, help="Dataset id 'namespace/name-vN' to create.")
+@click.option("--ref-min-score", type=float, help="Random-policy return for normalised scores.")
+@click.option("--ref-max-score", type=float, help="Expert return for normalised scores.")
+@click.option("--overwrite", is_flag=True)
+def datasets_import(file, name, ref_min_score, ref_max_score, overwrite):
+    """Import a D4RL-style flat HDF5 FILE (observations, actions, rewards, terminals, timeouts)."""
+    from wmil.data.transfer import import_d4rl
+
+    ds = import_d4rl(file, name, overwrite=overwrite, ref_min_score=ref_min_score, ref_max_score=ref_max_score)
+    click.echo(f"imported {file} as {ds.name}: {len(ds)} episodes, {ds.total_steps} steps")
+
+
+@datasets_group.command("export")
+@click.argument("name")
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--overwrite", is_flag=True)
+def datasets_export(name, file, overwrite):
+    """Write dataset NAME to FILE in the flat D4RL layout (with next_observations)."""
+    from wmil.data.transfer import export_d4rl
+
+    path = export_d4rl(name, file, overwrite=overwrite)
+    click.echo(f"exported {name} to {path}")
+
+
+@datasets_group.command("merge")
+@click.argument("sources", nargs=-1, required=True)
+@click.option("--name", required=True, help="Dataset id of the merged dataset.")
+@click.option("--overwrite", is_flag=True)
+def datasets_merge(sources, name, overwrite):
+    """Concatenate SOURCES (same spaces) into a new dataset."""
+    from wmil.data.transfer import merge
+
+    ds = merge(list(sources), name, overwrite=overwrite)
+    click.echo(f"merged {len(sources)} datasets into {ds.name}: {len(ds)} episodes, {ds.total_steps} steps")
+
+
+@datasets_group.command("split")
+@click.argument("source")
+@click.option("--train", "train_name", required=True, help="Dataset id for the training part.")
+@click.option("--validation", "validation_name", required=True, help="Dataset id for the validation part.")
+@click.option("--fraction", default=0.1, show_default=True, help="Fraction of episodes for validation.")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--overwrite", is_flag=True)
+def datasets_split(source, train_name, validation_name, fraction, seed, overwrite):
+    """Split SOURCE by episode into training and validation datasets."""
+    from wmil.data.transfer import split
+
+    train, val = split(source, train_name, validation_name, fraction, seed, overwrite=overwrite)
+    click.echo(f"{train.name}: {len(train)} episodes; {val.name}: {len(val)} episodes")
+
+
+@datasets_group.command("delete")
+@click.argument("name")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+def datasets_delete(name, yes):
+    """Remove dataset NAME from disk."""
+    from wmil.data.storage import delete
+
+    if not yes:
+        click.confirm(f"delete dataset {name}?", abort=True)
+    delete(name)
+    click.echo(f"deleted {name}")
+
+
+def main(argv=None) -> int:
+    """Entry point: UserError → one line on stderr and exit code 2, never a traceback."""
+    try:
+        cli.main(args=argv, prog_name="wmil", standalone_mode=False)
+    except UserError as exc:
+        click.echo(f"error: {exc}", err=True)
+        return 2
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        return 1
+    except click.ClickException as exc:
+        exc.show()
+        return exc.exit_code
+    except KeyboardInterrupt:
+        click.echo("interrupted", err=True)
+        return 130
+    return 0
+
+
+def run() -> None:
+    """Console-script entry point."""
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,235 @@
+"""``wmil build-dataset``: record a policy in an environment into a Minari dataset.
+
+A build is described by a :class:`BuildConfig`, given by CLI flags or by a YAML recipe in
+``datasets/`` (the same field names). Mixed-quality data comes from several ``parts`` (or a
+list of epsilons, which splits the episodes evenly between them).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import yaml
+
+from wmil.data import names
+from wmil.data.collect import Part, collect
+from wmil.data.storage import DatasetWriter, check_writable
+from wmil.envs import EnvConfig, make_env
+from wmil.errors import UserError
+
+#: Offset of the seeds used to measure reference scores (kept apart from the data's seeds).
+REF_SEED_OFFSET = 1_000_000
+
+
+@dataclass
+class BuildConfig:
+    """Everything that defines a recorded dataset (a recipe file has the same fields)."""
+
+    name: str
+    """Dataset id 'namespace/name-vN'."""
+    env: str
+    """Gymnasium environment id, e.g. CartPole-v1, ALE/Pong-v5, FetchPush-v4."""
+    policy: str = "random"
+    """'random', 'expert', 'module:callable', TorchScript .pt or SB3 .zip (when parts is empty)."""
+    epsilon: list[float] = field(default_factory=lambda: [0.0])
+    """ε values; the episodes are split evenly between them (when parts is empty)."""
+    episodes: int = 10
+    """Total number of episodes (when parts is empty)."""
+    parts: list[Part] = field(default_factory=list)
+    """Explicit blocks of (policy, epsilon, episodes); overrides policy/epsilon/episodes."""
+    seed: int = 0
+    """Episode k is reset with seed+k; same seed → identical dataset for any worker count."""
+    workers: int = 1
+    """Parallel environment copies (gymnasium AsyncVectorEnv) when > 1."""
+    pixels: Optional[int] = None
+    """Render observations to N×N uint8 images (C, N, N); ALE always uses pixels (64)."""
+    grayscale: bool = False
+    """One channel instead of three for pixel observations."""
+    max_episode_steps: Optional[int] = None
+    """Override the environment's time limit."""
+    ref_min_score: Optional[float] = None
+    """Return of a random policy; measured over ref_episodes when not given."""
+    ref_max_score: Optional[float] = None
+    """Return of the expert; measured over ref_episodes when not given and an expert exists."""
+    ref_episodes: int = 10
+    """Episodes used to measure missing reference scores (0: do not measure)."""
+    description: str = ""
+    """Free text stored in the dataset metadata."""
+
+    def resolved_parts(self) -> list[Part]:
+        if self.parts:
+            return [p if isinstance(p, Part) else Part(**p) for p in self.parts]
+        eps = self.epsilon if isinstance(self.epsilon, (list, tuple)) else [self.epsilon]
+        counts = [self.episodes // len(eps) + (1 if i < self.episodes % len(eps) else 0) for i in range(len(eps))]
+        return [Part(self.policy, float(e), n) for e, n in zip(eps, counts) if n > 0]
+
+    def env_config(self, pixels: Optional[int] = -1) -> EnvConfig:
+        is_ale = self.env.startswith("ALE/")
+        size = self.pixels if pixels == -1 else pixels
+        grayscale = self.grayscale or (is_ale and size is None)
+        if is_ale and size is None:
+            size = 64
+        return EnvConfig(self.env, pixels=size, grayscale=grayscale if size else False,
+                         max_episode_steps=self.max_episode_steps)
+
+
+def load_recipe(path: str | Path, **overrides) -> BuildConfig:
+    """Read a YAML recipe; ``overrides`` (non-None values) replace its fields."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise UserError(f"{path}: cannot read recipe ({str(exc).splitlines()[0]})") from None
+    if not isinstance(raw, dict):
+        raise UserError(f"{path}: a recipe must be a YAML mapping of BuildConfig fields")
+    known = {f.name for f in dataclasses.fields(BuildConfig)}
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise UserError(f"{path}: unknown field(s) {', '.join(unknown)}; valid fields: {', '.join(sorted(known))}")
+    raw.update({k: v for k, v in overrides.items() if v is not None})
+    for required in ("name", "env"):
+        if required not in raw:
+            raise UserError(f"{path}: missing field '{required}'")
+    if "parts" in raw:
+        try:
+            raw["parts"] = [Part(policy=p.get("policy", raw.get("policy", "random")), epsilon=float(p.get("epsilon", 0.0)),
+                                 episodes=int(p["episodes"])) for p in raw["parts"]]
+        except (KeyError, TypeError, AttributeError, ValueError):
+            raise UserError(f"{path}: field 'parts' must be a list of {{policy, epsilon, episodes}} mappings") from None
+    if "epsilon" in raw and not isinstance(raw["epsilon"], list):
+        raw["epsilon"] = [raw["epsilon"]]
+    return BuildConfig(**raw)
+
+
+def validate(config: BuildConfig) -> None:
+    names.validate_name(config.name)
+    if config.seed < 0:
+        raise UserError(f"--seed {config.seed}: must be >= 0")
+    if config.workers < 1:
+        raise UserError(f"--workers {config.workers}: must be >= 1")
+    parts = config.resolved_parts()
+    if not parts or sum(p.episodes for p in parts) <= 0:
+        raise UserError(f"dataset {config.name}: no episodes requested (--episodes must be >= 1)")
+    for p in parts:
+        if not 0.0 <= p.epsilon <= 1.0:
+            raise UserError(f"dataset {config.name}: epsilon {p.epsilon} must be between 0 and 1")
+    if config.pixels is not None and not 8 <= config.pixels <= 512:
+        raise UserError(f"--pixels {config.pixels}: use a size between 8 and 512 (64 is the default)")
+
+
+def mean_return(env_config: EnvConfig, policy: str, episodes: int, seed: int) -> float:
+    returns = [float(ep.rewards.sum()) for ep in collect(env_config, [Part(policy, 0.0, episodes)], seed)]
+    return float(np.mean(returns))
+
+
+def _has_expert(env_id: str) -> bool:
+    from wmil.data.experts import EXPERT_ENV_IDS
+
+    return env_id in EXPERT_ENV_IDS
+
+
+def reference_scores(config: BuildConfig) -> tuple[Optional[float], Optional[float]]:
+    """(ref_min_score, ref_max_score): given, or measured on seeds apart from the data's."""
+    lo, hi = config.ref_min_score, config.ref_max_score
+    if config.ref_episodes > 0:
+        # Returns do not depend on how observations are rendered: score on the vector env
+        # (much faster for pixel builds), except ALE whose observations are always pixels.
+        env_config = config.env_config(pixels=None) if not config.env.startswith("ALE/") else config.env_config()
+        seed = config.seed + REF_SEED_OFFSET
+        if lo is None:
+            lo = mean_return(env_config, "random", config.ref_episodes, seed)
+        if hi is None and _has_expert(config.env):
+            hi = mean_return(env_config, "expert", config.ref_episodes, seed)
+    return lo, hi
+
+
+def build_dataset(config: BuildConfig, overwrite: bool = False, progress: bool = True):
+    """Record the dataset described by ``config``; returns the opened :class:`Dataset`."""
+    from wmil.data.dataset import load, spec_from_spaces
+
+    validate(config)
+    check_writable(config.name, overwrite)
+    parts = config.resolved_parts()
+    env_config = config.env_config()
+    probe = make_env(env_config)
+    observation_space, action_space = probe.observation_space, probe.action_space
+    env_spec = _registered_spec(config.env)
+    probe.close()
+    spec_from_spaces(observation_space, action_space, f"environment {config.env}")
+    for p in parts:  # fail on a bad policy before recording anything
+        from wmil.data.policies import make_policy
+
+        make_policy(p.policy, action_space, config.env, p.epsilon)
+
+    total = sum(p.episodes for p in parts)
+    started = time.perf_counter()
+    returns, steps = [], 0
+    bar = _progress(total, f"recording {config.name}", progress)
+    with DatasetWriter(config.name, observation_space, action_space, env_spec=env_spec, overwrite=overwrite,
+                       description=config.description) as writer:
+        for episode in collect(env_config, parts, config.seed, config.workers):
+            writer.add(episode)
+            returns.append(float(episode.rewards.sum()))
+            steps += episode.length
+            bar.update(1)
+            bar.set_postfix(steps=steps, mean_return=f"{np.mean(returns):.1f}", refresh=False)
+        bar.close()
+        elapsed = time.perf_counter() - started
+        lo, hi = reference_scores(config)
+        writer.metadata.update({
+            "wmil": {
+                "env": env_config.to_dict(),
+                "parts": [dataclasses.asdict(p) for p in parts],
+                "seed": config.seed,
+                "workers": config.workers,
+                "recipe": _jsonable(dataclasses.asdict(config)),
+                "record_seconds": round(elapsed, 3),
+            },
+            "num_episodes_average_score": config.ref_episodes,
+        })
+        if lo is not None:
+            writer.metadata["ref_min_score"] = lo
+        if hi is not None:
+            writer.metadata["ref_max_score"] = hi
+    return load(config.name)
+
+
+def _jsonable(value):
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+class _NoBar:
+    def update(self, n=1): ...
+    def set_postfix(self, *args, **kwargs): ...
+    def close(self): ...
+
+
+def _progress(total: int, desc: str, enabled: bool):
+    if not enabled:
+        return _NoBar()
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="ep", file=sys.stderr, dynamic_ncols=True)
+
+
+def _registered_spec(env_id: str):
+    """The registered gymnasium spec (without wmil's wrappers), for Minari's metadata."""
+    import gymnasium as gym
+
+    try:
+        return gym.spec(env_id)
+    except Exception:  # an env made through an entry point gymnasium cannot look up again
+        return None

@@ -1,0 +1,80 @@
+"""Dataset names and where datasets live.
+
+Datasets are Minari datasets named ``namespace/name-vN`` (namespace optional, may be nested)
+and stored where Minari stores them: ``$MINARI_DATASETS_PATH`` or ``~/.minari/datasets``, so
+``minari list local`` and ``minari.load_dataset`` see everything wmil writes.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+from wmil.errors import UserError
+
+_SEGMENT = r"[A-Za-z0-9_][A-Za-z0-9_-]*"
+NAME_RE = re.compile(rf"^(?:{_SEGMENT}/)*{_SEGMENT}-v\d+$")
+
+
+def datasets_root() -> Path:
+    """Minari's local dataset directory (honours ``MINARI_DATASETS_PATH``)."""
+    root = os.environ.get("MINARI_DATASETS_PATH")
+    return Path(root) if root else Path.home() / ".minari" / "datasets"
+
+
+def validate_name(name: str) -> str:
+    """Return ``name`` if it is a valid dataset id, else raise a one-line UserError."""
+    if not isinstance(name, str) or not NAME_RE.match(name) or ".." in name:
+        raise UserError(
+            f"invalid dataset name {name!r}: use 'namespace/name-vN' with letters, digits, '_' "
+            "and '-' only (e.g. 'cartpole/expert-v0'); no '..', no leading '/' or '-'"
+        )
+    return name
+
+
+def dataset_dir(name: str) -> Path:
+    """Directory of dataset ``name`` (it holds ``data/metadata.json`` and the HDF5 file)."""
+    return datasets_root() / validate_name(name)
+
+
+def exists(name: str) -> bool:
+    return (dataset_dir(name) / "data" / "metadata.json").is_file()
+
+
+def list_names() -> list[str]:
+    """All complete local datasets (a dataset dir with ``data/metadata.json``), sorted."""
+    root = datasets_root()
+    if not root.is_dir():
+        return []
+    names = []
+    for meta in root.rglob("data/metadata.json"):
+        rel = meta.parent.parent.relative_to(root).as_posix()
+        if not any(part.startswith(".") for part in rel.split("/")):
+            names.append(rel)
+    return sorted(names)
+
+
+def resolve(name_or_path: str | os.PathLike) -> Path:
+    """The ``data`` directory of a dataset given by name or by a filesystem path.
+
+    A path may point at the dataset directory or its ``data`` directory.
+    """
+    path = Path(name_or_path)
+    for candidate in (path / "data", path):
+        if (candidate / "metadata.json").is_file():
+            return candidate
+    text = str(name_or_path)
+    if NAME_RE.match(text) and ".." not in text:
+        data = datasets_root() / text / "data"
+        if (data / "metadata.json").is_file():
+            return data
+        hint = ", ".join(list_names()[:8]) or "none"
+        raise UserError(
+            f"dataset {text!r} not found in {datasets_root()} (local datasets: {hint}); "
+            "build it with 'wmil build-dataset' or set MINARI_DATASETS_PATH"
+        )
+    if path.exists():
+        raise UserError(f"{path}: not a Minari dataset (no data/metadata.json inside)")
+    validate_name(text)  # raises with the naming rule
+    raise AssertionError("unreachable")

@@ -14,7 +14,9 @@ from pathlib import Path
 from wmil.errors import UserError
 
 _SEGMENT = r"[A-Za-z0-9_][A-Za-z0-9_-]*"
-NAME_RE = re.compile(rf"^(?:{_SEGMENT}/)*{_SEGMENT}-v\d+$")
+# Minari wants namespaces of at least two characters.
+_NAMESPACE = r"[A-Za-z0-9_][A-Za-z0-9_-]+"
+NAME_RE = re.compile(rf"^(?:{_NAMESPACE}/)*{_SEGMENT}-v\d+$")
 
 
 def datasets_root() -> Path:
@@ -28,7 +30,7 @@ def validate_name(name: str) -> str:
     if not isinstance(name, str) or not NAME_RE.match(name) or ".." in name:
         raise UserError(
             f"invalid dataset name {name!r}: use 'namespace/name-vN' with letters, digits, '_' "
-            "and '-' only (e.g. 'cartpole/expert-v0'); no '..', no leading '/' or '-'"
+            "and '-' only, namespaces of 2+ characters (e.g. 'cartpole/expert-v0'); no '..', no leading '/' or '-'"
         )
     return name
 

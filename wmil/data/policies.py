@@ -120,7 +120,7 @@ def _coerce_action(action, space: gym.Space, where: str):
     action = np.asarray(action)
     if isinstance(space, gym.spaces.Discrete):
         if action.size > 1:  # logits or probabilities
-            action = int(np.argmax(action.reshape(-1)))
+            return int(np.argmax(action.reshape(-1)))
         return int(action.reshape(()))
     action = action.reshape(space.shape).astype(space.dtype)
     return np.clip(action, space.low, space.high)

@@ -1,0 +1,31 @@
+# The README's two commands: `make demo` (the main job on an embedded default) and `make test`.
+# Both install first; torch is pinned to the CPU build on disk (DESIGN.md) before the package.
+PYTHON ?= python3
+PIP := $(PYTHON) -m pip
+export SDL_VIDEODRIVER ?= dummy
+# The demo keeps its datasets and runs apart from the user's own.
+DEMO_DIR ?= $(CURDIR)/demo_data
+DEMO_ENV := MINARI_DATASETS_PATH=$(DEMO_DIR)/datasets
+
+.PHONY: install demo test test-all bench-collect clean
+
+install:
+	$(PIP) install --quiet torch==2.13.0
+	$(PIP) install --quiet -e ".[all]"
+
+demo: install
+	$(DEMO_ENV) wmil build-dataset datasets/cartpole-expert.yaml --overwrite
+	$(DEMO_ENV) wmil build-dataset datasets/cartpole-world.yaml --overwrite
+	$(DEMO_ENV) wmil datasets list
+
+test: install
+	$(PYTHON) -m pytest -q
+
+test-all: install
+	$(PYTHON) -m pytest -q -m "slow or not slow"
+
+bench-collect: install
+	$(PYTHON) benchmarks/collect.py
+
+clean:
+	rm -rf $(DEMO_DIR) .pytest_cache build *.egg-info

@@ -1,0 +1,62 @@
+"""Shared helpers for benchmark scripts: the result stamp and Markdown tables."""
+
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def stamp() -> str:
+    """Date, commit, CPU, cores, torch version and the exact command, as Markdown lines."""
+    import torch
+
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                cwd=Path(__file__).parent).stdout.strip() or "unknown"
+        dirty = subprocess.run(["git", "status", "--porcelain"], capture_output=True, text=True,
+                               cwd=Path(__file__).parent).stdout.strip()
+        commit += " (with uncommitted changes)" if dirty else ""
+    except OSError:
+        commit = "unknown"
+    command = " ".join(shlex.quote(a) for a in [Path(sys.executable).name] + sys.argv)
+    return "\n".join([
+        f"- date: {datetime.datetime.now().isoformat(timespec='seconds')}",
+        f"- commit: {commit}",
+        f"- CPU: {cpu_model()}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}",
+        f"- torch {torch.__version__}, python {platform.python_version()}",
+        f"- command: `{command}`",
+    ])
+
+
+def table(header: list[str], rows: list[list]) -> str:
+    def fmt(x):
+        return f"{x:,.1f}" if isinstance(x, float) else str(x)
+
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(fmt(x) for x in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def write(name: str, title: str, body: str) -> Path:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / name
+    path.write_text(f"# {title}\n\n{stamp()}\n\n{body}\n")
+    print(path.read_text())
+    return path

@@ -186,6 +186,53 @@ def datasets_delete(name, yes):
     click.echo(f"deleted {name}")
 
 
+# ---------------------------------------------------------------------------------------------
+@cli.command("train-model")
+@click.option("--dataset", "datasets", multiple=True, required=True, help="Dataset name or path (repeatable: all are used).")
+@click.option("--model", default="rssm", show_default=True, help="rssm | gaussian_rssm | dynamics.")
+@click.option("--preset", default="small", show_default=True, help="tiny | small | paper.")
+@click.option("--steps", type=int, help="Optimiser updates (default from the preset).")
+@click.option("--seed", type=int, help="Seed for initialisation, sampling and the validation split.")
+@click.option("--out", type=click.Path(file_okay=False), help="Run directory (default runs/<model>-<dataset>); re-run to resume.")
+@click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda.")
+@click.option("-o", "overrides", multiple=True, help="Any config field: -o lr=1e-4, -o model.deter=256, -o train.batch_size=16.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def train_model_cmd(datasets, model, preset, steps, seed, out, device, overrides, quiet):
+    """Train a world model on all given datasets (mixed quality is the point)."""
+    from wmil.config import parse_overrides
+    from wmil.train.world_model import train_world_model
+
+    train_world_model(list(datasets), model=model, preset=preset, out=out, steps=steps, seed=seed, device=device,
+                      overrides=parse_overrides(overrides), progress=not quiet)
+    from wmil.runs import RunDir
+
+    run = RunDir(out, "world_model") if out else None
+    if run is not None:
+        last = [m for m in run.read_metrics() if "open_loop/ratio_h15" in m]
+        click.echo(f"trained {model}; run dir {run.path}")
+        if last:
+            m = last[-1]
+            click.echo("  open-loop MSE / naive:  " + ",  ".join(
+                f"h{h}: {m[f'open_loop/ratio_h{h}']:.3f}" for h in (1, 5, 15)))
+
+
+@cli.command("evaluate-model")
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@click.option("--dataset", "datasets", multiple=True, help="Evaluate on these datasets (default: the run's held-out episodes).")
+@click.option("--batches", default=8, show_default=True, help="Batches of up to 32 windows.")
+@click.option("--context", default=10, show_default=True, help="Observed steps before imagining.")
+def evaluate_model_cmd(run_dir, datasets, batches, context):
+    """Open-loop prediction error at horizons 1, 5, 15 vs. repeating the last observation."""
+    from wmil.eval.world_model import evaluate_model_run
+
+    report = evaluate_model_run(run_dir, list(datasets) or None, batches=batches, context=context)
+    click.echo(f"{'horizon':>8} {'model MSE':>12} {'naive MSE':>12} {'ratio':>8}")
+    for h in (1, 5, 15):
+        click.echo(f"{h:>8} {report[f'open_loop/mse_h{h}']:>12.5f} {report[f'open_loop/naive_mse_h{h}']:>12.5f} "
+                   f"{report[f'open_loop/ratio_h{h}']:>8.3f}")
+    click.echo(f"report: {report['report_path']}" + (f"; image strip: {report['strip_path']}" if report.get("strip_path") else ""))
+
+
 def main(argv=None) -> int:
     """Entry point: UserError → one line on stderr and exit code 2, never a traceback."""
     try:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +22,7 @@ from wmil.data.collect import Part, collect
 from wmil.data.storage import DatasetWriter, check_writable
 from wmil.envs import EnvConfig, make_env
 from wmil.errors import UserError
+from wmil.progress import progress_bar
 
 #: Offset of the seeds used to measure reference scores (kept apart from the data's seeds).
 REF_SEED_OFFSET = 1_000_000
@@ -171,7 +171,7 @@ def build_dataset(config: BuildConfig, overwrite: bool = False, progress: bool =
     total = sum(p.episodes for p in parts)
     started = time.perf_counter()
     returns, steps = [], 0
-    bar = _progress(total, f"recording {config.name}", progress)
+    bar = progress_bar(total, f"recording {config.name}", progress, unit="ep")
     with DatasetWriter(config.name, observation_space, action_space, env_spec=env_spec, overwrite=overwrite,
                        description=config.description) as writer:
         for episode in collect(env_config, parts, config.seed, config.workers):
@@ -209,20 +209,6 @@ def _jsonable(value):
     if isinstance(value, float) and not math.isfinite(value):
         return None
     return value
-
-
-class _NoBar:
-    def update(self, n=1): ...
-    def set_postfix(self, *args, **kwargs): ...
-    def close(self): ...
-
-
-def _progress(total: int, desc: str, enabled: bool):
-    if not enabled:
-        return _NoBar()
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=desc, unit="ep", file=sys.stderr, dynamic_ncols=True)
 
 
 def _registered_spec(env_id: str):

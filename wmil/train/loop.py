@@ -1,0 +1,75 @@
+"""The training loop every trainer shares: progress bar, logging, evaluation, checkpoints.
+
+A trainer supplies ``update(step) -> metrics`` (one optimiser step), ``evaluate(step) ->
+metrics`` and ``checkpoint() -> payload``; the loop owns cadence, the frames/s figure, the
+NaN guard (a non-finite loss stops training before anything is saved) and the final save.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+from wmil.errors import UserError
+from wmil.progress import progress_bar
+from wmil.runs import RunDir
+
+
+@dataclass
+class LoopConfig:
+    steps: int
+    log_every: int
+    eval_every: int
+    checkpoint_every: int
+    frames_per_update: int = 0
+    """Frames (B×T) per update, for the frames/s figure; 0 to report updates/s only."""
+
+
+def check_finite(step: int, losses: dict, run: RunDir) -> None:
+    for name, value in losses.items():
+        v = float(value.detach()) if hasattr(value, "detach") else float(value)
+        if not math.isfinite(v):
+            last = run.checkpoints()
+            where = f"the last checkpoint ({last[-1].name}) is intact" if last else "no checkpoint was written"
+            raise UserError(f"step {step}: loss term '{name}' is {v}; training stopped ({where}); "
+                            "lower the learning rate or check the data for outliers")
+
+
+def run_loop(run: RunDir, config: LoopConfig, start_step: int,
+             update: Callable[[int], dict], evaluate: Optional[Callable[[int], dict]],
+             checkpoint: Callable[[], dict], progress: bool = True, desc: str = "training",
+             postfix_keys: tuple[str, ...] = ()) -> dict:
+    """Run updates ``start_step+1 … steps``; returns the last logged metrics."""
+    bar = progress_bar(config.steps, desc, progress, unit="upd", initial=start_step)
+    last: dict = {}
+    window_started, window_updates = time.perf_counter(), 0
+    try:
+        for step in range(start_step + 1, config.steps + 1):
+            metrics = update(step)
+            window_updates += 1
+            if step % config.log_every == 0 or step == config.steps:
+                elapsed = max(time.perf_counter() - window_started, 1e-9)
+                rate = window_updates / elapsed
+                metrics = dict(metrics, **{"perf/updates_per_s": rate})
+                if config.frames_per_update:
+                    metrics["perf/frames_per_s"] = rate * config.frames_per_update
+                if evaluate is not None and (step % config.eval_every == 0 or step == config.steps):
+                    metrics.update(evaluate(step))
+                run.log(step, metrics)
+                last = metrics
+                window_started, window_updates = time.perf_counter(), 0
+                shown = {k.split("/")[-1]: f"{metrics[k]:.3g}" for k in postfix_keys if k in metrics}
+                if config.frames_per_update:
+                    shown["fps"] = f"{metrics['perf/frames_per_s']:.0f}"
+                else:
+                    shown["upd/s"] = f"{rate:.1f}"
+                bar.set_postfix(shown, refresh=False)
+            if step % config.checkpoint_every == 0 or step == config.steps:
+                run.save_checkpoint(step, checkpoint())
+            bar.update(1)
+    finally:
+        bar.close()
+        run.close()
+    return last

@@ -17,6 +17,10 @@ demo: install
 	$(DEMO_ENV) wmil build-dataset datasets/cartpole-expert.yaml --overwrite
 	$(DEMO_ENV) wmil build-dataset datasets/cartpole-world.yaml --overwrite
 	$(DEMO_ENV) wmil datasets list
+	rm -rf $(DEMO_DIR)/runs/cartpole-rssm
+	$(DEMO_ENV) wmil train-model --dataset cartpole/world-v0 --model rssm --preset small --steps 600 \
+	    -o batch_size=16 -o seq_len=32 -o eval_every=200 --out $(DEMO_DIR)/runs/cartpole-rssm
+	$(DEMO_ENV) wmil evaluate-model $(DEMO_DIR)/runs/cartpole-rssm
 
 test: install
 	$(PYTHON) -m pytest -q

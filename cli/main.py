@@ -233,6 +233,62 @@ def evaluate_model_cmd(run_dir, datasets, batches, context):
     click.echo(f"report: {report['report_path']}" + (f"; image strip: {report['strip_path']}" if report.get("strip_path") else ""))
 
 
+# ---------------------------------------------------------------------------------------------
+@cli.command("imagine")
+@click.option("--algo", required=True, help="Imitation algorithm, e.g. ditto.")
+@click.option("--model", "model_run", required=True, type=click.Path(file_okay=False), help="World-model run directory (wmil train-model).")
+@click.option("--expert", required=True, help="Expert dataset name or path.")
+@click.option("--expert-episodes", type=int, help="Use only the first K expert episodes.")
+@click.option("--preset", default="small", show_default=True, help="tiny | small | paper.")
+@click.option("--steps", type=int, help="Training updates (default from the preset).")
+@click.option("--seed", type=int, help="Seed.")
+@click.option("--out", type=click.Path(file_okay=False), help="Run directory (default runs/<algo>-<expert>); re-run to resume.")
+@click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda.")
+@click.option("-o", "overrides", multiple=True, help="Any config field: -o gamma=0.99, -o algo.batch_size=128, -o train.eval_every=100.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def imagine_cmd(algo, model_run, expert, expert_episodes, preset, steps, seed, out, device, overrides, quiet):
+    """Train an imitation policy entirely inside a world model (no environment access)."""
+    from wmil.algos.base import train_policy
+    from wmil.config import parse_overrides
+
+    policy = train_policy(algo, model_run, expert, out=out, preset=preset, steps=steps, expert_episodes=expert_episodes,
+                          seed=seed, device=device, overrides=parse_overrides(overrides), progress=not quiet)
+    click.echo(f"trained {algo} policy" + (f"; run dir {out}" if out else ""))
+    del policy
+
+
+@cli.command("evaluate")
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@click.option("--env", "env_id", help="Environment id (default: the expert dataset's environment).")
+@click.option("--episodes", default=20, show_default=True, help="Evaluation episodes.")
+@click.option("--seed", type=int, help="First evaluation seed (default 1,000,000).")
+@click.option("--video", is_flag=True, help="Save GIFs of the first episodes under RUN_DIR/videos/.")
+@click.option("--stochastic", is_flag=True, help="Sample actions instead of taking the most likely one.")
+@click.option("--out", type=click.Path(file_okay=False), help="Write the report here instead of RUN_DIR.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def evaluate_cmd(run_dir, env_id, episodes, seed, video, stochastic, out, quiet):
+    """Roll a trained policy out in the real environment and report its scores."""
+    from wmil.eval.evaluate import EVAL_SEED, evaluate_policy
+
+    report = evaluate_policy(run_dir, env_id=env_id, episodes=episodes, seed=EVAL_SEED if seed is None else seed,
+                             video=video, deterministic=not stochastic, progress=not quiet, out=out)
+    keys = ["env", "episodes", "return_mean", "return_stderr", "normalized_score", "success_rate", "length_mean",
+            "eval/latent_distance", "eval/action_accuracy", "eval/action_mse", "report_path"]
+    print_summary({k: report[k] for k in keys if k in report})
+
+
+@cli.command("plot")
+@click.argument("runs", nargs=-1, required=True, type=click.Path(file_okay=False))
+@click.option("--metric", "metrics", multiple=True, help="Metric key(s) to draw (default: the main ones of the run kind).")
+@click.option("--out", type=click.Path(dir_okay=False), help="PNG path (default RUN/curves.png).")
+def plot_cmd(runs, metrics, out):
+    """Learning curves of one or more runs from their metrics.jsonl."""
+    from wmil.eval.plot import plot_runs
+
+    path = plot_runs(list(runs), list(metrics) or None, out)
+    click.echo(f"wrote {path}")
+
+
 def main(argv=None) -> int:
     """Entry point: UserError → one line on stderr and exit code 2, never a traceback."""
     try:

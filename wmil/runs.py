@@ -75,7 +75,7 @@ class RunDir:
         return config
 
     def check_kind(self, config: dict) -> None:
-        if config.get("kind") != self.kind:
+        if self.kind != "any" and config.get("kind") != self.kind:
             raise UserError(f"{self.path} holds a {config.get('kind')} run, not a {self.kind} run; choose another --out")
 
     def write_config(self, config: dict) -> None:

@@ -1,0 +1,196 @@
+"""What every imitation algorithm provides, the registry, and the shared ``wmil imagine`` trainer.
+
+An algorithm is one file in ``wmil/algos/`` with a config dataclass (each field documented, a
+``PRESETS`` dict of 'tiny'/'small'/'paper' overrides) and a class implementing
+:class:`Algorithm`. The trainer here owns everything else: loading the world model and the
+expert data, the run directory, resume, logging, checkpoints and the progress bar.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional, Protocol
+
+import torch
+
+from wmil.config import override, split_overrides, to_dict
+from wmil.data.dataset import Dataset, load
+from wmil.errors import UserError
+from wmil.runs import RunDir, resolve_device, rng_state, seed_everything, set_rng_state
+from wmil.train.loop import LoopConfig, check_finite, run_loop
+
+#: name -> "module:Class". Lazy, so the CLI does not import every algorithm.
+ALGORITHMS: dict[str, str] = {
+    "ditto": "wmil.algos.ditto:Ditto",
+}
+
+
+class Algorithm(Protocol):
+    """An imitation learner trained offline inside a world model."""
+
+    name: str
+    config_cls: type
+    presets: dict[str, dict[str, Any]]
+
+    def __init__(self, world_model, expert: Dataset, config: Any, device: torch.device): ...
+
+    def update(self, step: int) -> dict[str, Any]:
+        """One training step; returns metrics (a 'loss/...' entry per optimised loss)."""
+
+    def evaluate(self) -> dict[str, float]:
+        """Offline metrics without the environment (e.g. latent distance, action accuracy)."""
+
+    def training_state(self) -> dict: ...
+
+    def load_training_state(self, state: dict) -> None: ...
+
+    def policy(self):
+        """The deployable policy (``reset()``, ``act(obs)``) of the current parameters."""
+
+
+def algorithm_class(name: str):
+    if name not in ALGORITHMS:
+        raise UserError(f"unknown algorithm {name!r}; choose one of {sorted(ALGORITHMS)}")
+    module, _, cls = ALGORITHMS[name].partition(":")
+    return getattr(importlib.import_module(module), cls)
+
+
+@dataclass(frozen=True)
+class ImagineTrainConfig:
+    """Cadence of an imitation run (the algorithm's own config holds its hyperparameters)."""
+
+    steps: int = 2000
+    """Training updates."""
+    seed: int = 0
+    """Seeds initialisation and sampling."""
+    expert_episodes: Optional[int] = None
+    """Use only the first K expert episodes (None: all)."""
+    log_every: int = 25
+    """Updates between metric records."""
+    eval_every: int = 250
+    """Updates between offline evaluations (latent distance, action accuracy)."""
+    checkpoint_every: int = 500
+    """Updates between checkpoints (the last step is always saved)."""
+
+
+TRAIN_PRESETS = {
+    "tiny": dict(steps=30, log_every=5, eval_every=10, checkpoint_every=10),
+    "small": dict(),
+    "paper": dict(steps=50_000, eval_every=2500, checkpoint_every=5000),
+}
+
+
+def _world_model_from_run(model_run: str | os.PathLike, device: str):
+    from wmil.train.world_model import load_world_model
+
+    run = RunDir(model_run, "world_model")
+    config = run.read_config() if run.exists() else None
+    if config is None:
+        raise UserError(f"--model {model_run}: not a world-model run directory (no config.yaml); "
+                        "train one with 'wmil train-model'")
+    if config.get("kind") != "world_model":
+        raise UserError(f"--model {model_run}: holds a {config.get('kind')} run, not a world model")
+    return load_world_model(model_run, device)
+
+
+def train_policy(algo: str, model: str | os.PathLike, expert: str | Dataset, out: Optional[str | os.PathLike] = None,
+                 preset: str = "small", steps: Optional[int] = None, expert_episodes: Optional[int] = None,
+                 seed: Optional[int] = None, device: str = "auto", overrides: Optional[dict[str, str]] = None,
+                 progress: bool = True):
+    """Train (or resume) an imitation policy inside the world model of run ``model``.
+
+    Returns the deployable policy. ``expert`` is a dataset name/path/object; ``overrides``
+    are ``-o`` pairs for the run (``steps``…) or the algorithm (``gamma``…).
+    """
+    cls = algorithm_class(algo)
+    if preset not in TRAIN_PRESETS:
+        raise UserError(f"unknown preset {preset!r}; choose one of {sorted(TRAIN_PRESETS)}")
+    train_cfg = ImagineTrainConfig(**TRAIN_PRESETS[preset])
+    algo_cfg = cls.config_cls(**cls.presets.get(preset, {}))
+    routed = split_overrides(overrides or {}, {"train": train_cfg, "algo": algo_cfg})
+    explicit = {k: v for k, v in (("steps", steps), ("seed", seed), ("expert_episodes", expert_episodes)) if v is not None}
+    train_cfg = override(train_cfg, {**routed["train"], **explicit}, "the run")
+    algo_cfg = override(algo_cfg, routed["algo"], algo)
+    dev = resolve_device(device)
+    world_model = _world_model_from_run(model, str(dev))
+    expert_ds = expert if isinstance(expert, Dataset) else load(expert)
+    if train_cfg.expert_episodes is not None:
+        if not 1 <= train_cfg.expert_episodes <= len(expert_ds):
+            raise UserError(f"--expert-episodes {train_cfg.expert_episodes}: the expert dataset {expert_ds.name} "
+                            f"has {len(expert_ds)} episodes")
+        expert_ds = expert_ds.head(train_cfg.expert_episodes)
+
+    run = RunDir(out or Path("runs") / f"{algo}-{expert_ds.name.replace('/', '-')}", "policy")
+    wm_config = world_model.run_config
+    config = {
+        "algo": algo, "preset": preset, "world_model_run": str(Path(model).resolve()),
+        "world_model": {k: wm_config[k] for k in ("model", "preset", "spec", "model_config")},
+        "spec": wm_config["spec"], "expert": expert_ds.name, "expert_episode_ids": [int(i) for i in expert_ds.episode_ids],
+        "env": expert_ds.wmil_metadata.get("env"),
+        "ref_min_score": expert_ds.ref_min_score, "ref_max_score": expert_ds.ref_max_score,
+        "train": to_dict(train_cfg), "algo_config": to_dict(algo_cfg),
+    }
+    resume = None
+    if run.exists():
+        previous = run.read_config()
+        run.check_kind(previous)
+        for key in ("algo", "world_model", "expert", "expert_episode_ids", "algo_config"):
+            if previous.get(key) != config[key]:
+                raise UserError(f"{run.path} holds a run with a different {key}; choose another --out or delete it")
+        resume = run.load_checkpoint()
+    seed_everything(train_cfg.seed)
+    for parameter in world_model.parameters():
+        parameter.requires_grad_(False)  # the model is fixed; gradients still flow through it
+    learner = cls(world_model, expert_ds, algo_cfg, dev)
+    start = 0
+    if resume is not None:
+        learner.load_training_state(resume["algo"])
+        set_rng_state(resume["rng"])
+        start = int(resume["step"])
+        run.truncate_metrics(start)
+    else:
+        run.write_config(config)
+        run.truncate_metrics(0)
+
+    def update(step: int) -> dict:
+        metrics = learner.update(step)
+        check_finite(step, {k: v for k, v in metrics.items() if k.startswith("loss/")}, run)
+        return metrics
+
+    def checkpoint() -> dict:
+        return {"algo": learner.training_state(), "world_model": world_model.state_dict(), "rng": rng_state()}
+
+    loop = LoopConfig(train_cfg.steps, train_cfg.log_every, train_cfg.eval_every, train_cfg.checkpoint_every)
+    if start < train_cfg.steps:
+        run_loop(run, loop, start, update, lambda step: learner.evaluate(), checkpoint, progress,
+                 desc=f"imagine {algo}", postfix_keys=learner.progress_keys)
+    return learner.policy()
+
+
+def load_policy(run_dir: str | os.PathLike, device: str = "cpu"):
+    """The deployable policy of a ``wmil imagine`` (or ``wmil train-policy``) run."""
+    from wmil.types import DataSpec
+    from wmil.world_models.registry import config_for, make_world_model
+
+    run = RunDir(run_dir, "policy")
+    config = run.read_config()
+    run.check_kind(config)
+    checkpoint = run.load_checkpoint()
+    if checkpoint is None:
+        raise UserError(f"{run.path}: no checkpoint yet; train the policy first")
+    cls = algorithm_class(config["algo"])
+    algo_cfg = override(cls.config_cls(), config["algo_config"])
+    world_model = None
+    if config.get("world_model"):  # BC acts on observations and has none
+        wm = config["world_model"]
+        world_model = make_world_model(wm["model"], DataSpec.from_dict(wm["spec"]),
+                                       config_for(wm["model"], wm.get("preset", "small"), **wm["model_config"]))
+        world_model.load_state_dict(checkpoint["world_model"])
+        world_model.eval()
+    policy = cls.deployable(world_model, algo_cfg, checkpoint["algo"], DataSpec.from_dict(config["spec"]))
+    policy.run_config = config
+    return policy.to(resolve_device(device))
+

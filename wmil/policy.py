@@ -1,0 +1,95 @@
+"""Deployable policies: ``reset()`` then ``act(obs) -> action`` in the real environment.
+
+A latent policy keeps the world model's recurrent state: every real observation is filtered
+through the encoder and the posterior (``obs_step``) with the previous action, and the actor
+acts on the resulting features. Actions come back in the environment's format (an int for
+Discrete spaces, a float32 array for Box spaces).
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+import torch
+from torch import nn
+
+from wmil.types import DataSpec
+
+
+class DeployedPolicy(nn.Module):
+    """Base class: converts between environment observations/actions and tensors."""
+
+    def __init__(self, spec: DataSpec):
+        super().__init__()
+        self.spec = spec
+        self.run_config: dict = {}
+
+    @property
+    def device(self) -> torch.device:
+        return next(iter(self.buffers()), next(iter(self.parameters()), torch.empty(0))).device
+
+    def reset(self) -> None:
+        """Call at the start of every episode."""
+
+    def _obs(self, obs) -> torch.Tensor:
+        dtype = torch.uint8 if self.spec.pixels else torch.float32
+        return torch.as_tensor(np.asarray(obs), dtype=dtype, device=self.device).unsqueeze(0)  # (1, *O)
+
+    def _to_env(self, action: torch.Tensor):
+        """(1, A) one-hot or continuous action → the environment's action."""
+        if self.spec.discrete:
+            return int(action[0].argmax())
+        return action[0].detach().cpu().numpy().astype(np.float32)
+
+    @torch.no_grad()
+    def act(self, obs, deterministic: bool = True):
+        raise NotImplementedError
+
+
+class LatentPolicy(DeployedPolicy):
+    """Actor on world-model features, filtering real observations through the posterior."""
+
+    def __init__(self, world_model, actor, spec: DataSpec):
+        super().__init__(spec)
+        self.world_model = world_model
+        self.actor = actor
+        self.state = None
+        self.prev_action: Optional[torch.Tensor] = None
+
+    def reset(self) -> None:
+        self.state = self.world_model.initial(1)
+        self.prev_action = torch.zeros(1, self.spec.action_dim, device=self.device)
+        self._first = True
+
+    @torch.no_grad()
+    def act(self, obs, deterministic: bool = True):
+        if self.state is None:
+            self.reset()
+        is_first = torch.tensor([self._first], device=self.device)
+        self.state = self.world_model.obs_step(self.state, self.prev_action, self._obs(obs), is_first)
+        self._first = False
+        action, _, _ = self.actor(self.world_model.features(self.state), deterministic=deterministic)
+        self.prev_action = action
+        return self._to_env(action)
+
+    def offline_metrics(self, starts: int = 256) -> dict:
+        """Latent distance and expert action prediction on the run's expert episodes."""
+        from wmil.imagination.expert import ExpertLatents
+        from wmil.imagination.metrics import action_agreement, eval_rows, latent_distance
+
+        horizon = int(self.run_config.get("algo_config", {}).get("horizon", 15))
+        expert = ExpertLatents.encode(self.world_model, expert_view(self.run_config), self.device)
+        out = {"eval/latent_distance": latent_distance(self.world_model, self.actor, expert,
+                                                       eval_rows(expert, horizon, starts), horizon)}
+        out.update(action_agreement(self.actor, expert, self.spec))
+        return out
+
+
+def expert_view(run_config: dict):
+    """The expert episodes a policy run was trained from (same dataset, same episodes)."""
+    from wmil.data.dataset import Dataset, load
+
+    dataset = load(run_config["expert"])
+    ids = run_config.get("expert_episode_ids")
+    return dataset if ids is None else Dataset(dataset.data_dir, ids)

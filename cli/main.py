@@ -236,7 +236,7 @@ def evaluate_model_cmd(run_dir, datasets, batches, context):
 # ---------------------------------------------------------------------------------------------
 @cli.command("imagine")
 @click.option("--algo", required=True, help="Imitation algorithm, e.g. ditto.")
-@click.option("--model", "model_run", required=True, type=click.Path(file_okay=False), help="World-model run directory (wmil train-model).")
+@click.option("--model", "model_run", type=click.Path(file_okay=False), help="World-model run directory (wmil train-model); not needed by bc.")
 @click.option("--expert", required=True, help="Expert dataset name or path.")
 @click.option("--expert-episodes", type=int, help="Use only the first K expert episodes.")
 @click.option("--preset", default="small", show_default=True, help="tiny | small | paper.")

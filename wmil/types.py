@@ -56,6 +56,11 @@ class DataSpec:
     def pixels(self) -> bool:
         return len(self.obs_shape) == 3
 
+    def describe(self) -> str:
+        """E.g. ``obs (4,) float32, actions Discrete(2)`` (for error messages)."""
+        kind = f"Discrete({self.action_dim})" if self.discrete else f"Box({self.action_dim})"
+        return f"obs {self.obs_shape} {self.obs_dtype}, actions {kind}"
+
     def to_dict(self) -> dict:
         return {
             "obs_shape": list(self.obs_shape), "obs_dtype": self.obs_dtype,

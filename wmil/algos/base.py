@@ -96,11 +96,12 @@ def _world_model_from_run(model_run: str | os.PathLike, device: str):
     return load_world_model(model_run, device)
 
 
-def train_policy(algo: str, model: str | os.PathLike, expert: str | Dataset, out: Optional[str | os.PathLike] = None,
-                 preset: str = "small", steps: Optional[int] = None, expert_episodes: Optional[int] = None,
-                 seed: Optional[int] = None, device: str = "auto", overrides: Optional[dict[str, str]] = None,
-                 progress: bool = True):
-    """Train (or resume) an imitation policy inside the world model of run ``model``.
+def train_policy(algo: str, model: Optional[str | os.PathLike], expert: str | Dataset,
+                 out: Optional[str | os.PathLike] = None, preset: str = "small", steps: Optional[int] = None,
+                 expert_episodes: Optional[int] = None, seed: Optional[int] = None, device: str = "auto",
+                 overrides: Optional[dict[str, str]] = None, progress: bool = True):
+    """Train (or resume) an imitation policy, inside the world model of run ``model`` when the
+    algorithm uses one (``model`` may be None for model-free ones such as BC).
 
     Returns the deployable policy. ``expert`` is a dataset name/path/object; ``overrides``
     are ``-o`` pairs for the run (``steps``…) or the algorithm (``gamma``…).
@@ -115,8 +116,15 @@ def train_policy(algo: str, model: str | os.PathLike, expert: str | Dataset, out
     train_cfg = override(train_cfg, {**routed["train"], **explicit}, "the run")
     algo_cfg = override(algo_cfg, routed["algo"], algo)
     dev = resolve_device(device)
-    world_model = _world_model_from_run(model, str(dev))
+    needs_model = getattr(cls, "needs_world_model", True)
+    if needs_model and model is None:
+        raise UserError(f"--algo {algo} trains inside a world model: pass --model RUN_DIR (from wmil train-model)")
+    world_model = _world_model_from_run(model, str(dev)) if model is not None else None
     expert_ds = expert if isinstance(expert, Dataset) else load(expert)
+    if world_model is not None and expert_ds.spec != world_model.spec:
+        raise UserError(f"expert dataset {expert_ds.name} has {expert_ds.spec.describe()} but the world model in "
+                        f"{model} was trained on {world_model.spec.describe()}; use an expert dataset of the same "
+                        "environment and observation settings")
     if train_cfg.expert_episodes is not None:
         if not 1 <= train_cfg.expert_episodes <= len(expert_ds):
             raise UserError(f"--expert-episodes {train_cfg.expert_episodes}: the expert dataset {expert_ds.name} "
@@ -124,11 +132,11 @@ def train_policy(algo: str, model: str | os.PathLike, expert: str | Dataset, out
         expert_ds = expert_ds.head(train_cfg.expert_episodes)
 
     run = RunDir(out or Path("runs") / f"{algo}-{expert_ds.name.replace('/', '-')}", "policy")
-    wm_config = world_model.run_config
+    wm_config = world_model.run_config if world_model is not None else None
     config = {
-        "algo": algo, "preset": preset, "world_model_run": str(Path(model).resolve()),
-        "world_model": {k: wm_config[k] for k in ("model", "preset", "spec", "model_config")},
-        "spec": wm_config["spec"], "expert": expert_ds.name, "expert_episode_ids": [int(i) for i in expert_ds.episode_ids],
+        "algo": algo, "preset": preset, "world_model_run": str(Path(model).resolve()) if model is not None else None,
+        "world_model": {k: wm_config[k] for k in ("model", "preset", "spec", "model_config")} if wm_config else None,
+        "spec": expert_ds.spec.to_dict(), "expert": expert_ds.name, "expert_episode_ids": [int(i) for i in expert_ds.episode_ids],
         "env": expert_ds.wmil_metadata.get("env"),
         "ref_min_score": expert_ds.ref_min_score, "ref_max_score": expert_ds.ref_max_score,
         "train": to_dict(train_cfg), "algo_config": to_dict(algo_cfg),
@@ -142,8 +150,9 @@ def train_policy(algo: str, model: str | os.PathLike, expert: str | Dataset, out
                 raise UserError(f"{run.path} holds a run with a different {key}; choose another --out or delete it")
         resume = run.load_checkpoint()
     seed_everything(train_cfg.seed)
-    for parameter in world_model.parameters():
-        parameter.requires_grad_(False)  # the model is fixed; gradients still flow through it
+    if world_model is not None:
+        for parameter in world_model.parameters():
+            parameter.requires_grad_(False)  # the model is fixed; gradients still flow through it
     learner = cls(world_model, expert_ds, algo_cfg, dev)
     start = 0
     if resume is not None:
@@ -161,7 +170,8 @@ def train_policy(algo: str, model: str | os.PathLike, expert: str | Dataset, out
         return metrics
 
     def checkpoint() -> dict:
-        return {"algo": learner.training_state(), "world_model": world_model.state_dict(), "rng": rng_state()}
+        return {"algo": learner.training_state(), "rng": rng_state(),
+                "world_model": world_model.state_dict() if world_model is not None else None}
 
     loop = LoopConfig(train_cfg.steps, train_cfg.log_every, train_cfg.eval_every, train_cfg.checkpoint_every)
     if start < train_cfg.steps:

@@ -114,14 +114,9 @@ def load_datasets(names: Sequence[str | Dataset]) -> list[Dataset]:
     first = datasets[0]
     for other in datasets[1:]:
         if other.spec != first.spec:
-            raise UserError(f"dataset {other.name} does not match {first.name}: {_spec_text(other.spec)} vs "
-                            f"{_spec_text(first.spec)}; train one model per observation/action space")
+            raise UserError(f"dataset {other.name} does not match {first.name}: {other.spec.describe()} vs "
+                            f"{first.spec.describe()}; train one model per observation/action space")
     return datasets
-
-
-def _spec_text(spec: DataSpec) -> str:
-    kind = f"Discrete({spec.action_dim})" if spec.discrete else f"Box({spec.action_dim})"
-    return f"obs {spec.obs_shape} {spec.obs_dtype}, actions {kind}"
 
 
 def _obs_stats(datasets: Sequence[Dataset]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,0 +1,117 @@
+"""Imagination learners (conformance over model × action type × observation), deployable
+policies, evaluation in the real environment, and bad input."""
+
+import numpy as np
+import pytest
+import torch
+
+from cli.main import main as wmil_main
+from wmil.algos.base import load_policy, train_policy
+from wmil.data.build import BuildConfig, build_dataset
+from wmil.errors import UserError
+from wmil.eval.evaluate import evaluate_policy
+from wmil.runs import RunDir
+from wmil.train.world_model import train_world_model
+
+WM = {"log_every": "2", "eval_every": "100", "checkpoint_every": "100", "batch_size": "4", "seq_len": "8",
+      "open_loop_context": "3", "eval_batches": "1"}
+AC = {"log_every": "2", "eval_every": "4", "checkpoint_every": "3", "batch_size": "8", "horizon": "3",
+      "eval_starts": "8"}
+
+
+def tiny_world_model(tmp_path, dataset, model="rssm", steps=3):
+    out = tmp_path / f"wm-{model}"
+    if not (out / "config.yaml").exists():
+        train_world_model(dataset, model=model, preset="tiny", out=out, steps=steps, overrides=WM, progress=False,
+                          device="cpu")
+    return out
+
+
+@pytest.mark.parametrize("model", ["rssm", "gaussian_rssm"])
+@pytest.mark.parametrize("discrete", [True, False], ids=["discrete", "continuous"])
+def test_ditto_conformance(tmp_path, write_dataset, model, discrete):
+    world = write_dataset("im/world-v0", [12, 14, 16, 11], discrete=discrete)
+    expert = write_dataset("im/expert-v0", [10, 9], discrete=discrete)
+    wm = tiny_world_model(tmp_path, world, model)
+    out = tmp_path / "ditto"
+    train_policy("ditto", wm, expert, out=out, preset="tiny", steps=4, overrides=AC, progress=False, device="cpu")
+    metrics = RunDir(out, "policy").read_metrics()
+    last = metrics[-1]
+    assert {"loss/actor", "loss/critic", "reward/latent_distance", "actor/entropy", "eval/latent_distance"} <= set(last)
+    assert ("eval/action_accuracy" if discrete else "eval/action_mse") in last
+    policy = load_policy(out)
+    policy.reset()
+    for t in range(3):
+        action = policy.act(np.array([0.0, float(t), 0.0], np.float32))
+        if discrete:
+            assert isinstance(action, int) and 0 <= action < 3
+        else:
+            assert action.shape == (1,) and action.dtype == np.float32 and -1 <= action[0] <= 1
+    metrics = policy.offline_metrics(starts=8)
+    assert 0.0 <= metrics["eval/latent_distance"] <= 2.0
+
+
+def test_ditto_resume_is_exact(tmp_path, write_dataset):
+    world = write_dataset("im/world-v0", [12, 14, 16, 11])
+    expert = write_dataset("im/expert-v0", [10, 9])
+    wm = tiny_world_model(tmp_path, world)
+    full = train_policy("ditto", wm, expert, out=tmp_path / "full", preset="tiny", steps=7, overrides=AC,
+                        progress=False, device="cpu")
+    train_policy("ditto", wm, expert, out=tmp_path / "part", preset="tiny", steps=4, overrides=AC, progress=False,
+                 device="cpu")
+    resumed = train_policy("ditto", wm, expert, out=tmp_path / "part", preset="tiny", steps=7, overrides=AC,
+                           progress=False, device="cpu")
+    for key, value in full.actor.state_dict().items():
+        torch.testing.assert_close(resumed.actor.state_dict()[key], value, rtol=0, atol=0)
+
+
+def test_pixel_ditto_runs(tmp_path):
+    world = build_dataset(BuildConfig(name="im/pix-v0", env="CartPole-v1", policy="expert", epsilon=[0.5], episodes=3,
+                                      pixels=64, grayscale=True, max_episode_steps=14, ref_episodes=0), progress=False)
+    wm = tiny_world_model(tmp_path, world, "rssm", steps=2)
+    out = tmp_path / "pix-ditto"
+    train_policy("ditto", wm, world, out=out, preset="tiny", steps=2, overrides=AC, progress=False, device="cpu")
+    report = evaluate_policy(out, episodes=1, progress=False, video=True)
+    assert report["env"] == "CartPole-v1" and report["episodes"] == 1 and report["videos"]
+
+
+def test_evaluate_cli_reports_scores_and_rejects_wrong_env(tmp_path, capsys):
+    world = build_dataset(BuildConfig(name="im/cp-v0", env="CartPole-v1", policy="expert", epsilon=[0.0, 1.0],
+                                      episodes=4, max_episode_steps=40, ref_episodes=1), progress=False)
+    wm = tiny_world_model(tmp_path, world)
+    out = tmp_path / "cp-ditto"
+    assert wmil_main(["imagine", "--algo", "ditto", "--model", str(wm), "--expert", "im/cp-v0", "--expert-episodes", "2",
+                      "--preset", "tiny", "--steps", "2", "--out", str(out), "--quiet", "--device", "cpu"]
+                     + [a for k, v in AC.items() for a in ("-o", f"{k}={v}")]) == 0
+    assert wmil_main(["evaluate", str(out), "--episodes", "2", "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    assert "normalized_score" in printed and "eval/action_accuracy" in printed
+    import json
+
+    report = json.loads((out / "evaluation.json").read_text())
+    assert len(report["returns"]) == 2 and report["ref_max_score"] > report["ref_min_score"]
+    assert wmil_main(["evaluate", str(out), "--env", "Pendulum-v1", "--episodes", "1"]) == 2
+    assert "the policy expects" in capsys.readouterr().err
+    assert wmil_main(["plot", str(out), str(wm), "--out", str(tmp_path / "c.png")]) == 0
+    assert (tmp_path / "c.png").stat().st_size > 1000
+
+
+def test_imagine_bad_inputs(tmp_path, write_dataset):
+    world = write_dataset("im/world-v0", [12, 14, 16, 11])
+    expert = write_dataset("im/expert-v0", [10, 9])
+    wm = tiny_world_model(tmp_path, world)
+    other = write_dataset("im/cont-v0", [10, 9], discrete=False)
+    with pytest.raises(UserError, match="expert dataset im/cont-v0 has .* but the world model"):
+        train_policy("ditto", wm, other, out=tmp_path / "a", preset="tiny", progress=False)
+    with pytest.raises(UserError, match="--expert-episodes 5.*has 2 episodes"):
+        train_policy("ditto", wm, expert, out=tmp_path / "b", preset="tiny", expert_episodes=5, progress=False)
+    with pytest.raises(UserError, match="not a world-model run"):
+        train_policy("ditto", tmp_path / "nothing", expert, out=tmp_path / "c", preset="tiny", progress=False)
+    policy_run = tmp_path / "d"
+    train_policy("ditto", wm, expert, out=policy_run, preset="tiny", steps=1, overrides=AC, progress=False)
+    with pytest.raises(UserError, match="holds a policy run, not a world model"):
+        train_policy("ditto", policy_run, expert, out=tmp_path / "e", preset="tiny", progress=False)
+    with pytest.raises(UserError, match="unknown algorithm"):
+        train_policy("dreamer", wm, expert, out=tmp_path / "f", preset="tiny", progress=False)
+    with pytest.raises(UserError, match="shorter than the imagination horizon"):
+        train_policy("ditto", wm, expert, out=tmp_path / "g", preset="tiny", overrides={"horizon": "30"}, progress=False)

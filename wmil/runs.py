@@ -78,6 +78,25 @@ class RunDir:
         if self.kind != "any" and config.get("kind") != self.kind:
             raise UserError(f"{self.path} holds a {config.get('kind')} run, not a {self.kind} run; choose another --out")
 
+    def start_or_resume(self, config: dict, must_match: tuple[str, ...]) -> Optional[dict]:
+        """Open the run: for an existing one, check ``must_match`` keys of its config equal
+        ``config``'s and return its newest checkpoint (None if it has none yet); for a new one,
+        write ``config`` and start empty metrics. Call :meth:`truncate_metrics` with the
+        resumed step once the checkpoint is restored."""
+        if self.exists():
+            previous = self.read_config()
+            self.check_kind(previous)
+            for key in must_match:
+                if previous.get(key) != config.get(key):
+                    raise UserError(f"{self.path} holds a run with a different {key} ({previous.get(key)} vs "
+                                    f"{config.get(key)}); choose another --out or delete that directory")
+            checkpoint = self.load_checkpoint()
+            if checkpoint is not None:
+                return checkpoint
+        self.write_config(config)
+        self.truncate_metrics(0)
+        return None
+
     def write_config(self, config: dict) -> None:
         self.path.mkdir(parents=True, exist_ok=True)
         _atomic_write_text(self.config_path, yaml.safe_dump({"kind": self.kind, "wmil_version": __version__, **config},

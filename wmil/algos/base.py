@@ -141,14 +141,7 @@ def train_policy(algo: str, model: Optional[str | os.PathLike], expert: str | Da
         "ref_min_score": expert_ds.ref_min_score, "ref_max_score": expert_ds.ref_max_score,
         "train": to_dict(train_cfg), "algo_config": to_dict(algo_cfg),
     }
-    resume = None
-    if run.exists():
-        previous = run.read_config()
-        run.check_kind(previous)
-        for key in ("algo", "world_model", "expert", "expert_episode_ids", "algo_config"):
-            if previous.get(key) != config[key]:
-                raise UserError(f"{run.path} holds a run with a different {key}; choose another --out or delete it")
-        resume = run.load_checkpoint()
+    resume = run.start_or_resume(config, ("algo", "world_model", "expert", "expert_episode_ids", "algo_config"))
     seed_everything(train_cfg.seed)
     if world_model is not None:
         for parameter in world_model.parameters():
@@ -160,9 +153,6 @@ def train_policy(algo: str, model: Optional[str | os.PathLike], expert: str | Da
         set_rng_state(resume["rng"])
         start = int(resume["step"])
         run.truncate_metrics(start)
-    else:
-        run.write_config(config)
-        run.truncate_metrics(0)
 
     def update(step: int) -> dict:
         metrics = learner.update(step)

@@ -175,15 +175,7 @@ def train_world_model(dataset: str | Dataset | Sequence[str | Dataset], model: s
         "dataset_paths": [str(d.data_dir.parent) for d in datasets], "spec": spec.to_dict(),
         "train": to_dict(train_cfg), "model_config": to_dict(model_cfg),
     }
-    resume = None
-    if run.exists():
-        previous = run.read_config()
-        run.check_kind(previous)
-        for key in ("model", "spec", "model_config", "datasets"):
-            if previous.get(key) != config[key]:
-                raise UserError(f"{run.path} holds a run with a different {key} ({previous.get(key)} vs {config[key]}); "
-                                "choose another --out or delete that directory")
-        resume = run.load_checkpoint()
+    resume = run.start_or_resume(config, ("model", "spec", "model_config", "datasets"))
     seed_everything(train_cfg.seed)
     world_model = make_world_model(model, spec, model_cfg)
     split = [d.split(train_cfg.validation_fraction, seed=train_cfg.seed) for d in datasets]
@@ -204,9 +196,6 @@ def train_world_model(dataset: str | Dataset | Sequence[str | Dataset], model: s
         set_rng_state(resume["rng"])
         start = int(resume["step"])
         run.truncate_metrics(start)
-    else:
-        run.write_config(config)
-        run.truncate_metrics(0)
     scales = world_model.loss_scales
 
     def update(step: int) -> dict:

@@ -7,6 +7,12 @@ import pytest
 
 os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
 os.environ.setdefault("SDL_AUDIODRIVER", "dummy")
+# Tiny test models are dominated by per-op overhead: one thread is faster and avoids OpenMP
+# spinning when the machine is shared. wmil.runs.resolve_device honours this.
+os.environ.setdefault("WMIL_NUM_THREADS", "1")
+import torch  # noqa: E402
+
+torch.set_num_threads(int(os.environ["WMIL_NUM_THREADS"]))
 
 
 @pytest.fixture(autouse=True)

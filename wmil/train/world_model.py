@@ -29,7 +29,8 @@ from wmil.world_models.registry import WORLD_MODELS, config_for, make_world_mode
 
 @dataclass(frozen=True)
 class WorldModelTrainConfig:
-    """How a world model is fitted (DESIGN.md: batch 50×50, lr 3e-4, grad clip 200)."""
+    """How a world model is fitted (DESIGN.md: batch 50×50). The optimiser settings (lr,
+    adam_eps, grad_clip) belong to each model's config, since they differ between models."""
 
     steps: int = 5000
     """Number of optimiser updates."""
@@ -37,12 +38,6 @@ class WorldModelTrainConfig:
     """Sequences per batch (B)."""
     seq_len: int = 50
     """Steps per sequence (T); shorter episodes are right-padded and masked."""
-    lr: float = 3e-4
-    """Adam learning rate."""
-    eps: float = 1e-5
-    """Adam epsilon."""
-    grad_clip: float = 200.0
-    """Global gradient-norm clip."""
     validation_fraction: float = 0.1
     """Fraction of each dataset's episodes held out for validation."""
     seed: int = 0
@@ -184,7 +179,7 @@ def train_world_model(dataset: str | Dataset | Sequence[str | Dataset], model: s
     if hasattr(world_model, "set_normalizer"):
         world_model.set_normalizer(*_obs_stats(train_sets))
     world_model.to(dev)
-    optimizer = torch.optim.Adam(world_model.parameters(), lr=train_cfg.lr, eps=train_cfg.eps)
+    optimizer = torch.optim.Adam(world_model.parameters(), lr=model_cfg.lr, eps=model_cfg.adam_eps)
     sampler = MixedSampler(train_sets, train_cfg.batch_size, train_cfg.seq_len, seed=train_cfg.seed)
     eval_len = train_cfg.open_loop_context + max(HORIZONS)
     val_sampler = _validation_sampler(val_sets or train_sets, train_cfg, eval_len)
@@ -206,10 +201,10 @@ def train_world_model(dataset: str | Dataset | Sequence[str | Dataset], model: s
         loss = total_loss(losses, scales)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(world_model.parameters(), train_cfg.grad_clip)
-        out = {f"loss/{k}": float(v) for k, v in losses.items()}
+        grad_norm = torch.nn.utils.clip_grad_norm_(world_model.parameters(), model_cfg.grad_clip)
+        out = {f"loss/{k}": float(v.detach()) for k, v in losses.items()}
         out.update({f"train/{k}": float(v) for k, v in metrics.items()})
-        out["loss/total"] = float(loss)
+        out["loss/total"] = float(loss.detach())
         out["train/grad_norm"] = float(grad_norm)
         optimizer.step()
         return out

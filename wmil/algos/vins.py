@@ -1,0 +1,573 @@
+"""VINS: Value Iteration with Negative Sampling (Luo, Xu & Ma, ICLR 2020, "Learning
+Self-Correctable Policies and Value Functions from Demonstrations with Negative Sampling").
+
+The real algorithm of its paper (Algorithm 2, no environment interaction), adapted to the
+offline setting of wmil. From demonstrations only it learns
+
+* a value function V_φ of the sparse reward r = −1 per step (0 after the goal, a terminal
+  state whose value is 0), by TD with a Polyak target network V_φ̄ (paper section 5):
+
+      L_td = E (r + γ·(1 − done)·V_φ̄(s') − V_φ(s))²
+
+  on demo transitions augmented by linear interpolation between consecutive states
+  (appendix D.2): for u ~ U[0, 1] the state s + u(s' − s) is a fraction (1 − u) of a step
+  from s', so its target is (1 − u)·r + γ^(1−u)·V_φ̄(s'). (The paper writes the reward as λr;
+  with λ the fraction travelled, that would give s itself a zero reward, so we use the
+  fraction that remains, which makes u = 0 the plain TD target.)
+* the negative-sampling loss that makes V conservatively extrapolated (eq. 4.2):
+
+      L_ns = E (V_φ(s) − λ‖s − s̃‖ − V_φ(s̃))²,   s̃ = s + N(0, ρΣ)
+
+  with Σ the per-coordinate variance of the demo states; L = L_td + μ·L_ns. The distance
+  is measured in units of each coordinate's demo std (``ns_normalized_distance``) so λ means
+  the same on every task; set it False for the paper's raw Euclidean norm.
+* a BC policy π_BC on the full observation (:mod:`wmil.algos.bc`: same network, loss and
+  held-out model selection as the BC baseline);
+* the dynamics model M(s, a): the ``dynamics`` world model of ``--model`` (trained by
+  ``wmil train-model --model dynamics`` with the paper's L2-norm loss). Offline adaptation: M
+  is trained on the whole world dataset, not only on the demos, and stays fixed here.
+
+The deployed policy is Algorithm 2's ``POLICY(s)`` by random shooting: k actions
+a_BC + α·ξ_i with ξ_i ~ U[−1, 1]^m (α in half-ranges of the action space, i.e. the paper's α
+for actions in [−1, 1]; option ``shooting_center='zero'`` is the paper's option 2, a = 0),
+clipped to the bounds, and the one with the largest V(M(s, a_i)). Discrete action spaces
+(outside the paper) score every action. ``state_indices`` restricts V (and its perturbations,
+``perturb_indices``) to a subset of observation coordinates, as the paper does on Fetch
+(gripper and object positions); M still predicts the whole observation.
+
+Latent variant (the extension the paper's conclusion suggests, "negative sampling in the
+representation space"): with an ``rssm``/``gaussian_rssm`` world model, states are the model's
+features [h, z] of the posterior of each demo observation, s̃ perturbs those features with
+their own per-coordinate variance, π_BC acts on features, M is the model's prior step
+(``imagine_step``), and the deployed policy filters real observations through the posterior.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+import torch
+from torch import nn
+
+from wmil.algos.bc import BCConfig, BCNet, BCTrainer, Demos, demo_pairs, split_demos
+from wmil.data.dataset import Dataset
+from wmil.errors import UserError
+from wmil.nets import MLP
+from wmil.policy import DeployedPolicy, expert_view
+from wmil.types import DataSpec
+from wmil.world_models.base import State
+
+Tensor = torch.Tensor
+
+#: The paper's sparse reward: −1 for every step before the goal.
+STEP_REWARD = -1.0
+TERMINAL_RULES = ("auto", "dataset", "success", "last", "none")
+
+
+@dataclass(frozen=True)
+class VINSConfig(BCConfig):
+    """VINS = the BC fields (its π_BC) + value learning with negative sampling + shooting."""
+
+    value_layers: int = 1
+    """Hidden layers of V (VINS paper: 1)."""
+    value_units: int = 256
+    """Units per hidden layer of V (VINS paper: 256)."""
+    value_norm: bool = True
+    """LayerNorm in V's hidden layers (VINS paper: yes)."""
+    value_act: str = "relu"
+    """Activation of V's hidden layers."""
+    value_lr: float = 3e-4
+    """Adam learning rate of V (VINS paper: 3e-4)."""
+    gamma: float = 0.99
+    """Discount of the TD target."""
+    target_tau: float = 0.01
+    """Polyak rate τ of the target value network (φ̄ ← φ̄ + τ(φ − φ̄))."""
+    ns_weight: float = 1.0
+    """μ: weight of the negative-sampling loss."""
+    ns_lambda: float = 1.0
+    """λ: value lost per unit of distance from the demo state."""
+    ns_rho: float = 0.1
+    """ρ: perturbation covariance ρΣ, Σ the per-coordinate variance of the demo states."""
+    ns_normalized_distance: bool = True
+    """Measure ‖s − s̃‖ in units of each coordinate's demo std (False: the raw norm)."""
+    interpolate: bool = True
+    """Augment V's transitions by linear interpolation between consecutive demo states."""
+    terminal: str = "auto"
+    """Where the goal (a terminal of value 0) is: 'dataset' terminations, first 'success' (info is_success; later steps dropped), 'last' observation of every demo, 'none', or 'auto' (success if recorded, else dataset)."""
+    state_indices: str = ""
+    """Observation coordinates V sees, e.g. '3,4,5' or '3:9' (empty: all)."""
+    perturb_indices: str = ""
+    """Observation coordinates negative sampling perturbs, within state_indices (empty: all of them)."""
+    shooting_samples: int = 100
+    """k: random-shooting candidates per action (continuous actions)."""
+    shooting_alpha: float = 0.2
+    """α: candidate spread, in half-ranges of the action space."""
+    shooting_center: str = "bc"
+    """'bc': search around π_BC(s) (the paper's option 1); 'zero': around a = 0 (option 2)."""
+    eval_states: int = 256
+    """Demo states used for the offline value and action metrics."""
+
+
+PRESETS = {
+    "tiny": dict(layers=1, units=32, batch_size=32, cnn_depth=4, value_units=32, shooting_samples=8,
+                 eval_states=32),
+    "small": dict(),
+    "paper": dict(layers=3, units=256, continuous_loss="mse", value_layers=1, value_units=256),
+}
+
+
+# ------------------------------------------------------------------------------ pure functions
+
+
+def td_target(reward: Tensor, next_value: Tensor, done: Tensor, discount: Tensor | float) -> Tensor:
+    """``r + γ·(1 − done)·V̄(s')``, all ``(B,)``; a terminal next state has value 0."""
+    return reward + discount * (~done).to(next_value.dtype) * next_value
+
+
+def interpolate_transitions(state: Tensor, next_state: Tensor, u: Tensor, reward: Tensor,
+                            gamma: float) -> tuple[Tensor, Tensor, Tensor]:
+    """VINS's value augmentation: the state a fraction ``u (B,)`` of the way from ``state`` to
+    ``next_state`` (both ``(B, D)``), the reward of the remaining ``1 − u`` of the step and its
+    discount ``γ^(1−u)``. ``u = 0`` is the original transition, ``u → 1`` reaches s'."""
+    mid = state + u.unsqueeze(-1) * (next_state - state)
+    return mid, (1 - u) * reward, gamma ** (1 - u)
+
+
+def perturb(state: Tensor, noise_std: Tensor, noise: Tensor) -> Tensor:
+    """Negative samples ``s̃ = s + noise_std·noise``: with ``noise ~ N(0, I)`` and
+    ``noise_std = √ρ·σ`` (zero on coordinates not perturbed), s̃ ~ N(s, ρΣ)."""
+    return state + noise_std * noise
+
+
+def negative_sampling_loss(value: Tensor, value_perturbed: Tensor, distance: Tensor, lam: float) -> Tensor:
+    """Per-sample ``(V(s) − λ‖s − s̃‖ − V(s̃))²``, all ``(B,)`` (gradients reach both values,
+    as in the paper where both are V_φ)."""
+    return (value - lam * distance - value_perturbed).pow(2)
+
+
+def shooting_candidates(center: Tensor, noise: Tensor, alpha: Tensor | float, low: Tensor,
+                        high: Tensor) -> Tensor:
+    """Algorithm 2, lines 10-12: ``clip(a + α·ξ_i, low, high)``; ``center (B, A)``,
+    ``noise (B, k, A)`` in [−1, 1] → ``(B, k, A)``."""
+    return torch.maximum(torch.minimum(center.unsqueeze(1) + alpha * noise, high), low)
+
+
+def select_best(candidates: Tensor, values: Tensor) -> Tensor:
+    """``argmax_i V(M(s, a_i))``: ``candidates (B, k, A)``, ``values (B, k)`` → ``(B, A)``."""
+    best = values.argmax(-1)
+    return candidates[torch.arange(candidates.shape[0], device=candidates.device), best]
+
+
+def value_transitions(n_obs: np.ndarray, offsets: np.ndarray, is_terminal: np.ndarray, rule: str,
+                      successes: Optional[list[np.ndarray]] = None) -> tuple[np.ndarray, np.ndarray]:
+    """Rows r of the transitions (row r → row r + 1) V learns from and whether row r + 1 is
+    the goal (a terminal of value 0), per the ``terminal`` rule (see :class:`VINSConfig`).
+
+    ``successes[e]`` is episode e's ``is_success`` per observation (T+1 values); with 'success'
+    an episode ends at its first successful observation (later transitions are dropped) and
+    an episode never successful has no terminal.
+    """
+    rows, done = [], []
+    for e, (start, n) in enumerate(zip(offsets, n_obs)):
+        T = int(n) - 1
+        end, goal = T, False
+        if rule == "dataset":
+            goal = bool(is_terminal[start + T])
+        elif rule == "last":
+            goal = True
+        elif rule == "success":
+            hits = np.flatnonzero(np.asarray(successes[e])[1:] > 0)  # type: ignore[index]
+            if len(hits):
+                end, goal = int(hits[0]) + 1, True
+        elif rule != "none":
+            raise UserError(f"config field 'terminal' is {rule!r}; choose one of {list(TERMINAL_RULES)}")
+        if end <= 0:
+            continue
+        rows.append(np.arange(start, start + end))
+        flags = np.zeros(end, bool)
+        flags[-1] = goal
+        done.append(flags)
+    if not rows:
+        raise UserError("vins: the expert episodes hold no transitions before their goal")
+    return np.concatenate(rows).astype(np.int64), np.concatenate(done)
+
+
+def parse_indices(text: str, dim: int, field: str) -> list[int]:
+    """``'3,4,5'`` / ``'3:6,9'`` → sorted coordinates in ``0..dim-1`` (empty text: all)."""
+    if not str(text).strip():
+        return list(range(dim))
+    out: set[int] = set()
+    try:
+        for part in str(text).replace(" ", "").split(","):
+            if ":" in part:
+                a, b = part.split(":")
+                out.update(range(int(a), int(b)))
+            elif part:
+                out.add(int(part))
+    except ValueError:
+        raise UserError(f"config field {field!r}: cannot read {text!r}; write coordinates like '3,4,5' or '3:6'") from None
+    if not out or min(out) < 0 or max(out) >= dim:
+        raise UserError(f"config field {field!r} = {text!r}: coordinates must lie in 0..{dim - 1} "
+                        f"(the observation has {dim})")
+    return sorted(out)
+
+
+# ------------------------------------------------------------------------------ networks
+
+
+class ValueNet(nn.Module):
+    """V(s) on the coordinates ``indices`` of its input, normalised by the demo statistics."""
+
+    def __init__(self, in_dim: int, indices: list[int], config: VINSConfig):
+        super().__init__()
+        self.register_buffer("indices", torch.tensor(indices, dtype=torch.long))
+        self.register_buffer("mean", torch.zeros(len(indices)))
+        self.register_buffer("std", torch.ones(len(indices)))
+        self.net = MLP(len(indices), 1, config.value_layers, config.value_units, config.value_act, config.value_norm)
+        self.in_dim = in_dim
+
+    def select(self, x: Tensor) -> Tensor:
+        """Full inputs ``(..., in_dim)`` → V's coordinates ``(..., d)``."""
+        return x.index_select(-1, self.indices)
+
+    def forward(self, selected: Tensor) -> Tensor:
+        """``(..., d)`` (already selected) → ``(...)``."""
+        return self.net((selected - self.mean) / self.std).squeeze(-1)
+
+    def forward_full(self, x: Tensor) -> Tensor:
+        return self(self.select(x))
+
+
+def vins_actions(world_model, bc: BCNet, value: ValueNet, state: State, bc_input: Tensor, spec: DataSpec,
+                 config: VINSConfig, latent: bool, deterministic: bool = True) -> tuple[Tensor, Tensor]:
+    """The VINS policy for a batch: ``state (B,)`` is the world model's state of the current
+    observation, ``bc_input (B, ...)`` what π_BC reads. Returns ``(action (B, A), value (B,))``:
+    the candidate with the largest V(M(s, a)) and that value."""
+    B = state.batch_shape[0]
+    A = spec.action_dim
+    if spec.discrete:
+        candidates = torch.eye(A, device=bc_input.device).expand(B, A, A)          # (B, A, A)
+    else:
+        if config.shooting_center == "bc":
+            center = bc.act(bc_input, deterministic)
+        elif config.shooting_center == "zero":
+            center = torch.zeros(B, A, device=bc_input.device)
+        else:
+            raise UserError(f"config field 'shooting_center' is {config.shooting_center!r}; choose 'bc' or 'zero'")
+        head = bc.head
+        low, high = head.center - head.half_range, head.center + head.half_range
+        if not head.bounded:
+            low, high = torch.full_like(low, -math.inf), torch.full_like(high, math.inf)
+        noise = torch.rand(B, config.shooting_samples, A, device=bc_input.device) * 2 - 1
+        candidates = shooting_candidates(center, noise, config.shooting_alpha * head.half_range, low, high)
+    k = candidates.shape[1]
+    repeated = state.map(lambda x: x.unsqueeze(1).expand(B, k, x.shape[-1]).reshape(B * k, x.shape[-1]))
+    following = world_model.imagine_step(repeated, candidates.reshape(B * k, A))
+    features = world_model.features(following)
+    values = value.forward_full(features if latent else world_model.decode(features)).reshape(B, k)
+    return select_best(candidates, values), values.max(-1).values
+
+
+# ------------------------------------------------------------------------------ deployment
+
+
+class VINSPolicy(DeployedPolicy):
+    """Acts by random shooting on V(M(s, a)) around π_BC(s); keeps the world model's state
+    (the posterior filter for latent models; the normalised observation for ``dynamics``)."""
+
+    def __init__(self, world_model, bc: BCNet, value: ValueNet, spec: DataSpec, config: VINSConfig, latent: bool):
+        super().__init__(spec)
+        self.world_model, self.bc, self.value = world_model, bc, value
+        self.config, self.latent = config, latent
+        self.state: Optional[State] = None
+
+    def reset(self) -> None:
+        self.state = self.world_model.initial(1)
+        self.prev_action = torch.zeros(1, self.spec.action_dim, device=self.device)
+        self._first = True
+
+    @torch.no_grad()
+    def act(self, obs, deterministic: bool = True):
+        """The best of the shooting candidates (random either way); ``deterministic`` centres
+        them on π_BC's mean action rather than a sample of it."""
+        if self.state is None:
+            self.reset()
+        obs_t = self._obs(obs)
+        is_first = torch.tensor([self._first], device=self.device)
+        self.state = self.world_model.obs_step(self.state, self.prev_action, obs_t, is_first)
+        self._first = False
+        bc_input = self.world_model.features(self.state) if self.latent else obs_t
+        action, _ = vins_actions(self.world_model, self.bc, self.value, self.state, bc_input, self.spec,
+                                 self.config, self.latent, deterministic)
+        self.prev_action = action
+        return self._to_env(action)
+
+    @torch.no_grad()
+    def offline_metrics(self) -> dict:
+        """Expert action accuracy / MSE of the VINS policy on the run's expert episodes."""
+        data = DemoStates.build(self.world_model, expert_view(self.run_config), self.latent, self.device)
+        return shooting_agreement(self.world_model, self.bc, self.value, data, self.spec, self.config, self.latent)
+
+
+# ------------------------------------------------------------------------------ demo data
+
+
+@dataclass
+class DemoStates:
+    """Every expert observation as V and π_BC see it, plus the world model's state of it."""
+
+    states: State          # (N,) world-model state of each observation (posterior / normalised obs)
+    inputs: Tensor         # (N, F) latent features, or (N, D) raw observations
+    action: Tensor         # (N, A) the expert's action (zeros at an episode's last observation)
+    action_mask: Tensor    # (N,) bool
+    offsets: np.ndarray    # (E,) first row of each episode
+    n_obs: np.ndarray      # (E,)
+    is_terminal: np.ndarray  # (N,) bool
+
+    @staticmethod
+    @torch.no_grad()
+    def build(world_model, dataset: Dataset, latent: bool, device) -> "DemoStates":
+        from wmil.imagination.expert import ExpertLatents
+
+        arrays = dataset.aligned
+        latents = ExpertLatents.encode(world_model, dataset, device)
+        if latent:
+            inputs = latents.features
+        else:
+            inputs = torch.from_numpy(arrays.obs).to(device)
+        return DemoStates(latents.states, inputs, latents.action, latents.action_mask, arrays.offsets.copy(),
+                          arrays.n_obs.copy(), arrays.is_terminal.copy())
+
+    def rows_of(self, positions) -> np.ndarray:
+        """Rows holding a real action in the episodes at ``positions``."""
+        mask = self.action_mask.cpu().numpy()
+        rows = [np.arange(self.offsets[p], self.offsets[p] + self.n_obs[p]) for p in positions]
+        rows = np.concatenate(rows) if rows else np.zeros(0, np.int64)
+        return rows[mask[rows]]
+
+
+@torch.no_grad()
+def shooting_agreement(world_model, bc: BCNet, value: ValueNet, data: DemoStates, spec: DataSpec,
+                       config: VINSConfig, latent: bool, rows: Optional[np.ndarray] = None) -> dict:
+    """How well the VINS policy reproduces the expert's actions on demo states (repeatable:
+    it draws its shooting noise from a fixed seed and leaves the global RNG untouched)."""
+    if rows is None:
+        rows = np.flatnonzero(data.action_mask.cpu().numpy())
+        rows = np.random.default_rng(0).permutation(rows)[:config.eval_states]
+    if len(rows) == 0:
+        return {}
+    index = torch.as_tensor(rows, device=data.inputs.device)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        action, _ = vins_actions(world_model, bc, value, data.states[index], data.inputs[index], spec, config, latent)
+    target = data.action[index]
+    if spec.discrete:
+        return {"eval/vins_action_accuracy": float((action.argmax(-1) == target.argmax(-1)).float().mean())}
+    return {"eval/vins_action_mse": float((action - target).pow(2).mean())}
+
+
+# ------------------------------------------------------------------------------ algorithm
+
+
+class VINS:
+    """VINS trainer: π_BC, V_φ with TD + negative sampling, M from the world model."""
+
+    name = "vins"
+    config_cls = VINSConfig
+    presets = PRESETS
+    progress_keys = ("loss/td", "loss/ns", "eval/ns_rank")
+    needs_world_model = True
+
+    def __init__(self, world_model, expert: Dataset, config: VINSConfig, device: torch.device):
+        from wmil.world_models.dynamics import Dynamics
+
+        spec = expert.spec
+        if world_model is None:
+            raise UserError("--algo vins needs --model RUN: a 'dynamics' world model (vector observations) or an "
+                            "'rssm'/'gaussian_rssm' one (wmil train-model --model ...)")
+        self.latent = not isinstance(world_model, Dynamics)
+        if spec.pixels and not self.latent:
+            raise UserError(f"vins on pixel observations {spec.obs_shape} needs a latent world model: pass --model "
+                            "from 'wmil train-model --model rssm' (or gaussian_rssm)")
+        if self.latent and (config.state_indices.strip() or config.perturb_indices.strip()):
+            raise UserError("config fields 'state_indices'/'perturb_indices' select observation coordinates; with a "
+                            f"latent world model ({type(world_model).__name__}) V reads its features: leave them empty")
+        if config.terminal not in TERMINAL_RULES:
+            raise UserError(f"config field 'terminal' is {config.terminal!r}; choose one of {list(TERMINAL_RULES)}")
+        if config.shooting_center not in ("bc", "zero"):
+            raise UserError(f"config field 'shooting_center' is {config.shooting_center!r}; choose 'bc' or 'zero'")
+        self.world_model, self.config, self.spec, self.device = world_model, config, spec, device
+        self.data = DemoStates.build(world_model, expert, self.latent, device)
+        full_dim = self.data.inputs.shape[-1]
+
+        # --- V's transitions and statistics.
+        indices = parse_indices(config.state_indices, full_dim, "state_indices")
+        perturbed = parse_indices(config.perturb_indices, full_dim, "perturb_indices") if config.perturb_indices.strip() \
+            else indices
+        if not set(perturbed) <= set(indices):
+            raise UserError(f"config field 'perturb_indices' = {config.perturb_indices!r} must lie within "
+                            f"state_indices {indices}")
+        self.terminal = self._terminal_rule(expert)
+        successes = _successes(expert) if self.terminal == "success" else None
+        rows, done = value_transitions(self.data.n_obs, self.data.offsets, self.data.is_terminal, self.terminal, successes)
+        self.rows, self.done = rows, torch.as_tensor(done, device=device)
+        self.value = ValueNet(full_dim, indices, config).to(device)
+        self.value_states = self.value.select(self.data.inputs.float())             # (N, d)
+        demo = self.value_states[torch.as_tensor(np.flatnonzero(self.data.action_mask.cpu().numpy()), device=device)]
+        std = demo.std(0, unbiased=False) if len(demo) > 1 else torch.ones(len(indices), device=device)
+        self.value.mean.copy_(demo.mean(0))
+        self.value.std.copy_(std.clamp(min=1e-3))
+        mask = torch.tensor([i in set(perturbed) for i in indices], dtype=torch.float32, device=device)
+        self.noise_std = math.sqrt(config.ns_rho) * std * mask                          # √ρ·σ on perturbed coords
+        self.distance_scale = std.clamp(min=1e-6) if config.ns_normalized_distance else torch.ones_like(std)
+        self.target = copy.deepcopy(self.value).requires_grad_(False)
+        self.value_opt = torch.optim.Adam(self.value.parameters(), lr=config.value_lr)
+
+        # --- π_BC: observations (dynamics) or features (latent), held-out episodes for selection.
+        train, val = split_demos(expert, config)
+        position = {int(e): p for p, e in enumerate(expert.episode_ids)}
+
+        def feature_pairs(view: Dataset) -> Demos:
+            rows = torch.as_tensor(self.data.rows_of([position[int(e)] for e in view.episode_ids]), device=device)
+            return Demos(self.data.inputs[rows], self.data.action[rows])
+
+        if self.latent:
+            bc_train, bc_val = feature_pairs(train), feature_pairs(val)
+        else:
+            bc_train = demo_pairs(train)
+            bc_val = demo_pairs(val) if len(val) else Demos(bc_train.inputs[:0], bc_train.action[:0])
+        in_shape = (full_dim,) if self.latent else spec.obs_shape
+        self.bc = BCTrainer(BCNet(in_shape, spec, config), bc_train, bc_val, config, spec, device)
+        held_out = [position[int(e)] for e in val.episode_ids]
+        self.eval_rows = np.random.default_rng(0).permutation(self.data.rows_of(held_out) if held_out else
+                                                              np.flatnonzero(self.data.action_mask.cpu().numpy()))
+        self.eval_rows = self.eval_rows[:config.eval_states]
+        self.rng = np.random.default_rng(int(torch.randint(2**62, (1,))))
+        self.step = 0
+        self.updates = 0
+
+    def _terminal_rule(self, expert: Dataset) -> str:
+        if self.config.terminal != "auto":
+            return self.config.terminal
+        return "success" if _successes(expert) is not None else "dataset"
+
+    # ---------------------------------------------------------------- training
+    def value_losses(self, state: Tensor, next_state: Tensor, done: Tensor, u: Optional[Tensor],
+                     noise: Tensor) -> tuple[dict[str, Tensor], dict[str, float]]:
+        """L_td and L_ns of a batch of V-space transitions ``(B, d)``; ``u (B,)`` the
+        interpolation fractions (None: no augmentation), ``noise (B, d)`` standard normal."""
+        cfg = self.config
+        reward = torch.full_like(done, STEP_REWARD, dtype=state.dtype)
+        if u is not None:
+            state, reward, discount = interpolate_transitions(state, next_state, u, reward, cfg.gamma)
+        else:
+            discount = torch.full_like(reward, cfg.gamma)
+        with torch.no_grad():
+            target = td_target(reward, self.target(next_state), done, discount)
+        value = self.value(state)
+        perturbed = perturb(state, self.noise_std, noise)
+        value_perturbed = self.value(perturbed)
+        distance = torch.linalg.vector_norm((state - perturbed) / self.distance_scale, dim=-1)
+        losses = {"td": (value - target).pow(2).mean(),
+                  "ns": negative_sampling_loss(value, value_perturbed, distance, cfg.ns_lambda).mean()}
+        metrics = {"value/mean": float(value.detach().mean()), "value/target": float(target.mean()),
+                   "value/ns_gap": float((value - value_perturbed).detach().mean()),
+                   "value/ns_distance": float(distance.mean())}
+        return losses, metrics
+
+    def update(self, step: int) -> dict:
+        cfg = self.config
+        self.step = step
+        metrics = self.bc.update(self.rng)
+        pick = self.rng.integers(len(self.rows), size=cfg.batch_size)
+        rows = torch.as_tensor(self.rows[pick], device=self.device)
+        state, next_state = self.value_states[rows], self.value_states[rows + 1]
+        u = torch.rand(len(pick), device=self.device) if cfg.interpolate else None
+        noise = torch.randn_like(state)
+        losses, value_metrics = self.value_losses(state, next_state, self.done[torch.as_tensor(pick, device=self.device)],
+                                                  u, noise)
+        loss = losses["td"] + cfg.ns_weight * losses["ns"]
+        self.value_opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.value_opt.step()
+        with torch.no_grad():
+            for target, source in zip(self.target.parameters(), self.value.parameters()):
+                target.lerp_(source, cfg.target_tau)
+        self.updates += 1
+        metrics.update({"loss/td": float(losses["td"].detach()), "loss/ns": float(losses["ns"].detach()),
+                        "loss/value": float(loss.detach()), **value_metrics})
+        return metrics
+
+    # ---------------------------------------------------------------- offline metrics
+    @torch.no_grad()
+    def value_ranking(self, count: Optional[int] = None) -> dict[str, float]:
+        """How often V ranks a demo state above its negative sample (``ns_rank``) and a demo
+        state's successor above it (``td_order``), on a fixed set of demo transitions."""
+        count = count or self.config.eval_states
+        generator = torch.Generator(device="cpu").manual_seed(0)
+        pick = torch.randperm(len(self.rows), generator=generator)[:count]
+        rows = torch.as_tensor(self.rows[pick.numpy()], device=self.device)
+        state, next_state = self.value_states[rows], self.value_states[rows + 1]
+        noise = torch.randn(state.shape, generator=generator).to(self.device)
+        value, value_perturbed = self.value(state), self.value(perturb(state, self.noise_std, noise))
+        not_done = ~self.done[pick.to(self.device)]
+        order = (self.value(next_state) > value)[not_done].float()
+        return {"eval/ns_rank": float((value > value_perturbed).float().mean()),
+                "eval/td_order": float(order.mean()) if len(order) else float("nan"),
+                "eval/value_demo": float(value.mean())}
+
+    def evaluate(self) -> dict:
+        out = self.bc.evaluate(self.step)
+        out.update(self.value_ranking())
+        out.update(shooting_agreement(self.world_model, self.bc.net, self.value, self.data, self.spec,
+                                      self.config, self.latent, self.eval_rows))
+        return out
+
+    # ---------------------------------------------------------------- state and deployment
+    def training_state(self) -> dict:
+        return {"bc": self.bc.state(), "value": self.value.state_dict(), "target": self.target.state_dict(),
+                "value_opt": self.value_opt.state_dict(), "rng": self.rng.bit_generator.state, "step": self.step,
+                "updates": self.updates}
+
+    def load_training_state(self, state: dict) -> None:
+        self.bc.load_state(state["bc"])
+        self.value.load_state_dict(state["value"])
+        self.target.load_state_dict(state["target"])
+        self.value_opt.load_state_dict(state["value_opt"])
+        self.rng.bit_generator.state = state["rng"]
+        self.step, self.updates = int(state["step"]), int(state["updates"])
+
+    def policy(self) -> VINSPolicy:
+        return VINSPolicy(self.world_model, self.bc.best_net(), copy.deepcopy(self.value).eval(), self.spec,
+                          self.config, self.latent)
+
+    @staticmethod
+    def deployable(world_model, config: VINSConfig, state: dict, spec: DataSpec) -> VINSPolicy:
+        from wmil.world_models.dynamics import Dynamics
+
+        latent = not isinstance(world_model, Dynamics)
+        full_dim = world_model.feature_dim if latent else spec.obs_shape[0]
+        bc = BCNet((full_dim,) if latent else spec.obs_shape, spec, config)
+        bc.load_state_dict(BCTrainer.deployed_params(state["bc"]))
+        value = ValueNet(full_dim, parse_indices(config.state_indices, full_dim, "state_indices"), config)
+        value.load_state_dict(state["value"])
+        return VINSPolicy(world_model, bc.eval(), value.eval(), spec, config, latent)
+
+
+def _successes(expert: Dataset) -> Optional[list[np.ndarray]]:
+    """Each episode's ``is_success`` per observation, or None when any episode lacks it."""
+    out = []
+    for i in range(len(expert)):
+        values = expert.episode(i).infos.get("is_success")
+        if values is None:
+            return None
+        out.append(np.asarray(values, dtype=np.float32).reshape(-1))
+    return out
+
+
+__all__ = ["VINS", "VINSConfig", "VINSPolicy", "ValueNet", "td_target", "interpolate_transitions", "perturb",
+           "negative_sampling_loss", "shooting_candidates", "select_best", "value_transitions", "parse_indices"]

@@ -1,0 +1,86 @@
+"""Fully connected building blocks: activations, MLPs and the LayerNorm GRU cell."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+ACTIVATIONS: dict[str, type[nn.Module]] = {
+    "elu": nn.ELU,
+    "relu": nn.ReLU,
+    "silu": nn.SiLU,
+    "tanh": nn.Tanh,
+}
+
+
+def activation(name: str, inplace: bool = False) -> nn.Module:
+    """The activation module called ``name`` (one of ``ACTIVATIONS``); ``inplace`` where the
+    module supports it (saves a pass over large conv feature maps)."""
+    if name not in ACTIVATIONS:
+        raise ValueError(f"unknown activation {name!r}; choose one of {sorted(ACTIVATIONS)}")
+    if inplace and name in ("elu", "relu", "silu"):
+        return ACTIVATIONS[name](inplace=True)
+    return ACTIVATIONS[name]()
+
+
+class MLP(nn.Module):
+    """``layers`` hidden layers of ``units`` (Linear [+ LayerNorm] + activation), then a linear
+    output layer of ``out_dim`` (omitted when ``out_dim`` is None, so the output is the last
+    hidden layer). Works on any leading shape ``(..., in_dim) -> (..., out_dim)``."""
+
+    def __init__(self, in_dim: int, out_dim: int | None, layers: int, units: int,
+                 act: str = "elu", norm: bool = False):
+        super().__init__()
+        modules: list[nn.Module] = []
+        width = in_dim
+        for _ in range(layers):
+            # LayerNorm carries its own bias, so the linear one would be redundant.
+            modules.append(nn.Linear(width, units, bias=not norm))
+            if norm:
+                modules.append(nn.LayerNorm(units))
+            modules.append(activation(act))
+            width = units
+        if out_dim is not None:
+            modules.append(nn.Linear(width, out_dim))
+            width = out_dim
+        self.net = nn.Sequential(*modules)
+        self.in_dim = in_dim
+        self.out_dim = width
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (..., in_dim) -> (..., out_dim)
+        return self.net(x)
+
+
+class LayerNormGRUCell(nn.Module):
+    """The GRU cell of DreamerV2 (``GRUCell`` with ``norm=True``, ``update_bias=-1``).
+
+    One fused linear map of ``[x, h]`` to the reset, update and candidate pre-activations,
+    LayerNorm over all three, then::
+
+        reset  = sigmoid(r)
+        update = sigmoid(u - 1)          # biased towards keeping the old state
+        cand   = tanh(reset * c)
+        h'     = lerp(h, cand, update)   # update * cand + (1 - update) * h
+
+    Kept to a handful of kernels because it runs once per time step of the sequential loop.
+    """
+
+    def __init__(self, input_dim: int, hidden_dim: int, update_bias: float = -1.0):
+        super().__init__()
+        self.input_dim = input_dim
+        self.hidden_dim = hidden_dim
+        # Bias-free: the LayerNorm's bias plays that role.
+        self.linear = nn.Linear(input_dim + hidden_dim, 3 * hidden_dim, bias=False)
+        self.norm = nn.LayerNorm(3 * hidden_dim)
+        offset = torch.zeros(2 * hidden_dim)
+        offset[hidden_dim:] = update_bias
+        self.register_buffer("gate_offset", offset, persistent=False)
+
+    def forward(self, x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        # x (B, input_dim), h (B, hidden_dim) -> (B, hidden_dim)
+        parts = self.norm(self.linear(torch.cat([x, h], -1)))
+        size = self.hidden_dim
+        gates = torch.sigmoid(parts[..., : 2 * size] + self.gate_offset)
+        reset, update = gates[..., :size], gates[..., size:]
+        cand = torch.tanh(reset * parts[..., 2 * size:])
+        return torch.lerp(h, cand, update)

@@ -1,0 +1,281 @@
+"""The world-model interface every latent imitation algorithm programs against.
+
+A world model filters observed sequences into latent states (``observe``), steps the latent
+forward without observations (``imagine_step``, for H-step imagined rollouts) and exposes a
+flat feature vector per state (``features``) that actors, critics, discriminators and the
+DITTO reward read. Three implementations share it (DESIGN.md): ``rssm`` (DreamerV2),
+``gaussian_rssm`` (VMIL / PlaNet / Dreamer v1) and ``dynamics`` (VINS).
+
+Shape letters: B batch, T time, F features, A action dimension, O an observation shape.
+Inputs follow the time alignment of :mod:`wmil.types`: ``prev_action[t]`` led to ``obs[t]``,
+so the prior of step t is a function of the state at t-1 and ``prev_action[t]``.
+"""
+
+from __future__ import annotations
+
+import ast
+import inspect
+import textwrap
+from dataclasses import dataclass, fields
+from typing import Any, Callable, Iterable, Mapping, Optional, Protocol, runtime_checkable
+
+import torch
+from torch import nn
+
+from wmil.errors import UserError
+from wmil.types import DataSpec, SequenceBatch
+
+Tensor = torch.Tensor
+
+
+@dataclass(frozen=True)
+class State:
+    """A batch of latent states with any leading shape (``(B,)``, ``(B, T)``, ``(H, B)``...).
+
+    ``deter`` is the deterministic part (the GRU state h; the normalised observation for
+    ``dynamics``), ``stoch`` the sampled stochastic part (flat one-hots for categorical latents,
+    a Gaussian sample, or width 0). The distribution parameters that produced ``stoch`` are kept
+    for the KL terms: ``logits`` (categorical) or ``mean``/``std`` (Gaussian); None otherwise.
+    """
+
+    deter: Tensor                    # (*batch, D)
+    stoch: Tensor                    # (*batch, S)
+    logits: Optional[Tensor] = None  # (*batch, S) flat categorical logits (rssm)
+    mean: Optional[Tensor] = None    # (*batch, S) Gaussian mean (gaussian_rssm)
+    std: Optional[Tensor] = None     # (*batch, S) Gaussian std (gaussian_rssm)
+
+    def tensors(self) -> dict[str, Tensor]:
+        """The fields that hold a tensor, by name."""
+        return {f.name: getattr(self, f.name) for f in fields(self)
+                if getattr(self, f.name) is not None}
+
+    def map(self, fn: Callable[[Tensor], Tensor]) -> "State":
+        """Apply ``fn`` to every tensor field (e.g. ``state.map(lambda x: x[:, -1])``)."""
+        return State(**{name: fn(value) for name, value in self.tensors().items()})
+
+    @property
+    def batch_shape(self) -> tuple[int, ...]:
+        """The leading shape shared by all fields, e.g. ``(B, T)``."""
+        return tuple(self.deter.shape[:-1])
+
+    def __getitem__(self, index) -> "State":
+        """Index the leading (batch/time) dimensions: ``state[:, t]``, ``state[mask]``."""
+        # The feature axis is last, so any index of the leading axes leaves it untouched.
+        return self.map(lambda x: x[index])
+
+    def detach(self) -> "State":
+        return self.map(lambda x: x.detach())
+
+    def to(self, device) -> "State":
+        return self.map(lambda x: x.to(device))
+
+    def reshape(self, *batch_shape: int) -> "State":
+        """Give the leading dimensions a new shape, e.g. ``(B, T) -> (B * T,)`` with ``-1``."""
+        return self.map(lambda x: x.reshape(*batch_shape, x.shape[-1]))
+
+    def flatten(self) -> "State":
+        """Merge all leading dimensions into one: ``(B, T, .) -> (B*T, .)``."""
+        return self.reshape(-1)
+
+    def where(self, mask: Tensor, other: "State") -> "State":
+        """Per element of the batch shape: this state where ``mask`` is True, else ``other``."""
+        other_tensors = other.tensors()
+        return State(**{name: torch.where(mask.unsqueeze(-1), value, other_tensors[name])
+                        for name, value in self.tensors().items()})
+
+    @staticmethod
+    def stack(states: Iterable["State"], dim: int = 0) -> "State":
+        """Stack states of equal batch shape along a new leading dimension ``dim``
+        (``dim`` counts batch dimensions only; it must not be negative)."""
+        states = list(states)
+        assert states, "State.stack needs at least one state"
+        assert dim >= 0, "State.stack: give a non-negative dim (feature axes come last)"
+        names = states[0].tensors().keys()
+        return State(**{name: torch.stack([getattr(s, name) for s in states], dim)
+                        for name in names})
+
+    @staticmethod
+    def cat(states: Iterable["State"], dim: int = 0) -> "State":
+        """Concatenate states along an existing leading dimension ``dim`` (non-negative)."""
+        states = list(states)
+        assert states, "State.cat needs at least one state"
+        assert dim >= 0, "State.cat: give a non-negative dim (feature axes come last)"
+        names = states[0].tensors().keys()
+        return State(**{name: torch.cat([getattr(s, name) for s in states], dim)
+                        for name in names})
+
+    def __repr__(self) -> str:
+        parts = ", ".join(f"{name}={tuple(value.shape)}" for name, value in self.tensors().items())
+        return f"State({parts})"
+
+
+@runtime_checkable
+class WorldModel(Protocol):
+    """What every world model provides (an ``nn.Module``)."""
+
+    spec: DataSpec
+    feature_dim: int
+    """F: width of ``features(state)``."""
+
+    @property
+    def loss_scales(self) -> dict[str, float]:
+        """Weight of each term of ``loss``; exactly its keys (see :func:`total_loss`)."""
+
+    def initial(self, batch_size: int) -> State:
+        """The state before the first observation: ``(B,)``."""
+
+    def preprocess_obs(self, obs: Tensor) -> Tensor:
+        """Observations ``(..., *O)`` into the space ``decode`` predicts in (float32; uint8
+        pixels become [-0.5, 0.5])."""
+
+    def observe(self, obs: Tensor, prev_action: Tensor, is_first: Tensor,
+                state: Optional[State] = None) -> tuple[State, State]:
+        """Filter a sequence. ``obs (B, T, *O)``, ``prev_action (B, T, A)``, ``is_first (B, T)``
+        bool; ``state`` ``(B,)`` is the state before step 0 (``initial`` when None). The state
+        is reset to ``initial`` wherever ``is_first``. Returns ``(posterior, prior)``, both
+        ``(B, T)``: the prior of step t has not seen ``obs[t]``."""
+
+    def obs_step(self, state: State, prev_action: Tensor, obs: Tensor, is_first: Tensor) -> State:
+        """One filtering step for a deployed policy: ``state (B,)``, ``prev_action (B, A)``,
+        ``obs (B, *O)``, ``is_first (B,)`` -> posterior ``(B,)``."""
+
+    def imagine_step(self, state: State, action: Tensor) -> State:
+        """One step of the prior: ``state (B,)``, ``action (B, A)`` -> ``(B,)``. Differentiable
+        w.r.t. ``action`` and ``state`` (dynamics backprop for continuous actions)."""
+
+    def features(self, state: State) -> Tensor:
+        """``(*batch,) -> (*batch, F)``."""
+
+    def decode(self, features: Tensor) -> Tensor:
+        """Observation prediction ``(*batch, F) -> (*batch, *O)`` in ``preprocess_obs`` space."""
+
+    def loss(self, batch: SequenceBatch) -> tuple[dict[str, Tensor], dict[str, float], State]:
+        """Named scalar loss terms (keys == ``loss_scales``), float metrics, and the posterior
+        ``(B, T)`` of the batch."""
+
+    def encode_sequence(self, batch: SequenceBatch) -> State:
+        """Posterior states ``(B, T)`` of a batch (e.g. expert windows), without gradients."""
+
+    def open_loop(self, batch: SequenceBatch, context: int, horizon: int) -> Tensor:
+        """Observe ``context`` steps, then imagine ``horizon`` steps with the logged actions:
+        predictions ``(B, horizon, *O)`` of ``obs[:, context:context + horizon]`` in
+        ``preprocess_obs`` space. Needs ``context >= 1`` and ``context + horizon <= T``."""
+
+
+def total_loss(losses: Mapping[str, Tensor], scales: Mapping[str, float]) -> Tensor:
+    """``Σ scales[k] · losses[k]``; the keys must match exactly (a term without a scale, or a
+    scale without a term, is a bug, as dreamerv3 asserts)."""
+    assert set(losses) == set(scales), \
+        f"loss terms {sorted(losses)} do not match loss scales {sorted(scales)}"
+    return sum(scales[name] * value for name, value in losses.items())  # type: ignore[return-value]
+
+
+class WorldModelBase(nn.Module):
+    """Shared plumbing: argument checks and the protocol methods that only need the others
+    (``encode_sequence``, ``open_loop``). Models subclass this and implement the rest."""
+
+    spec: DataSpec
+    feature_dim: int
+
+    def _check_sequence(self, obs: Tensor, prev_action: Tensor, is_first: Tensor) -> None:
+        assert is_first.dim() == 2 and is_first.dtype == torch.bool, \
+            f"is_first must be (B, T) bool, got {tuple(is_first.shape)} {is_first.dtype}"
+        B, T = is_first.shape
+        assert tuple(obs.shape) == (B, T, *self.spec.obs_shape), \
+            f"obs must be (B, T, *{self.spec.obs_shape}) = {(B, T, *self.spec.obs_shape)}, " \
+            f"got {tuple(obs.shape)}"
+        assert tuple(prev_action.shape) == (B, T, self.spec.action_dim), \
+            f"prev_action must be (B, T, A) = {(B, T, self.spec.action_dim)}, " \
+            f"got {tuple(prev_action.shape)}"
+
+    @torch.no_grad()
+    def encode_sequence(self, batch: SequenceBatch) -> State:
+        posterior, _ = self.observe(batch.obs, batch.prev_action, batch.is_first)  # type: ignore[attr-defined]
+        return posterior
+
+    @torch.no_grad()
+    def open_loop(self, batch: SequenceBatch, context: int, horizon: int) -> Tensor:
+        B, T = batch.shape
+        if context < 1 or horizon < 1 or context + horizon > T:
+            raise UserError(f"open_loop needs 1 <= context, 1 <= horizon and context + horizon "
+                            f"<= T = {T}; got context={context}, horizon={horizon}")
+        posterior, _ = self.observe(batch.obs[:, :context], batch.prev_action[:, :context],  # type: ignore[attr-defined]
+                                    batch.is_first[:, :context])
+        state = posterior[:, -1]
+        predictions = []
+        for k in range(horizon):
+            # prev_action[context + k] is the logged action that led to obs[context + k].
+            state = self.imagine_step(state, batch.prev_action[:, context + k])  # type: ignore[attr-defined]
+            predictions.append(self.decode(self.features(state)))  # type: ignore[attr-defined]
+        return torch.stack(predictions, 1)  # (B, horizon, *O)
+
+
+# ---------------------------------------------------------------------------------- configs
+
+
+@dataclass(frozen=True)
+class Registration:
+    """A registry entry: the model class, its config dataclass and its named presets."""
+
+    model: type
+    config: type
+    presets: Mapping[str, Mapping[str, Any]]
+    """Preset name -> field overrides of the config defaults ('tiny', 'small', 'paper')."""
+
+
+def field_docs(config_cls: type) -> dict[str, str]:
+    """The one-line docstring under each field of a config dataclass (for ``--help``)."""
+    docs: dict[str, str] = {}
+    for klass in reversed(config_cls.__mro__):
+        if klass is object or not hasattr(klass, "__dataclass_fields__"):
+            continue
+        try:
+            tree = ast.parse(textwrap.dedent(inspect.getsource(klass)))
+        except (OSError, TypeError):
+            continue
+        body = tree.body[0].body  # type: ignore[attr-defined]
+        for node, following in zip(body, body[1:]):
+            if (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)
+                    and isinstance(following, ast.Expr)
+                    and isinstance(following.value, ast.Constant)
+                    and isinstance(following.value.value, str)):
+                docs[node.target.id] = following.value.value.strip()
+    return docs
+
+
+def _coerce(value: Any, current: Any, name: str) -> Any:
+    """Turn a string from the command line into the type of the field's current value."""
+    if not isinstance(value, str) or isinstance(current, str):
+        return value
+    text = value.strip()
+    if text.lower() in ("none", "null"):
+        return None
+    try:
+        if isinstance(current, bool):
+            if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                raise ValueError
+            return text.lower() in ("true", "1", "yes")
+        if isinstance(current, int):
+            return int(text)
+        if isinstance(current, float) or current is None:
+            return float(text)
+    except ValueError:
+        raise UserError(f"config field {name!r}: cannot read {value!r} as "
+                        f"{type(current).__name__}") from None
+    return value
+
+
+def build_config(registration: Registration, preset: str, overrides: Mapping[str, Any]):
+    """Defaults, then the preset's fields, then ``overrides`` (strings are coerced)."""
+    if preset not in registration.presets:
+        raise UserError(f"unknown preset {preset!r}; choose one of {sorted(registration.presets)}")
+    config = registration.config(**registration.presets[preset])
+    valid = {f.name for f in fields(config)}
+    unknown = sorted(set(overrides) - valid)
+    if unknown:
+        raise UserError(f"unknown config field(s) {unknown} for {registration.config.__name__}; "
+                        f"valid fields: {sorted(valid)}")
+    values = {name: _coerce(value, getattr(config, name), name)
+              for name, value in overrides.items()}
+    return registration.config(**{**{f.name: getattr(config, f.name) for f in fields(config)},
+                                  **values})

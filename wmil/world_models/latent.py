@@ -1,0 +1,147 @@
+"""Latent-variable math as pure functions, each tested against hand-computed values.
+
+Categorical latents are stored flat: ``(..., stoch * classes)`` logits, reshaped to
+``(..., stoch, classes)`` only where a softmax over classes is needed.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+import torch
+import torch.nn.functional as F
+
+Tensor = torch.Tensor
+
+
+def scale_grad(x: Tensor, scale: float) -> Tensor:
+    """Identity in the forward pass; multiplies the gradient by ``scale`` in the backward pass.
+
+    ``scale_grad(x, 0) == x.detach()`` and ``scale_grad(x, 1) == x``.
+    """
+    if scale == 1.0:
+        return x
+    if scale == 0.0:
+        return x.detach()
+    return x.detach() + scale * (x - x.detach())
+
+
+def gumbel_noise(shape: tuple[int, ...], generator: Optional[torch.Generator] = None,
+                 device=None) -> Tensor:
+    """Standard Gumbel noise -log(-log U), U ~ Uniform(0, 1), clamped away from 0 and 1."""
+    u = torch.rand(shape, generator=generator, device=device)
+    u.clamp_(1e-7, 1.0 - 1e-7)
+    return -torch.log(-torch.log(u))
+
+
+def unimix_logits(logits: Tensor, classes: int, unimix: float) -> Tensor:
+    """Mix ``unimix`` of the uniform distribution into each categorical (DreamerV3) and return
+    the log-probabilities of the mixture. ``logits`` is flat ``(..., stoch * classes)``."""
+    if unimix <= 0.0:
+        return logits
+    shape = logits.shape
+    probs = torch.softmax(logits.reshape(*shape[:-1], -1, classes), -1)
+    probs = (1.0 - unimix) * probs + unimix / classes
+    return torch.log(probs).reshape(shape)
+
+
+def straight_through_sample(logits: Tensor, classes: int, noise: Optional[Tensor] = None) -> Tensor:
+    """One-hot sample of each categorical with straight-through gradients (Bengio et al. 2013).
+
+    ``logits`` and ``noise`` (Gumbel, same shape; drawn here when None) are flat
+    ``(..., stoch * classes)``. Forward value: the one-hot of ``argmax(logits + noise)`` per
+    categorical (a sample, by the Gumbel-max trick). Gradient: that of ``softmax(logits)``.
+    Returns ``(..., stoch * classes)``.
+    """
+    shape = logits.shape
+    logits = logits.reshape(*shape[:-1], -1, classes)
+    if noise is None:
+        noise = gumbel_noise(tuple(logits.shape), device=logits.device)
+    index = (logits.detach() + noise.reshape(logits.shape)).argmax(-1, keepdim=True)
+    one_hot = torch.zeros_like(logits).scatter_(-1, index, 1.0)
+    probs = torch.softmax(logits, -1)
+    return (one_hot + (probs - probs.detach())).reshape(shape)
+
+
+def categorical_mode(logits: Tensor, classes: int) -> Tensor:
+    """One-hot of the most likely class of each categorical, flat ``(..., stoch * classes)``."""
+    shape = logits.shape
+    logits = logits.reshape(*shape[:-1], -1, classes)
+    index = logits.argmax(-1, keepdim=True)
+    return torch.zeros_like(logits).scatter_(-1, index, 1.0).reshape(shape)
+
+
+def categorical_kl(logits_q: Tensor, logits_p: Tensor, classes: int) -> Tensor:
+    """KL(q || p) of independent categoricals, summed over them: flat ``(..., S*K) -> (...)``."""
+    shape = logits_q.shape
+    log_q = torch.log_softmax(logits_q.reshape(*shape[:-1], -1, classes), -1)
+    log_p = torch.log_softmax(logits_p.reshape(*shape[:-1], -1, classes), -1)
+    return (log_q.exp() * (log_q - log_p)).sum((-2, -1))
+
+
+def categorical_entropy(logits: Tensor, classes: int) -> Tensor:
+    """Entropy summed over independent categoricals: flat ``(..., S*K) -> (...)``."""
+    shape = logits.shape
+    log_p = torch.log_softmax(logits.reshape(*shape[:-1], -1, classes), -1)
+    return -(log_p.exp() * log_p).sum((-2, -1))
+
+
+def std_from_raw(raw: Tensor, min_std: float) -> Tensor:
+    """Standard deviation of a Gaussian latent: ``softplus(raw) + min_std`` (PlaNet/Dreamer)."""
+    return F.softplus(raw) + min_std
+
+
+def gaussian_kl(mean_q: Tensor, std_q: Tensor, mean_p: Tensor, std_p: Tensor) -> Tensor:
+    """KL(N(mean_q, std_q²) || N(mean_p, std_p²)) of diagonal Gaussians, summed over the last
+    dimension: ``(..., S) -> (...)``.
+
+    Per dimension: ``log(σp/σq) + (σq² + (μq − μp)²) / (2σp²) − 1/2``.
+    """
+    var_ratio = (std_q / std_p).pow(2)
+    mahalanobis = ((mean_q - mean_p) / std_p).pow(2)
+    return 0.5 * (var_ratio + mahalanobis - 1.0 - torch.log(var_ratio)).sum(-1)
+
+
+def gaussian_entropy(std: Tensor) -> Tensor:
+    """Entropy of a diagonal Gaussian, summed over the last dimension: ``(..., S) -> (...)``."""
+    return (torch.log(std) + 0.5 * (1.0 + torch.log(torch.tensor(2.0 * torch.pi)))).sum(-1)
+
+
+def free_nats(kl: Tensor, free: float) -> Tensor:
+    """``max(kl, free)``: below ``free`` nats the KL term is constant, so it has no gradient
+    (PlaNet/Dreamer free bits). Applied to the batch-mean KL (DreamerV2's ``free_avg``)."""
+    if free <= 0.0:
+        return kl
+    return torch.clamp(kl, min=free)
+
+
+def masked_mean(x: Tensor, mask: Optional[Tensor]) -> Tensor:
+    """Mean of ``x`` over the entries where ``mask`` (same shape, bool) is True; plain mean
+    when ``mask`` is None (no padding in the batch)."""
+    if mask is None:
+        return x.mean()
+    weight = mask.to(x.dtype)
+    return (x * weight).sum() / weight.sum().clamp(min=1.0)
+
+
+def kl_balance(kl_fn: Callable[[Tensor, Tensor], Tensor], posterior: Tensor, prior: Tensor,
+               balance: Optional[float], free: float = 0.0,
+               mask: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
+    """KL balancing of DreamerV2: ``α·KL(sg(q) ‖ p) + (1 − α)·KL(q ‖ sg(p))``, each term
+    averaged over the batch and clamped to ``free`` nats.
+
+    ``posterior``/``prior`` are the distribution parameters (flat logits, or ``[mean, std]``
+    concatenated) that ``kl_fn(posterior, prior) -> (...)`` turns into a KL per element.
+    ``balance=None`` gives the plain ``KL(q ‖ p)`` (gradient to both sides at full weight).
+
+    Both terms have the same value, so one KL evaluation on inputs whose gradients are scaled
+    by ``α`` (prior) and ``1 − α`` (posterior) gives exactly the balanced gradient; the free-nats
+    clamp then acts identically on both terms. Returns ``(loss, kl_value)`` where ``kl_value``
+    is the batch-mean KL before clamping (for logging). ``mask`` (bool, the shape of the KL per
+    element) leaves padded steps out of the mean.
+    """
+    if balance is None:
+        kl = masked_mean(kl_fn(posterior, prior), mask)
+    else:
+        kl = masked_mean(kl_fn(scale_grad(posterior, 1.0 - balance), scale_grad(prior, balance)), mask)
+    return free_nats(kl, free), kl.detach()

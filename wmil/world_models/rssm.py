@@ -1,0 +1,311 @@
+"""DreamerV2's recurrent state-space model (Hafner et al. 2021), the world model of DITTO.
+
+State: a deterministic GRU state ``h`` (LayerNorm GRU) and a stochastic state ``z`` of
+``stoch`` categoricals with ``classes`` classes each, sampled with straight-through gradients.
+
+    h_t      = GRU(h_{t-1}, [z_{t-1}, a_{t-1}])         recurrent state
+    p(z_t | h_t)                                       prior   (predicts without obs_t)
+    q(z_t | h_t, e_t),  e_t = enc(obs_t)               posterior
+    p(obs_t | h_t, z_t)                                decoder (unit Gaussian: ½‖ô − o‖²)
+
+Loss (DITTO appendix B, eq. 11-12): ``obs_scale·(−log p(o|h,z)) + kl_scale·KL_bal`` with
+KL balancing ``α·KL(sg(q) ‖ p) + (1 − α)·KL(q ‖ sg(p))``, α = ``kl_balance`` = 0.8, and
+``kl_scale`` 0.1 as in the DITTO code (DESIGN.md). Reward and continue heads are optional.
+
+Only what depends on the previous step runs inside the sequential loop (the input layer,
+the GRU, the posterior head and the sample); the encoder, the action and embedding halves of
+the input/posterior layers, the priors, the decoder and every loss run batched over all
+B×T steps. :class:`wmil.world_models.gaussian_rssm.GaussianRSSM` reuses this skeleton with a
+diagonal Gaussian ``z``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from wmil.nets import MLP, ConvDecoder, ConvEncoder, LayerNormGRUCell, preprocess_pixels
+from wmil.types import DataSpec, SequenceBatch
+from wmil.world_models.base import State, WorldModelBase
+from wmil.world_models.latent import (categorical_entropy, categorical_kl, gumbel_noise,
+                                      kl_balance, masked_mean, straight_through_sample, unimix_logits)
+
+Tensor = torch.Tensor
+
+_FUNCTIONAL_ACT = {"elu": F.elu, "relu": F.relu, "silu": F.silu, "tanh": torch.tanh}
+
+
+@dataclass(frozen=True)
+class RecurrentConfig:
+    """Fields shared by the recurrent world models (``rssm``, ``gaussian_rssm``)."""
+
+    deter: int = 200
+    """Size of the deterministic GRU state h."""
+    hidden: int = 200
+    """Width of the layers around the GRU (input layer, prior and posterior heads)."""
+    mlp_layers: int = 2
+    """Hidden layers of the vector encoder/decoder MLPs and of the reward/continue heads."""
+    mlp_units: int = 200
+    """Units per hidden layer of those MLPs."""
+    cnn_depth: int = 16
+    """Channel multiplier of the pixel encoder/decoder (DreamerV2 uses 48)."""
+    act: str = "elu"
+    """Activation everywhere: 'elu' (DreamerV2), 'relu', 'silu' or 'tanh'."""
+    norm: bool = False
+    """LayerNorm after each hidden layer of the encoder/decoder MLPs."""
+    kl_scale: float = 0.1
+    """Weight of the KL term (DITTO code: 0.1)."""
+    kl_balance: Optional[float] = 0.8
+    """α of KL balancing (weight of the prior side); None for the plain KL(q ‖ p)."""
+    free_nats: float = 0.0
+    """The batch-mean KL is clamped below at this many nats (0 disables)."""
+    obs_scale: float = 1.0
+    """Weight of the observation reconstruction term."""
+    reward_head: bool = False
+    """Also predict the logged reward from the features (off for imitation)."""
+    reward_scale: float = 1.0
+    """Weight of the reward term (when reward_head)."""
+    continue_head: bool = False
+    """Also predict 1 - is_terminal from the features (off by default)."""
+    continue_scale: float = 1.0
+    """Weight of the continue term (when continue_head)."""
+    lr: float = 3e-4
+    """Adam learning rate for the trainer (DITTO: 3e-4)."""
+    adam_eps: float = 1e-5
+    """Adam epsilon for the trainer (DreamerV2: 1e-5)."""
+    grad_clip: float = 200.0
+    """Global gradient-norm clip for the trainer (DITTO: 200)."""
+
+
+@dataclass(frozen=True)
+class RSSMConfig(RecurrentConfig):
+    """DreamerV2 RSSM with categorical latents (see the module docstring for the loss)."""
+
+    stoch: int = 32
+    """Number of categorical latent variables in z."""
+    classes: int = 32
+    """Classes per categorical latent variable."""
+    unimix: float = 0.0
+    """Fraction of the uniform distribution mixed into every categorical (DreamerV3: 0.01)."""
+
+
+RSSM_PRESETS = {
+    "tiny": dict(deter=32, hidden=32, stoch=4, classes=4, mlp_layers=1, mlp_units=32,
+                 cnn_depth=4),
+    "small": dict(),
+    # DreamerV2 / DITTO sizes.
+    "paper": dict(deter=1024, hidden=1000, stoch=32, classes=32, mlp_layers=4, mlp_units=400,
+                  cnn_depth=48),
+}
+
+
+class RSSM(WorldModelBase):
+    """DreamerV2 RSSM; subclasses change the stochastic latent through the ``_latent`` hooks
+    (``_noise``, ``_sample``, ``_params_from_raw``, ``_state``, ``_params``, ``_kl``,
+    ``_entropy``)."""
+
+    config: RecurrentConfig
+
+    def __init__(self, spec: DataSpec, config: RecurrentConfig):
+        super().__init__()
+        self.spec = spec
+        self.config = config
+        self._act = _FUNCTIONAL_ACT[config.act]
+        stoch, raw = self._stoch_size(), self._raw_size()
+        D, H, A = config.deter, config.hidden, spec.action_dim
+
+        if spec.pixels:
+            self.encoder: nn.Module = ConvEncoder(spec.obs_shape[0], config.cnn_depth, config.act)
+        else:
+            self.encoder = MLP(spec.obs_shape[0], None, config.mlp_layers, config.mlp_units,
+                               config.act, config.norm)
+        embed = self.encoder.out_dim
+
+        # Linear layers on concatenated inputs are kept as one linear per input, so the
+        # halves that do not depend on the previous step run batched before the loop.
+        self.img_in_stoch = nn.Linear(stoch, H, bias=False)
+        self.img_in_action = nn.Linear(A, H)
+        self.cell = LayerNormGRUCell(H, D)
+        self.prior_hidden = nn.Linear(D, H)
+        self.prior_out = nn.Linear(H, raw)
+        self.post_deter = nn.Linear(D, H, bias=False)
+        self.post_embed = nn.Linear(embed, H)
+        self.post_out = nn.Linear(H, raw)
+
+        self.feature_dim = D + stoch
+        if spec.pixels:
+            self.decoder: nn.Module = ConvDecoder(self.feature_dim, spec.obs_shape[0],
+                                                  config.cnn_depth, config.act)
+        else:
+            self.decoder = MLP(self.feature_dim, spec.obs_shape[0], config.mlp_layers,
+                               config.mlp_units, config.act, config.norm)
+        self.reward = (MLP(self.feature_dim, 1, config.mlp_layers, config.mlp_units, config.act,
+                           config.norm) if config.reward_head else None)
+        self.cont = (MLP(self.feature_dim, 1, config.mlp_layers, config.mlp_units, config.act,
+                         config.norm) if config.continue_head else None)
+
+    # ------------------------------------------------------------------ latent hooks
+    def _stoch_size(self) -> int:
+        return self.config.stoch * self.config.classes  # type: ignore[attr-defined]
+
+    def _raw_size(self) -> int:
+        return self._stoch_size()
+
+    def _noise(self, batch_shape: tuple[int, ...]) -> Tensor:
+        """Noise for ``_sample``: Gumbel ``(*batch_shape, S)``."""
+        return gumbel_noise((*batch_shape, self._stoch_size()), device=self._device())
+
+    def _sample(self, raw: Tensor, noise: Tensor) -> Tensor:
+        """A differentiable sample of z from the head output ``raw``: ``(..., S)``."""
+        logits = unimix_logits(raw, self.config.classes, self.config.unimix)  # type: ignore[attr-defined]
+        return straight_through_sample(logits, self.config.classes, noise)  # type: ignore[attr-defined]
+
+    def _params_from_raw(self, raw: Tensor) -> Tensor:
+        """Head output -> the distribution parameters the KL consumes (flat logits)."""
+        return unimix_logits(raw, self.config.classes, self.config.unimix)  # type: ignore[attr-defined]
+
+    def _state(self, deter: Tensor, stoch: Tensor, params: Tensor) -> State:
+        return State(deter=deter, stoch=stoch, logits=params)
+
+    def _params(self, state: State) -> Tensor:
+        assert state.logits is not None
+        return state.logits
+
+    def _kl(self, q: Tensor, p: Tensor) -> Tensor:
+        return categorical_kl(q, p, self.config.classes)  # type: ignore[attr-defined]
+
+    def _entropy(self, params: Tensor) -> Tensor:
+        return categorical_entropy(params, self.config.classes)  # type: ignore[attr-defined]
+
+    # ------------------------------------------------------------------ protocol
+    def _device(self) -> torch.device:
+        return self.img_in_action.weight.device
+
+    @property
+    def loss_scales(self) -> dict[str, float]:
+        c = self.config
+        scales = {"obs": c.obs_scale, "kl": c.kl_scale}
+        if c.reward_head:
+            scales["reward"] = c.reward_scale
+        if c.continue_head:
+            scales["cont"] = c.continue_scale
+        return scales
+
+    def initial(self, batch_size: int) -> State:
+        device = self._device()
+        deter = torch.zeros(batch_size, self.config.deter, device=device)
+        stoch = torch.zeros(batch_size, self._stoch_size(), device=device)
+        params = self._params_from_raw(torch.zeros(batch_size, self._raw_size(), device=device))
+        return self._state(deter, stoch, params)
+
+    def preprocess_obs(self, obs: Tensor) -> Tensor:
+        return preprocess_pixels(obs) if self.spec.pixels else obs.to(torch.float32)
+
+    def features(self, state: State) -> Tensor:
+        return torch.cat([state.deter, state.stoch], -1)  # (..., D + S)
+
+    def decode(self, features: Tensor) -> Tensor:
+        return self.decoder(features)  # (..., *O)
+
+    def observe(self, obs: Tensor, prev_action: Tensor, is_first: Tensor,
+                state: Optional[State] = None) -> tuple[State, State]:
+        self._check_sequence(obs, prev_action, is_first)
+        embed = self.encoder(self.preprocess_obs(obs))  # (B, T, E)
+        posterior, prior_raw = self._filter(embed, prev_action, is_first, state)
+        prior_stoch = self._sample(prior_raw, self._noise(tuple(is_first.shape)))
+        prior = self._state(posterior.deter, prior_stoch, self._params_from_raw(prior_raw))
+        return posterior, prior
+
+    def obs_step(self, state: State, prev_action: Tensor, obs: Tensor, is_first: Tensor) -> State:
+        obs, prev_action, is_first = obs.unsqueeze(1), prev_action.unsqueeze(1), is_first.unsqueeze(1)
+        self._check_sequence(obs, prev_action, is_first)
+        embed = self.encoder(self.preprocess_obs(obs))
+        posterior, _ = self._filter(embed, prev_action, is_first, state)
+        return posterior[:, 0]
+
+    def imagine_step(self, state: State, action: Tensor) -> State:
+        act = self._act
+        x = act(self.img_in_stoch(state.stoch) + self.img_in_action(action))
+        deter = self.cell(x, state.deter)
+        raw = self.prior_out(act(self.prior_hidden(deter)))
+        stoch = self._sample(raw, self._noise(tuple(deter.shape[:-1])))
+        return self._state(deter, stoch, self._params_from_raw(raw))
+
+    def _filter(self, embed: Tensor, prev_action: Tensor, is_first: Tensor,
+                state: Optional[State]) -> tuple[State, Tensor]:
+        """The sequential posterior loop. ``embed (B, T, E)``, ``prev_action (B, T, A)``,
+        ``is_first (B, T)`` -> posterior ``(B, T)`` and the prior head outputs ``(B, T, R)``."""
+        B, T = is_first.shape
+        act = self._act
+        if state is None:
+            state = self.initial(B)
+        # Batched before the loop, time-major so that [t] is a contiguous (B, H) slice.
+        action_in = self.img_in_action(prev_action).transpose(0, 1).contiguous()  # (T, B, H)
+        embed_in = self.post_embed(embed).transpose(0, 1).contiguous()            # (T, B, H)
+        noise = self._noise((T, B))                                                # (T, B, S)
+        resets = is_first.any(0).tolist()
+        keep = (~is_first).transpose(0, 1).unsqueeze(-1).to(embed_in.dtype)       # (T, B, 1)
+        w_stoch = self.img_in_stoch.weight.t()
+        w_post = self.post_deter.weight.t()
+        w_out, b_out = self.post_out.weight.t(), self.post_out.bias
+
+        deter, stoch = state.deter, state.stoch
+        deters, stochs, raws = [], [], []
+        for t in range(T):
+            if resets[t]:  # back to the (zero) initial state where an episode starts
+                deter = deter * keep[t]
+                stoch = stoch * keep[t]
+            x = act(torch.addmm(action_in[t], stoch, w_stoch))
+            deter = self.cell(x, deter)
+            raw = torch.addmm(b_out, act(torch.addmm(embed_in[t], deter, w_post)), w_out)
+            stoch = self._sample(raw, noise[t])
+            deters.append(deter)
+            stochs.append(stoch)
+            raws.append(raw)
+
+        deter_seq = torch.stack(deters, 1)  # (B, T, D)
+        posterior = self._state(deter_seq, torch.stack(stochs, 1),
+                                self._params_from_raw(torch.stack(raws, 1)))
+        prior_raw = self.prior_out(act(self.prior_hidden(deter_seq)))  # (B, T, R), batched
+        return posterior, prior_raw
+
+    def loss(self, batch: SequenceBatch) -> tuple[dict[str, Tensor], dict[str, float], State]:
+        c = self.config
+        self._check_sequence(batch.obs, batch.prev_action, batch.is_first)
+        target = self.preprocess_obs(batch.obs)                 # (B, T, *O)
+        embed = self.encoder(target)                             # (B, T, E)
+        posterior, prior_raw = self._filter(embed, batch.prev_action, batch.is_first, None)
+        prior_params = self._params_from_raw(prior_raw)
+        post_params = self._params(posterior)
+        features = self.features(posterior)                      # (B, T, F)
+
+        obs_dims = tuple(range(2, target.dim()))
+        squared = (self.decoder(features) - target).pow(2)
+        mask = batch.mask                                        # (B, T) or None: padding is left out
+        losses = {"obs": masked_mean(0.5 * squared.sum(obs_dims), mask)}  # unit-Gaussian NLL
+        losses["kl"], kl_value = kl_balance(self._kl, post_params, prior_params,
+                                            c.kl_balance, c.free_nats, mask)
+        if self.reward is not None:
+            reward = self.reward(features).squeeze(-1)
+            losses["reward"] = masked_mean(0.5 * (reward - batch.reward).pow(2), mask)
+        if self.cont is not None:
+            logits = self.cont(features).squeeze(-1)
+            target_cont = (~batch.is_terminal).to(logits.dtype)
+            losses["cont"] = masked_mean(F.binary_cross_entropy_with_logits(logits, target_cont, reduction="none"), mask)
+        assert set(losses) == set(self.loss_scales), "loss terms and loss_scales differ"
+
+        with torch.no_grad():
+            metrics = {
+                "kl": kl_value.item(),
+                "obs_mse": masked_mean(squared.mean(obs_dims), mask).item(),
+                "posterior_entropy": self._entropy(post_params).mean().item(),
+                "prior_entropy": self._entropy(prior_params).mean().item(),
+            }
+        return losses, metrics, posterior
+
+
+__all__ = ["RecurrentConfig", "RSSMConfig", "RSSM", "RSSM_PRESETS"]

@@ -175,22 +175,8 @@ def _geometric(rng: np.random.Generator, size: int, gamma: float) -> np.ndarray:
 
 
 def actor_log_prob(actor: Actor, features: Tensor, action: Tensor, eps: float = 1e-4) -> Tensor:
-    """log π(action | features) of the shared Actor: ``(..., F), (..., A) -> (...)``.
-
-    Categorical: log-softmax at the one-hot's index. Tanh-Gaussian: the action is mapped back
-    through the affine scaling and atanh (clamped ``eps`` inside the bounds) and scored with
-    the same density and tanh/affine log-determinant as :meth:`Actor.forward`.
-    """
-    out = actor.net(features)
-    if actor.discrete:
-        return F.log_softmax(out, -1).gather(-1, action.argmax(-1, keepdim=True)).squeeze(-1)
-    mean, raw_std = out.chunk(2, -1)
-    std = F.softplus(raw_std) + actor.min_std
-    squashed = ((action - actor.center) / actor.half_range).clamp(-1 + eps, 1 - eps)
-    pre = torch.atanh(squashed)
-    normal = -0.5 * ((pre - mean) / std) ** 2 - std.log() - 0.5 * math.log(2 * math.pi)
-    log_det = 2 * (math.log(2) - pre - F.softplus(-2 * pre)) + actor.half_range.log()
-    return (normal - log_det).sum(-1)
+    """log π(action | features) of the shared Actor (see :meth:`Actor.log_prob`)."""
+    return actor.log_prob(features, action, eps)
 
 
 # ------------------------------------------------------------------------ the flows

@@ -99,15 +99,34 @@ class Actor(nn.Module):
             log_prob = log_probs.gather(-1, index.unsqueeze(-1)).squeeze(-1)
             entropy = -(log_probs.exp() * log_probs).sum(-1)
             return action, log_prob, entropy
-        mean, raw_std = out.chunk(2, -1)
-        std = F.softplus(raw_std) + self.min_std
+        mean, std = self._gaussian(out)
         pre = mean if deterministic else mean + std * torch.randn_like(mean)
-        squashed = torch.tanh(pre)
+        log_prob = self._squashed_log_prob(pre, mean, std)
+        return self.center + self.half_range * torch.tanh(pre), log_prob, -log_prob
+
+    def log_prob(self, features: Tensor, action: Tensor, eps: float = 1e-4) -> Tensor:
+        """log π(action | features) of a given (e.g. expert) action: ``(..., F), (..., A) -> (...)``.
+
+        Categorical: log-softmax at the one-hot's index. Tanh-Gaussian: the action is mapped back
+        through the affine scaling and atanh (clamped ``eps`` inside the bounds) and scored with
+        the same density as :meth:`forward`.
+        """
+        out = self.net(features)
+        if self.discrete:
+            return F.log_softmax(out, -1).gather(-1, action.argmax(-1, keepdim=True)).squeeze(-1)
+        mean, std = self._gaussian(out)
+        pre = torch.atanh(((action - self.center) / self.half_range).clamp(-1 + eps, 1 - eps))
+        return self._squashed_log_prob(pre, mean, std)
+
+    def _gaussian(self, out: Tensor) -> tuple[Tensor, Tensor]:
+        mean, raw_std = out.chunk(2, -1)
+        return mean, F.softplus(raw_std) + self.min_std
+
+    def _squashed_log_prob(self, pre: Tensor, mean: Tensor, std: Tensor) -> Tensor:
         normal = -0.5 * ((pre - mean) / std) ** 2 - std.log() - 0.5 * math.log(2 * math.pi)
         # log|d tanh/dx| = log(1 - tanh²) computed stably; the affine scaling adds log half_range.
         log_det = 2 * (math.log(2) - pre - F.softplus(-2 * pre)) + self.half_range.log()
-        log_prob = (normal - log_det).sum(-1)
-        return self.center + self.half_range * squashed, log_prob, -log_prob
+        return (normal - log_det).sum(-1)
 
 
 class Critic(nn.Module):

@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 import torch
 
-from wmil.algos import base
 from wmil.algos.base import load_policy, train_policy
 from wmil.errors import UserError
 from wmil.runs import RunDir
@@ -16,12 +15,6 @@ from wmil.runs import RunDir
 WM_TINY = {"log_every": "2", "eval_every": "4", "checkpoint_every": "4", "batch_size": "4", "seq_len": "8",
            "open_loop_context": "3", "eval_batches": "1"}
 RUN_TINY = {"log_every": "2", "eval_every": "2", "checkpoint_every": "2"}
-
-
-@pytest.fixture(autouse=True)
-def registered(monkeypatch):
-    monkeypatch.setitem(base.ALGORITHMS, "bc", "wmil.algos.bc:BC")
-    monkeypatch.setitem(base.ALGORITHMS, "vins", "wmil.algos.vins:VINS")
 
 
 def _write(name, episodes, obs_space, act_space, infos=None):

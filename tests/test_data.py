@@ -1,6 +1,5 @@
 """The dataset layer: recording, storage, loading, samplers and their time alignment."""
 
-import json
 
 import minari
 import numpy as np

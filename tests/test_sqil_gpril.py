@@ -24,24 +24,6 @@ WM_TINY = {"log_every": "2", "eval_every": "2", "checkpoint_every": "2", "batch_
            "open_loop_context": "2", "eval_batches": "1"}
 
 
-@pytest.fixture(autouse=True)
-def registered(monkeypatch):
-    """The registry lines this module adds to ``wmil.algos.base.ALGORITHMS``."""
-    monkeypatch.setitem(base.ALGORITHMS, "sqil", "wmil.algos.sqil:Sqil")
-    monkeypatch.setitem(base.ALGORITHMS, "gpril", "wmil.algos.gpril:Gpril")
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny networks gain nothing from intra-op threads, and on a loaded 2-core machine two
-    spinning threads make each small matmul ~100x slower (measured: 1000 64x64 linears,
-    0.03 s with 1 thread, 5 s with 2)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _world(write_dataset, tmp_path, discrete, model="rssm"):
     data = write_dataset(f"wm/{'d' if discrete else 'c'}-v0", [9, 12, 8, 10], discrete=discrete)
     out = tmp_path / f"wm-{model}-{discrete}"

@@ -1,6 +1,5 @@
 """wmil train-model: run dirs, exact resume, validation metrics, and bad input."""
 
-import json
 
 import pytest
 import torch

@@ -25,6 +25,8 @@ from wmil.train.loop import LoopConfig, check_finite, run_loop
 #: name -> "module:Class". Lazy, so the CLI does not import every algorithm.
 ALGORITHMS: dict[str, str] = {
     "ditto": "wmil.algos.ditto:Ditto",
+    "dgail": "wmil.algos.dgail:DGail",
+    "dbc": "wmil.algos.dbc:DBC",
     "bc": "wmil.algos.bc:BC",
     "vins": "wmil.algos.vins:VINS",
     "sqil": "wmil.algos.sqil:Sqil",

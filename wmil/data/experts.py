@@ -223,7 +223,7 @@ class FetchPickAndPlaceExpert:
 
     def act(self, state: np.ndarray) -> np.ndarray:
         s = np.asarray(state, dtype=np.float64)
-        grip, obj, rel, fingers, goal = s[0:3], s[3:6], s[6:9], s[9:11], s[-3:]
+        grip, obj, rel, goal = s[0:3], s[3:6], s[6:9], s[-3:]
         xy_err = float(np.linalg.norm(rel[:2]))
         if self.phase == 3 and float(np.linalg.norm(rel)) > 0.04:
             self.phase = 0  # dropped it

@@ -107,13 +107,13 @@ class Actor(nn.Module):
     def log_prob(self, features: Tensor, action: Tensor, eps: float = 1e-4) -> Tensor:
         """log π(action | features) of a given (e.g. expert) action: ``(..., F), (..., A) -> (...)``.
 
-        Categorical: log-softmax at the one-hot's index. Tanh-Gaussian: the action is mapped back
+        Categorical: ``action`` one-hot (or a distribution over actions: the cross-entropy). Tanh-Gaussian: the action is mapped back
         through the affine scaling and atanh (clamped ``eps`` inside the bounds) and scored with
         the same density as :meth:`forward`.
         """
         out = self.net(features)
         if self.discrete:
-            return F.log_softmax(out, -1).gather(-1, action.argmax(-1, keepdim=True)).squeeze(-1)
+            return (F.log_softmax(out, -1) * action).sum(-1)
         mean, std = self._gaussian(out)
         pre = torch.atanh(((action - self.center) / self.half_range).clamp(-1 + eps, 1 - eps))
         return self._squashed_log_prob(pre, mean, std)

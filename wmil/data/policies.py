@@ -33,22 +33,36 @@ class Policy:
 
     description = "policy"
     needs_state = False
+    #: Random numbers are drawn in blocks: one numpy call per step costs more than a CartPole step.
+    BLOCK = 256
 
     def __init__(self, action_space: gym.Space):
         self.action_space = action_space
-        self.rng = np.random.default_rng(0)
+        Policy.reset(self, np.random.default_rng(0))  # not the subclass's: its parts come later
 
     def reset(self, rng: np.random.Generator) -> None:
         self.rng = rng
+        self._actions, self._uniforms = [], []
 
     def act(self, obs: np.ndarray, state: Optional[np.ndarray]) -> Any:
         raise NotImplementedError
 
     def random_action(self) -> Any:
-        space = self.action_space
-        if isinstance(space, gym.spaces.Discrete):
-            return int(space.start + self.rng.integers(space.n))
-        return self.rng.uniform(space.low, space.high).astype(space.dtype)
+        """A uniform random action (from the episode's generator, drawn a block at a time)."""
+        if not self._actions:
+            space = self.action_space
+            if isinstance(space, gym.spaces.Discrete):
+                block = (int(space.start) + self.rng.integers(space.n, size=self.BLOCK)).tolist()
+            else:
+                block = list(self.rng.uniform(space.low, space.high, size=(self.BLOCK, *space.shape)).astype(space.dtype))
+            self._actions = block[::-1]
+        return self._actions.pop()
+
+    def uniform(self) -> float:
+        """A uniform number in [0, 1) (drawn a block at a time)."""
+        if not self._uniforms:
+            self._uniforms = self.rng.random(self.BLOCK).tolist()[::-1]
+        return self._uniforms.pop()
 
 
 class RandomPolicy(Policy):
@@ -108,7 +122,7 @@ class EpsilonPolicy(Policy):
         space = self.action_space
         if isinstance(space, gym.spaces.Discrete):
             # Draw both numbers every step so the random stream does not depend on the branch.
-            explore, random_action = self.rng.random(), self.random_action()
+            explore, random_action = self.uniform(), self.random_action()
             return random_action if explore < self.epsilon else action
         noisy = np.asarray(action, dtype=np.float64) + self.rng.normal(size=space.shape) * self.noise_std
         return np.clip(noisy, space.low, space.high).astype(space.dtype)

@@ -1,3 +1,32 @@
-"""wmil: offline imitation learning inside learned world models."""
+"""wmil: offline imitation learning inside learned world models.
+
+The library API (imported lazily, so ``import wmil`` and the CLI start fast):
+
+    wmil.data.load(name_or_path)                       a dataset view with samplers
+    wmil.build_dataset(BuildConfig(...))               record a policy into a Minari dataset
+    wmil.train_world_model(dataset, model="rssm", preset="small", out=...)
+    wmil.load_world_model(run_dir)
+    wmil.train_policy("ditto", model_run, expert, out=...)
+    wmil.load_policy(run_dir)                          deployable: reset(), act(obs)
+    wmil.evaluate_policy(run_dir, episodes=...)        real-environment scores
+"""
+
+from importlib import import_module
 
 __version__ = "0.1.0"
+
+_LAZY = {
+    "build_dataset": "wmil.data.build",
+    "BuildConfig": "wmil.data.build",
+    "train_world_model": "wmil.train.world_model",
+    "load_world_model": "wmil.train.world_model",
+    "train_policy": "wmil.algos.base",
+    "load_policy": "wmil.algos.base",
+    "evaluate_policy": "wmil.eval.evaluate",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'wmil' has no attribute {name!r}")

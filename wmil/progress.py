@@ -18,4 +18,7 @@ def progress_bar(total: int, desc: str, enabled: bool = True, unit: str = "it", 
         return NoBar()
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, initial=initial, desc=desc, unit=unit, file=sys.stderr, dynamic_ncols=True)
+    # Redirected to a file or a CI log, a bar redraws as new text: redraw rarely there.
+    interval = 0.2 if sys.stderr.isatty() else 30.0
+    return tqdm(total=total, initial=initial, desc=desc, unit=unit, file=sys.stderr, dynamic_ncols=True,
+                mininterval=interval)

@@ -57,6 +57,12 @@ class LatentPolicy(DeployedPolicy):
         self.state = None
         self.prev_action: Optional[torch.Tensor] = None
 
+    @classmethod
+    def from_checkpoint(cls, world_model, actor, modules: dict, spec: DataSpec, prefix: str = "actor.") -> "LatentPolicy":
+        """Load ``actor``'s weights from the ``prefix``-ed entries of a saved module state dict."""
+        actor.load_state_dict({k[len(prefix):]: v for k, v in modules.items() if k.startswith(prefix)})
+        return cls(world_model, actor.eval(), spec)
+
     def reset(self) -> None:
         self.state = self.world_model.initial(1)
         self.prev_action = torch.zeros(1, self.spec.action_dim, device=self.device)

@@ -313,5 +313,4 @@ class DGail:
     @staticmethod
     def deployable(world_model, config: DGailConfig, state: dict, spec: DataSpec) -> LatentPolicy:
         actor = Actor(world_model.feature_dim, spec, config)
-        actor.load_state_dict({k[len("actor."):]: v for k, v in state["modules"].items() if k.startswith("actor.")})
-        return LatentPolicy(world_model, actor.eval(), spec)
+        return LatentPolicy.from_checkpoint(world_model, actor, state["modules"], spec)

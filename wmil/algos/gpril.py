@@ -418,8 +418,7 @@ class Gpril:
     @staticmethod
     def deployable(world_model, config: GprilConfig, state: dict, spec: DataSpec) -> LatentPolicy:
         actor = Actor(world_model.feature_dim, spec, config)  # type: ignore[arg-type]
-        actor.load_state_dict({k[len("actor."):]: v for k, v in state["modules"].items() if k.startswith("actor.")})
-        return LatentPolicy(world_model, actor.eval(), spec)
+        return LatentPolicy.from_checkpoint(world_model, actor, state["modules"], spec)
 
 
 __all__ = ["GprilConfig", "Gpril", "PredecessorModel", "Triples", "geometric_offsets", "actor_log_prob",

@@ -362,8 +362,7 @@ class Sqil:
     def deployable(world_model, config: SqilConfig, state: dict, spec: DataSpec) -> LatentPolicy:
         F_ = world_model.feature_dim
         actor: nn.Module = SoftQActor(F_, spec, config) if spec.discrete else Actor(F_, spec, config)  # type: ignore[arg-type]
-        actor.load_state_dict({k[len("actor."):]: v for k, v in state["modules"].items() if k.startswith("actor.")})
-        return LatentPolicy(world_model, actor.eval(), spec)
+        return LatentPolicy.from_checkpoint(world_model, actor, state["modules"], spec)
 
 
 __all__ = ["SqilConfig", "Sqil", "SoftQActor", "TwinQ", "soft_value", "sqil_targets", "PRESETS"]

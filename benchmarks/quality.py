@@ -28,9 +28,9 @@ ROOT = Path(__file__).resolve().parent.parent
 
 #: Per task: recipes, world-model settings, learner settings (the hyperparameters reported).
 TASKS = {
-    "cartpole": dict(world="cartpole-world.yaml", expert="cartpole-expert.yaml", model="rssm",
-                     wm=dict(steps=3000, batch_size=16, seq_len=32), learner=dict(steps=1000),
-                     learner_overrides={}, demos=[1, 4]),
+    "cartpole": dict(world="cartpole-world.yaml", expert="cartpole-expert.yaml", model="dynamics",
+                     wm=dict(steps=1500, batch_size=16, seq_len=32), learner=dict(steps=500),
+                     learner_overrides={"actor_lr": "1e-3", "critic_lr": "1e-3"}, demos=[1, 4]),
     "lunar": dict(world="lunar-world.yaml", expert="lunar-expert.yaml", model="rssm",
                   wm=dict(steps=6000, batch_size=16, seq_len=50), learner=dict(steps=2000),
                   learner_overrides={}, demos=[1, 4, 16]),
@@ -42,6 +42,8 @@ TASKS = {
                            learner_overrides={}, demos=[4]),
 }
 MODEL_FREE = {"bc"}
+#: Overrides that only some algorithms have (the actor-critic learners).
+AC_ONLY = {"actor_lr", "critic_lr"}
 DYNAMICS = {"vins"}
 
 
@@ -99,7 +101,9 @@ def main():
                     started = time.perf_counter()
                     train_policy(algo, model_dir, expert, out=out, preset="small", seed=seed, expert_episodes=demos,
                                  steps=args.learner_steps or spec["learner"]["steps"],
-                                 overrides={**spec["learner_overrides"], **parse_overrides(args.overrides)},
+                                 overrides={k: v for k, v in {**spec["learner_overrides"],
+                                                              **parse_overrides(args.overrides)}.items()
+                                            if algo in ("ditto", "dgail") or k not in AC_ONLY},
                                  progress=False)
                     minutes = (time.perf_counter() - started) / 60
                     report = evaluate_policy(out, episodes=args.episodes, progress=False)

@@ -23,7 +23,8 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, os.path.dirname(__file__))
+from common import cpu_model  # noqa: E402
 
 from wmil.data.experts import EXPERT_ENV_IDS, make_expert  # noqa: E402
 from wmil.envs import EnvConfig, make_env  # noqa: E402
@@ -55,16 +56,6 @@ def run_episode(env_id: str, seed: int, policy: str) -> dict:
     env.close()
     success = float(info["is_success"]) if "is_success" in info else float("nan")
     return {"return": total, "length": steps, "success": success, "seconds": time.perf_counter() - t0}
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def _git_head() -> str:
@@ -104,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
         "",
         f"- date: {datetime.datetime.now().astimezone().isoformat(timespec='seconds')}",
         f"- commit: `{_git_head()}` (plus uncommitted changes, if any)",
-        f"- CPU: {_cpu_model()}, {os.cpu_count()} cores; torch {torch.__version__}; "
+        f"- CPU: {cpu_model()}, {os.cpu_count()} cores; torch {torch.__version__}; "
         f"python {platform.python_version()}",
         f"- command: `{command}`",
         f"- {args.episodes} episodes per policy, seeds 0..{args.episodes - 1}, `make_env(EnvConfig(env_id))` "

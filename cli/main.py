@@ -229,6 +229,9 @@ def evaluate_model_cmd(run_dir, datasets, batches, context):
     for h in (1, 5, 15):
         click.echo(f"{h:>8} {report[f'open_loop/mse_h{h}']:>12.5f} {report[f'open_loop/naive_mse_h{h}']:>12.5f} "
                    f"{report[f'open_loop/ratio_h{h}']:>8.3f}")
+    if "per_dim_mse_15_steps" in report:
+        click.echo("  per coordinate, mean over 15 imagined steps (model / naive): " + ", ".join(
+            f"{m:.4f}/{n:.4f}" for m, n in zip(report["per_dim_mse_15_steps"], report["per_dim_naive_mse_15_steps"])))
     click.echo(f"report: {report['report_path']}" + (f"; image strip: {report['strip_path']}" if report.get("strip_path") else ""))
 
 

@@ -1,5 +1,7 @@
 """wmil train-model: run dirs, exact resume, validation metrics, and bad input."""
 
+import json
+
 
 import pytest
 import torch
@@ -118,3 +120,34 @@ def test_nan_loss_stops_without_checkpoint(world, tmp_path, monkeypatch):
         train_world_model(world, model="rssm", preset="tiny", out=out, steps=8, overrides=TINY, progress=False)
     steps = [p.name for p in RunDir(out, "world_model").checkpoints()]
     assert steps == ["step_00000003.pt"]
+
+
+def test_evaluate_model_reports_open_loop_errors(write_dataset, tmp_path, capsys):
+    write_dataset("wm/long-v0", [40, 45, 38, 50, 41], discrete=True)
+    out = tmp_path / "vec"
+    train_world_model("wm/long-v0", model="rssm", preset="tiny", out=out, steps=3,
+                      overrides={**TINY, "validation_fraction": "0.4"}, progress=False)
+    assert wmil_main(["evaluate-model", str(out), "--batches", "2"]) == 0
+    printed = capsys.readouterr().out
+    assert "ratio" in printed and "per coordinate" in printed
+    report = json.loads((out / "open_loop.json").read_text())
+    for h in (1, 5, 15):
+        assert report[f"open_loop/ratio_h{h}"] == pytest.approx(
+            report[f"open_loop/mse_h{h}"] / report[f"open_loop/naive_mse_h{h}"], rel=1e-4)
+    assert len(report["per_dim_mse_15_steps"]) == 3 and report["windows"] == 64
+
+
+def test_evaluate_model_saves_an_image_strip_for_pixels(tmp_path):
+    from wmil.data.build import BuildConfig, build_dataset
+    from wmil.eval.world_model import evaluate_model_run
+
+    build_dataset(BuildConfig(name="wm/pixstrip-v0", env="CartPole-v1", policy="expert", episodes=3, pixels=64,
+                              grayscale=True, max_episode_steps=30, ref_episodes=0), progress=False)
+    out = tmp_path / "pix"
+    train_world_model("wm/pixstrip-v0", model="rssm", preset="tiny", out=out, steps=2,
+                      overrides={**TINY, "validation_fraction": "0.34"}, progress=False)
+    report = evaluate_model_run(out, batches=1)
+    from PIL import Image
+
+    strip = Image.open(report["strip_path"])
+    assert strip.size == (2 * 15 * 64, 2 * 2 * 64)  # 15 frames wide, truth over prediction, shown at 2x

@@ -237,7 +237,7 @@ def evaluate_model_cmd(run_dir, datasets, batches, context):
 
 # ---------------------------------------------------------------------------------------------
 @cli.command("imagine")
-@click.option("--algo", required=True, help="Imitation algorithm, e.g. ditto.")
+@click.option("--algo", required=True, help="ditto | dgail | dbc | sqil | gpril | vins | bc.")
 @click.option("--model", "model_run", type=click.Path(file_okay=False), help="World-model run directory (wmil train-model); not needed by bc.")
 @click.option("--expert", required=True, help="Expert dataset name or path.")
 @click.option("--expert-episodes", type=int, help="Use only the first K expert episodes.")

@@ -61,7 +61,7 @@ from torch import nn
 from wmil.data.dataset import Dataset, load
 from wmil.errors import UserError
 from wmil.imagination.actor_critic import Actor, imagine
-from wmil.imagination.expert import ExpertLatents
+from wmil.imagination.expert import ExpertLatents, check_latent_model
 from wmil.imagination.metrics import action_agreement, eval_rows, latent_distance
 from wmil.nets import MLP
 from wmil.policy import LatentPolicy
@@ -283,12 +283,7 @@ class Gpril:
     progress_keys = ("loss/flow_state", "loss/policy_demo")
 
     def __init__(self, world_model, expert: Dataset, config: GprilConfig, device: torch.device):
-        if world_model is None:
-            raise UserError("--algo gpril trains inside a world model: pass --model RUN_DIR")
-        spec: DataSpec = world_model.spec
-        if expert.spec.discrete != spec.discrete:
-            raise UserError(f"gpril: the expert dataset {expert.name} has {expert.spec.describe()} but the world model "
-                            f"has {spec.describe()}; use data of the same action space")
+        spec = check_latent_model("gpril", world_model, expert)
         if config.predecessors not in ("policy", "data"):
             raise UserError(f"gpril: predecessors={config.predecessors!r}; choose 'policy' or 'data'")
         if not 0.0 <= config.gamma < 1.0:

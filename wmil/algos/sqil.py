@@ -51,7 +51,7 @@ from torch import nn
 from wmil.data.dataset import Dataset
 from wmil.errors import UserError
 from wmil.imagination.actor_critic import Actor, imagine
-from wmil.imagination.expert import ExpertLatents
+from wmil.imagination.expert import ExpertLatents, check_latent_model
 from wmil.imagination.metrics import action_agreement, eval_rows, latent_distance
 from wmil.nets import MLP
 from wmil.policy import LatentPolicy
@@ -187,12 +187,7 @@ class Sqil:
     progress_keys = ("loss/q", "q/demo_minus_samp")
 
     def __init__(self, world_model, expert: Dataset, config: SqilConfig, device: torch.device):
-        if world_model is None:
-            raise UserError("--algo sqil trains inside a world model: pass --model RUN_DIR")
-        spec: DataSpec = world_model.spec
-        if expert.spec.discrete != spec.discrete:
-            raise UserError(f"sqil: the expert dataset {expert.name} has {expert.spec.describe()} but the world model "
-                            f"has {spec.describe()}; use data of the same action space")
+        spec = check_latent_model("sqil", world_model, expert)
         if not 0.0 <= config.gamma < 1.0:
             raise UserError(f"sqil: gamma={config.gamma} must be in [0, 1) (terminal targets use r/(1-gamma))")
         if config.batch_size < 1 or config.rollout_starts < 1 or config.horizon < 1:

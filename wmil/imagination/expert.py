@@ -16,7 +16,7 @@ import torch
 
 from wmil.data.dataset import Dataset
 from wmil.errors import UserError
-from wmil.types import SequenceBatch
+from wmil.types import DataSpec, SequenceBatch
 from wmil.world_models.base import State
 
 Tensor = torch.Tensor
@@ -75,6 +75,18 @@ class ExpertLatents:
         device = self.features.device
         index = torch.as_tensor(rows[None, :] + np.arange(horizon + 1)[:, None], device=device)
         return self.states[torch.as_tensor(rows, device=device)], self.states[index]
+
+def check_latent_model(algo: str, world_model, expert: Dataset) -> DataSpec:
+    """The world model's spec, after checking an algorithm that trains inside one got one whose
+    action space matches the expert data (one-line UserErrors otherwise)."""
+    if world_model is None:
+        raise UserError(f"--algo {algo} trains inside a world model: pass --model RUN_DIR")
+    spec: DataSpec = world_model.spec
+    if expert.spec.discrete != spec.discrete:
+        raise UserError(f"{algo}: the expert dataset {expert.name} has {expert.spec.describe()} but the world model "
+                        f"has {spec.describe()}; use data of the same action space")
+    return spec
+
 
 def _read_obs(dataset: Dataset, episode: int, n: int) -> Tensor:
     group = dataset._group(dataset.episode_ids[episode])

@@ -8,6 +8,10 @@ reference returns stored in the expert dataset (success rate for Fetch). Mean ±
 error over seeds. One world model per task and seed is shared by the algorithms.
 
     python benchmarks/quality.py --tasks cartpole --algos ditto bc --seeds 0 1 2 --demos 4
+    python benchmarks/quality.py --tasks fetch-push --algos bc vins --demos 100 -o vins.ns_rho=0.05
+
+Results merge into ``results/quality-<tasks>.md`` / ``.jsonl`` (a rerun of a cell and seed
+replaces it; ``--fresh`` starts over).
 """
 
 from __future__ import annotations
@@ -27,23 +31,38 @@ from common import RESULTS, table, write  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 
 #: Per task: recipes, world-model settings, learner settings (the hyperparameters reported).
+#: ``learner_overrides``: "*" for every learner that has the field, "ac" for the actor-critic
+#: learners (ditto, dgail), or an algorithm's name.
+AC_OVERRIDES = {"ac": {"actor_lr": "1e-3", "critic_lr": "1e-3"}}
+#: VINS's reduced states on Fetch (VINS paper, appendix): the flat observation is
+#: grip_pos 0:3, object_pos 3:6, object_rel_pos 6:9, gripper fingers 9:11, …, desired_goal 25:28.
+#: Push: block and arm (+ the goal, part of the extended state), perturbing the arm;
+#: PickAndPlace: block, gripper and arm (+ goal), perturbing the arm or the gripper.
+FETCH_PUSH_VINS = {"state_indices": "0:6,25:28", "perturb_indices": "0:3"}
+FETCH_PICK_VINS = {"state_indices": "0:6,9:11,25:28", "perturb_indices": "0:3,9:11"}
 TASKS = {
     "cartpole": dict(world="cartpole-world.yaml", expert="cartpole-expert.yaml", model="dynamics",
                      wm=dict(steps=1500, batch_size=16, seq_len=32), learner=dict(steps=500),
-                     learner_overrides={"actor_lr": "1e-3", "critic_lr": "1e-3"}, demos=[1, 4]),
+                     learner_overrides=AC_OVERRIDES, demos=[1, 4], episodes=50),
     "lunar": dict(world="lunar-world.yaml", expert="lunar-expert.yaml", model="dynamics",
                   wm=dict(steps=3000, batch_size=16, seq_len=50), learner=dict(steps=1500),
-                  learner_overrides={"actor_lr": "1e-3", "critic_lr": "1e-3"}, demos=[1, 4, 16]),
+                  learner_overrides=AC_OVERRIDES, demos=[1, 4, 16], episodes=50),
     "pendulum": dict(world="pendulum-world.yaml", expert="pendulum-expert.yaml", model="dynamics",
                      wm=dict(steps=1500, batch_size=16, seq_len=32), learner=dict(steps=500),
-                     learner_overrides={"actor_lr": "1e-3", "critic_lr": "1e-3"}, demos=[1, 4]),
+                     learner_overrides=AC_OVERRIDES, demos=[1, 4], episodes=50),
     "pixel-cartpole": dict(world="pixel-cartpole-world.yaml", expert="pixel-cartpole-expert.yaml", model="rssm",
                            wm=dict(steps=3000, batch_size=16, seq_len=32), learner=dict(steps=1000),
-                           learner_overrides={}, demos=[4]),
+                           learner_overrides={}, demos=[4], episodes=50),
+    "fetch-push": dict(world="fetch-push-world.yaml", expert="fetch-push-expert.yaml", model="dynamics",
+                       wm=dict(steps=5000, batch_size=64, seq_len=16), learner=dict(steps=5000),
+                       learner_overrides={"vins": FETCH_PUSH_VINS}, demos=[40, 100, 200], episodes=500),
+    "fetch-pick": dict(world="fetch-pick-world.yaml", expert="fetch-pick-expert.yaml", model="dynamics",
+                       wm=dict(steps=5000, batch_size=64, seq_len=16), learner=dict(steps=5000),
+                       learner_overrides={"vins": FETCH_PICK_VINS}, demos=[40, 100, 200], episodes=500),
 }
 MODEL_FREE = {"bc"}
-#: Overrides that only some algorithms have (the actor-critic learners).
-AC_ONLY = {"actor_lr", "critic_lr"}
+ACTOR_CRITIC = {"ditto", "dgail"}
+#: Learners whose own model is a ``dynamics`` one whatever the task's world model is.
 DYNAMICS = {"vins"}
 
 
@@ -57,17 +76,47 @@ def ensure(recipe: str):
     return config.name
 
 
+def algo_fields(algo: str) -> set[str]:
+    import dataclasses
+
+    from wmil.algos.base import algorithm_class
+
+    return {f.name for f in dataclasses.fields(algorithm_class(algo).config_cls)}
+
+
+def learner_overrides(spec: dict, algo: str, cli: dict[str, str]) -> dict[str, str]:
+    """The task's overrides for ``algo`` then the command line's: ``key=value`` goes to every
+    learner with that field, ``algo.key=value`` to that one only."""
+    task = spec["learner_overrides"]
+    out = {**task.get("*", {}), **(task.get("ac", {}) if algo in ACTOR_CRITIC else {}), **task.get(algo, {})}
+    fields = algo_fields(algo)
+    out = {k: v for k, v in out.items() if k in fields}
+    for key, value in cli.items():
+        target, _, field = key.rpartition(".")
+        if (target == algo) or (not target and field in fields):
+            out[field] = value
+    return out
+
+
+def result_key(d: dict) -> tuple:
+    model = "-" if d["algo"] in MODEL_FREE else d.get("model") or TASKS[d["task"]]["model"]
+    return d["task"], model, d["demos"], d["algo"], d["seed"]
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--tasks", nargs="+", default=["cartpole"])
+    parser.add_argument("--tasks", nargs="+", default=["cartpole"], choices=sorted(TASKS))
     parser.add_argument("--algos", nargs="+", default=["ditto", "bc"])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--demos", nargs="+", type=int, help="expert episodes (default: the task's list)")
-    parser.add_argument("--episodes", type=int, default=50, help="evaluation episodes per seed")
+    parser.add_argument("--episodes", type=int, help="evaluation episodes per seed (default: the task's, 50 or 500)")
+    parser.add_argument("--model", help="world model of the imagination learners (default: the task's)")
     parser.add_argument("--wm-steps", type=int, help="override the task's world-model updates")
     parser.add_argument("--learner-steps", type=int, help="override the learners' updates")
     parser.add_argument("--runs", default=str(ROOT / "runs" / "quality"), help="where run dirs are kept (reused)")
-    parser.add_argument("-o", dest="overrides", action="append", default=[], help="learner key=value overrides")
+    parser.add_argument("--fresh", action="store_true", help="drop earlier results of these tasks instead of merging")
+    parser.add_argument("-o", dest="overrides", action="append", default=[],
+                        help="learner overrides key=value (every learner with the field) or algo.key=value")
     args = parser.parse_args()
 
     from wmil.algos.base import train_policy
@@ -75,64 +124,91 @@ def main():
     from wmil.eval.evaluate import evaluate_policy
     from wmil.train.world_model import train_world_model
 
+    cli = parse_overrides(args.overrides)
+    for key in cli:
+        target, _, field = key.rpartition(".")
+        if not any(field in algo_fields(a) for a in ([target] if target else args.algos)):
+            parser.error(f"-o {key}: no algorithm in {args.algos} has a field {field!r}")
     runs = Path(args.runs)
-    cells: dict[tuple, list[float]] = {}
     details = []
+
+    def world_model(task, spec, model, seed):
+        out = runs / task / f"wm-{model}-s{seed}"
+        started = time.perf_counter()
+        train_world_model(ensure(spec["world"]), model=model, preset="small", out=out,
+                          steps=args.wm_steps or spec["wm"]["steps"], seed=seed,
+                          overrides={k: str(v) for k, v in spec["wm"].items() if k != "steps"}, progress=False)
+        return out, (time.perf_counter() - started) / 60
+
     for task in args.tasks:
         spec = TASKS[task]
-        world, expert = ensure(spec["world"]), ensure(spec["expert"])
+        expert = ensure(spec["expert"])
+        model = args.model or spec["model"]
+        episodes = args.episodes or spec["episodes"]
         for seed in args.seeds:
-            wm_dir = runs / task / f"wm-{spec['model']}-s{seed}"
-            wm_steps = args.wm_steps or spec["wm"]["steps"]
-            started = time.perf_counter()
-            train_world_model(world, model=spec["model"], preset="small", out=wm_dir, steps=wm_steps, seed=seed,
-                              overrides={k: str(v) for k, v in spec["wm"].items() if k != "steps"}, progress=False)
-            wm_minutes = (time.perf_counter() - started) / 60
-            dyn_dir = None
+            models = {}
             for demos in args.demos or spec["demos"]:
                 for algo in args.algos:
-                    model_dir = None if algo in MODEL_FREE else wm_dir
-                    if algo in DYNAMICS:
-                        dyn_dir = dyn_dir or runs / task / f"wm-dynamics-s{seed}"
-                        train_world_model(world, model="dynamics", preset="small", out=dyn_dir, steps=wm_steps,
-                                          seed=seed, progress=False)
-                        model_dir = dyn_dir
-                    out = runs / task / f"{algo}-k{demos}-s{seed}"
+                    kind = None if algo in MODEL_FREE else "dynamics" if algo in DYNAMICS else model
+                    if kind is not None and kind not in models:
+                        models[kind] = world_model(task, spec, kind, seed)
+                    model_dir, wm_minutes = models[kind] if kind else (None, 0.0)
+                    tag = "" if kind in (None, spec["model"]) else f"-{kind}"
+                    out = runs / task / f"{algo}{tag}-k{demos}-s{seed}"
+                    overrides = learner_overrides(spec, algo, cli)
                     started = time.perf_counter()
                     train_policy(algo, model_dir, expert, out=out, preset="small", seed=seed, expert_episodes=demos,
-                                 steps=args.learner_steps or spec["learner"]["steps"],
-                                 overrides={k: v for k, v in {**spec["learner_overrides"],
-                                                              **parse_overrides(args.overrides)}.items()
-                                            if algo in ("ditto", "dgail") or k not in AC_ONLY},
+                                 steps=args.learner_steps or spec["learner"]["steps"], overrides=overrides,
                                  progress=False)
                     minutes = (time.perf_counter() - started) / 60
-                    report = evaluate_policy(out, episodes=args.episodes, progress=False)
+                    started = time.perf_counter()
+                    report = evaluate_policy(out, episodes=episodes, progress=False)
                     score = report.get("success_rate", report.get("normalized_score"))
-                    cells.setdefault((task, demos, algo), []).append(score)
-                    details.append(dict(task=task, demos=demos, algo=algo, seed=seed, score=score,
+                    details.append(dict(task=task, model=kind or "-", demos=demos, algo=algo, seed=seed, score=score,
                                         ret=report["return_mean"], wm_minutes=wm_minutes, minutes=minutes,
+                                        eval_minutes=(time.perf_counter() - started) / 60, episodes=episodes,
+                                        overrides=overrides,
                                         latent_distance=report.get("eval/latent_distance"),
                                         action_accuracy=report.get("eval/action_accuracy")))
                     print(json.dumps(details[-1]), flush=True)
+    report_results(args, details)
+
+
+def report_results(args, details: list[dict]) -> None:
+    name = "quality-" + "-".join(args.tasks) + ".md"
+    jsonl = RESULTS / name.replace(".md", ".jsonl")
+    if jsonl.exists() and not args.fresh:      # merge: a rerun replaces the same cell and seed
+        new = {result_key(d) for d in details}
+        earlier = [json.loads(line) for line in jsonl.read_text().splitlines() if line.strip()]
+        details = [d for d in earlier if result_key(d) not in new] + details
+    details.sort(key=lambda d: (args.tasks.index(d["task"]) if d["task"] in args.tasks else 99,
+                                str(d.get("model")), d["demos"], d["algo"], d["seed"]))
+    cells: dict[tuple, list[float]] = {}
+    for d in details:
+        cells.setdefault(result_key(d)[:4], []).append(d["score"])
     rows = []
-    for (task, demos, algo), scores in cells.items():
+    for (task, model, demos, algo), scores in cells.items():
         scores = np.asarray(scores, dtype=float)
         stderr = scores.std(ddof=1) / np.sqrt(len(scores)) if len(scores) > 1 else float("nan")
-        rows.append([task, demos, algo, f"{scores.mean():.3f} ± {stderr:.3f}", len(scores),
+        rows.append([task, model, demos, algo, f"{scores.mean():.3f} ± {stderr:.3f}", len(scores),
                      ", ".join(f"{s:.2f}" for s in scores)])
-    body = table(["task", "demos", "algorithm", "normalised score (mean ± s.e.)", "seeds", "per seed"], rows)
+    body = table(["task", "model", "demos", "algorithm", "score (mean ± s.e.)", "seeds", "per seed"], rows)
+    body += "\n\nScore: expert-normalised return, or success rate where the environment reports one (Fetch)."
     body += "\n\n## Per run\n\n" + table(
-        ["task", "demos", "algo", "seed", "score", "return", "WM min", "learner min", "latent dist", "action acc"],
-        [[d["task"], d["demos"], d["algo"], d["seed"], f"{d['score']:.3f}", f"{d['ret']:.1f}", f"{d['wm_minutes']:.1f}",
-          f"{d['minutes']:.1f}", "" if d["latent_distance"] is None else f"{d['latent_distance']:.3f}",
-          "" if d["action_accuracy"] is None else f"{d['action_accuracy']:.3f}"] for d in details])
+        ["task", "model", "demos", "algo", "seed", "score", "return", "WM min", "learner min", "eval min",
+         "latent dist", "action acc", "overrides"],
+        [[*result_key(d),
+          f"{d['score']:.3f}", f"{d['ret']:.1f}", f"{d['wm_minutes']:.1f}", f"{d['minutes']:.1f}",
+          f"{d.get('eval_minutes', float('nan')):.1f}",
+          "" if d["latent_distance"] is None else f"{d['latent_distance']:.3f}",
+          "" if d["action_accuracy"] is None else f"{d['action_accuracy']:.3f}",
+          " ".join(f"{k}={v}" for k, v in (d.get("overrides") or {}).items())] for d in details])
     body += "\n\n## Settings\n\n" + "\n".join(
-        f"- {t}: world model {TASKS[t]['model']} small preset, {TASKS[t]['wm']}; learners small preset, "
-        f"{TASKS[t]['learner']} {TASKS[t]['learner_overrides'] or ''}; evaluation {args.episodes} episodes per seed"
-        for t in args.tasks)
-    name = "quality-" + "-".join(args.tasks) + ".md"
+        f"- {t}: world model {args.model or TASKS[t]['model']} small preset, {TASKS[t]['wm']}; learners small "
+        f"preset, {TASKS[t]['learner']}, overrides {TASKS[t]['learner_overrides'] or 'none'}; evaluation "
+        f"{args.episodes or TASKS[t]['episodes']} episodes per seed" for t in args.tasks)
     write(name, "Offline imitation quality", body)
-    (RESULTS / name.replace(".md", ".jsonl")).write_text("".join(json.dumps(d) + "\n" for d in details))
+    jsonl.write_text("".join(json.dumps(d) + "\n" for d in details))
 
 
 if __name__ == "__main__":

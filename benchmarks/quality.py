@@ -100,7 +100,8 @@ def learner_overrides(spec: dict, algo: str, cli: dict[str, str]) -> dict[str, s
 
 def result_key(d: dict) -> tuple:
     model = "-" if d["algo"] in MODEL_FREE else d.get("model") or TASKS[d["task"]]["model"]
-    return d["task"], model, d["demos"], d["algo"], d["seed"]
+    algo = d["algo"] + (f" [{d['label']}]" if d.get("label") else "")
+    return d["task"], model, d["demos"], algo, d["seed"]
 
 
 def main():
@@ -114,6 +115,8 @@ def main():
     parser.add_argument("--wm-steps", type=int, help="override the task's world-model updates")
     parser.add_argument("--learner-steps", type=int, help="override the learners' updates")
     parser.add_argument("--runs", default=str(ROOT / "runs" / "quality"), help="where run dirs are kept (reused)")
+    parser.add_argument("--label", default="", help="names a variant (e.g. an ablation's overrides): its own rows "
+                        "in the table and its own run dirs")
     parser.add_argument("--fresh", action="store_true", help="drop earlier results of these tasks instead of merging")
     parser.add_argument("-o", dest="overrides", action="append", default=[],
                         help="learner overrides key=value (every learner with the field) or algo.key=value")
@@ -154,7 +157,8 @@ def main():
                         models[kind] = world_model(task, spec, kind, seed)
                     model_dir, wm_minutes = models[kind] if kind else (None, 0.0)
                     tag = "" if kind in (None, spec["model"]) else f"-{kind}"
-                    out = runs / task / f"{algo}{tag}-k{demos}-s{seed}"
+                    label = f"-{args.label}" if args.label else ""
+                    out = runs / task / f"{algo}{tag}{label}-k{demos}-s{seed}"
                     overrides = learner_overrides(spec, algo, cli)
                     started = time.perf_counter()
                     train_policy(algo, model_dir, expert, out=out, preset="small", seed=seed, expert_episodes=demos,
@@ -164,8 +168,9 @@ def main():
                     started = time.perf_counter()
                     report = evaluate_policy(out, episodes=episodes, progress=False)
                     score = report.get("success_rate", report.get("normalized_score"))
-                    details.append(dict(task=task, model=kind or "-", demos=demos, algo=algo, seed=seed, score=score,
-                                        ret=report["return_mean"], wm_minutes=wm_minutes, minutes=minutes,
+                    details.append(dict(task=task, model=kind or "-", demos=demos, algo=algo, label=args.label,
+                                        seed=seed, score=score,
+                                        ret=report["return_mean"], success_any=report.get("success_any"), wm_minutes=wm_minutes, minutes=minutes,
                                         eval_minutes=(time.perf_counter() - started) / 60, episodes=episodes,
                                         overrides=overrides,
                                         latent_distance=report.get("eval/latent_distance"),

@@ -274,8 +274,8 @@ def evaluate_cmd(run_dir, env_id, episodes, seed, video, stochastic, out, quiet)
 
     report = evaluate_policy(run_dir, env_id=env_id, episodes=episodes, seed=EVAL_SEED if seed is None else seed,
                              video=video, deterministic=not stochastic, progress=not quiet, out=out)
-    keys = ["env", "episodes", "return_mean", "return_stderr", "normalized_score", "success_rate", "length_mean",
-            "eval/latent_distance", "eval/action_accuracy", "eval/action_mse", "report_path"]
+    keys = ["env", "episodes", "return_mean", "return_stderr", "normalized_score", "success_rate", "success_any",
+            "length_mean", "eval/latent_distance", "eval/action_accuracy", "eval/action_mse", "report_path"]
     print_summary({k: report[k] for k in keys if k in report})
 
 

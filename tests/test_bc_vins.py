@@ -121,7 +121,7 @@ def test_bc_discrete_vector(tmp_path, minari_root):
                     gym.spaces.Discrete(3))
     out = _conformance("bc", None, expert, tmp_path)
     last = RunDir(out, "policy").read_metrics()[-1]
-    assert {"loss/bc", "eval/val_loss", "eval/action_accuracy", "eval/best_val_loss"} <= set(last)
+    assert {"loss/bc", "eval/val_loss", "eval/action_accuracy", "eval/best_val_score"} <= set(last)
 
 
 @pytest.mark.parametrize("loss", ["gaussian", "mse"])
@@ -352,7 +352,7 @@ def test_bc_learns_a_function_of_the_observation(tmp_path, minari_root):
                             "checkpoint_every": "300"})
     last = RunDir(out, "policy").read_metrics()[-1]
     assert last["eval/action_accuracy"] >= 0.9, last   # on held-out episodes
-    assert last["eval/best_val_loss"] <= last["eval/val_loss"] + 1e-9
+    assert last["eval/best_val_score"] <= last["eval/val_loss"] + 1e-9
 
 
 def test_vins_value_ranks_demo_states_above_perturbed_ones(tmp_path, minari_root):
@@ -433,3 +433,35 @@ def test_bc_keeps_the_best_parameters_and_stops(tmp_path, minari_root):
     assert trainer.update(np.random.default_rng(0))["bc/stopped"] == 1.0
     for name, value in trainer.net.state_dict().items():
         torch.testing.assert_close(value, before[name])
+
+
+def test_bc_selection_follows_the_deployed_action_for_continuous_actions(reach):
+    """A Gaussian head whose mean gets better while its std collapses: its held-out likelihood
+    worsens, its mean action improves. 'auto' (= 'action' for continuous) keeps the better
+    mean; 'loss' keeps the better likelihood."""
+    from wmil.algos.bc import BCConfig, BCNet, BCTrainer, demo_pairs, selection_key, split_demos
+
+    expert, _ = reach
+    assert selection_key(BCConfig(), expert.spec) == "action_mse"
+    assert selection_key(BCConfig(selection="loss"), expert.spec) == "loss"
+    with pytest.raises(UserError, match="'selection'"):
+        selection_key(BCConfig(selection="best"), expert.spec)
+    kept = {}
+    for selection in ("auto", "loss"):
+        config = BCConfig(layers=1, units=16, batch_size=8, selection=selection)
+        train, val = split_demos(expert, config)
+        trainer = BCTrainer(BCNet(expert.spec.obs_shape, expert.spec, config), demo_pairs(train), demo_pairs(val),
+                            config, expert.spec, torch.device("cpu"))
+        last = trainer.net.head.net.net[-1]
+        with torch.no_grad():                    # mean 0, wide std
+            last.weight.zero_()
+            last.bias.zero_()
+        first = trainer.evaluate(step=1)
+        target = trainer.val.action.mean(0).clamp(-0.99, 0.99)
+        with torch.no_grad():                    # the mean moves to the average action, std collapses
+            last.bias.copy_(torch.cat([torch.atanh(target), torch.full_like(target, -5.0)]))
+        second = trainer.evaluate(step=2)
+        assert second["eval/action_mse"] < first["eval/action_mse"]
+        assert second["eval/val_loss"] > first["eval/val_loss"]
+        kept[selection] = second["eval/best_step"]
+    assert kept == {"auto": 2.0, "loss": 1.0}

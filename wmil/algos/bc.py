@@ -68,7 +68,9 @@ class BCConfig:
     split_seed: int = 0
     """Seed of the held-out episode split."""
     patience: int = 0
-    """Stop updating after this many evaluations without a lower validation loss (0: never)."""
+    """Stop updating after this many evaluations without a better validation score (0: never)."""
+    selection: str = "auto"
+    """Held-out score that picks the kept parameters: 'loss' (the BC loss), 'action' (MSE of the deployed mean action, continuous only) or 'auto' ('action' for continuous, 'loss' for discrete)."""
 
 
 PRESETS = {
@@ -78,6 +80,7 @@ PRESETS = {
 }
 
 CONTINUOUS_LOSSES = ("gaussian", "mse")
+SELECTIONS = ("auto", "loss", "action")
 
 
 # ------------------------------------------------------------------------------ data
@@ -264,8 +267,9 @@ class BCTrainer:
         self.net = net.to(device)
         self.net.set_normalizer(self.train.inputs)
         self.opt = torch.optim.Adam(self.net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        self.selection_key = selection_key(config, spec)
         self.best: Optional[dict] = None
-        self.best_loss = math.inf
+        self.best_loss = math.inf      # the best held-out score (``selection_key``; lower is better)
         self.best_step = 0
         self.stale = 0
         self.updates = 0
@@ -293,13 +297,14 @@ class BCTrainer:
         discrete = self.spec.discrete
         held_out = len(self.val) > 0
         stats = agreement(self.net, self.val if held_out else self.train, discrete)
-        if not held_out or stats["loss"] < self.best_loss:
+        score = stats[self.selection_key]
+        if not held_out or score < self.best_loss:
             self.best = {k: v.detach().clone() for k, v in self.net.state_dict().items()}
-            self.best_loss, self.best_step, self.stale = stats["loss"], step, 0
+            self.best_loss, self.best_step, self.stale = score, step, 0
         else:
             self.stale += 1
         key = "action_accuracy" if discrete else "action_mse"
-        return {"eval/val_loss": stats["loss"], f"eval/{key}": stats[key], "eval/best_val_loss": self.best_loss,
+        return {"eval/val_loss": stats["loss"], f"eval/{key}": stats[key], "eval/best_val_score": self.best_loss,
                 "eval/best_step": float(self.best_step), "eval/held_out_pairs": float(len(self.val))}
 
     def best_net(self) -> BCNet:
@@ -324,6 +329,23 @@ class BCTrainer:
     def deployed_params(state: dict) -> dict:
         """The parameters a deployed policy uses: the best ones, else the newest."""
         return state["best"] if state.get("best") is not None else state["net"]
+
+
+def selection_key(config: BCConfig, spec: DataSpec) -> str:
+    """Which held-out statistic of :func:`agreement` selects the kept parameters.
+
+    For continuous actions the default is the MSE of the mean action, the action the deployed
+    policy takes: with near-deterministic (scripted) experts a Gaussian head's std collapses,
+    and its held-out likelihood then rises after a few hundred updates while the mean action
+    keeps improving (FetchPush, 100 demos: likelihood selection kept step 500 of 5,000 and
+    BC scored 7 % success)."""
+    if config.selection not in SELECTIONS:
+        raise UserError(f"config field 'selection' is {config.selection!r}; choose one of {list(SELECTIONS)}")
+    if config.selection == "action" and spec.discrete:
+        raise UserError("config field 'selection' = 'action' needs continuous actions; use 'loss' for discrete ones")
+    if config.selection == "loss" or (config.selection == "auto" and spec.discrete):
+        return "loss"
+    return "action_mse"
 
 
 def split_demos(expert: Dataset, config: BCConfig) -> tuple[Dataset, Dataset]:

@@ -70,7 +70,7 @@ def evaluate_policy(run_dir: str | os.PathLike, env_id: Optional[str] = None, ep
     config = _env_config(policy, env_id, video)
     env = make_env(config)
     _check_spaces(env, policy, config.env_id)
-    returns, lengths, successes = [], [], []
+    returns, lengths, successes, ever = [], [], [], []
     frames_by_episode: list[list[np.ndarray]] = []
     bar = progress_bar(episodes, f"evaluate {config.env_id}", progress, unit="ep")
     torch.manual_seed(seed)
@@ -78,7 +78,7 @@ def evaluate_policy(run_dir: str | os.PathLike, env_id: Optional[str] = None, ep
         for i in range(episodes):
             obs, info = env.reset(seed=seed + i)
             policy.reset()
-            total, steps, frames = 0.0, 0, []
+            total, steps, frames, reached = 0.0, 0, [], False
             record = video and i < video_episodes
             while True:
                 if record:
@@ -86,12 +86,14 @@ def evaluate_policy(run_dir: str | os.PathLike, env_id: Optional[str] = None, ep
                 obs, reward, terminated, truncated, info = env.step(policy.act(obs, deterministic=deterministic))
                 total += float(reward)
                 steps += 1
+                reached = reached or bool(info.get("is_success", False))
                 if terminated or truncated:
                     break
             returns.append(total)
             lengths.append(steps)
             if "is_success" in info:
                 successes.append(float(info["is_success"]))
+                ever.append(float(reached))
             if record:
                 frames_by_episode.append(frames)
             bar.update(1)
@@ -99,7 +101,7 @@ def evaluate_policy(run_dir: str | os.PathLike, env_id: Optional[str] = None, ep
     finally:
         bar.close()
         env.close()
-    report = summarize(returns, lengths, successes, policy.run_config)
+    report = summarize(returns, lengths, successes, policy.run_config, ever)
     report.update({"run": str(run_dir), "env": config.env_id, "episodes": episodes, "seed": seed,
                    "deterministic": deterministic, "algo": policy.run_config.get("algo")})
     if offline and hasattr(policy, "offline_metrics"):
@@ -115,7 +117,11 @@ def evaluate_policy(run_dir: str | os.PathLike, env_id: Optional[str] = None, ep
     return report
 
 
-def summarize(returns, lengths, successes, run_config: dict) -> dict:
+def summarize(returns, lengths, successes, run_config: dict, ever=None) -> dict:
+    """Return statistics, the expert-normalised score, and where the env reports
+    ``is_success``: ``success_rate`` (at the episode's last step, the gymnasium-robotics
+    convention) and ``success_any`` (at any step: the convention of tasks that stop at the goal,
+    e.g. the VINS paper's Fetch tables)."""
     returns = np.asarray(returns, dtype=np.float64)
     out = {
         "return_mean": float(returns.mean()), "return_std": float(returns.std()),
@@ -128,6 +134,8 @@ def summarize(returns, lengths, successes, run_config: dict) -> dict:
         out["ref_min_score"], out["ref_max_score"] = lo, hi
     if successes:
         out["success_rate"] = float(np.mean(successes))
+    if ever:
+        out["success_any"] = float(np.mean(ever))
     return out
 
 

@@ -17,7 +17,7 @@ from wmil.errors import UserError
 from wmil.imagination.actor_critic import Actor, ActorCriticConfig, imagine
 from wmil.runs import RunDir
 from wmil.types import DataSpec
-from wmil.world_models.base import State
+from wmil.world_models.base import State, feature_size
 
 WM_OVERRIDES = {"log_every": "1", "eval_every": "1", "checkpoint_every": "1", "batch_size": "2", "seq_len": "6",
                 "open_loop_context": "2", "eval_batches": "1"}
@@ -206,6 +206,41 @@ def test_conformance(worlds, tmp_path, algo, model, discrete):
             assert -1 <= float(action[0]) <= 1
 
 
+@pytest.mark.parametrize("mode", ["mean", "deter"])
+@pytest.mark.parametrize("algo", ["ditto", "dgail", "dbc"])
+def test_features_modes_train_and_deploy(worlds, tmp_path, monkeypatch, algo, mode):
+    """The ``features`` option reaches the actor's input at training and at deployment."""
+    wm_dir, dataset, world_model = worlds("rssm", True)
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(dataset.data_dir.parents[2]))  # offline_metrics reloads it
+    out = tmp_path / "policy"
+    train_policy(algo, wm_dir, dataset, out=out, preset="tiny", steps=2, device="cpu",
+                 overrides={**RUN, "features": mode}, progress=False)
+    width = feature_size(world_model, mode)
+    assert width == (world_model.config.deter if mode == "deter" else world_model.feature_dim)
+    policy = load_policy(out)
+    assert policy.features == mode and policy.actor.net.in_dim == width
+    policy.reset()
+    for obs in np.random.default_rng(0).normal(size=(3, 3)).astype(np.float32):
+        assert policy.act(obs) in (0, 1)
+    assert 0.0 <= policy.offline_metrics(starts=8)["eval/latent_distance"] <= 2.0
+    with pytest.raises(UserError, match="features"):
+        train_policy(algo, wm_dir, dataset, out=tmp_path / "bad", preset="tiny", steps=1, device="cpu",
+                     overrides={"features": "probs"}, progress=False)
+
+
+def test_policy_runs_from_before_the_features_option_deploy_on_samples(worlds, tmp_path):
+    """D-BC now defaults to 'mean'; a run recorded without the field was trained on samples."""
+    wm_dir, dataset, _ = worlds("rssm", True)
+    out = tmp_path / "policy"
+    train_policy("dbc", wm_dir, dataset, out=out, preset="tiny", steps=1, device="cpu",
+                 overrides={**RUN, "features": "sample"}, progress=False)
+    run = RunDir(out, "policy")
+    config = run.read_config()
+    del config["algo_config"]["features"]
+    run.write_config(config)
+    assert load_policy(out).features == "sample"
+
+
 @pytest.mark.parametrize("algo", ["dgail", "dbc"])
 def test_resume_is_exact(worlds, tmp_path, algo):
     wm_dir, dataset, _ = worlds("gaussian_rssm", False)
@@ -324,7 +359,7 @@ class _IIDModel(torch.nn.Module):
     def imagine_step(self, state, action):
         return self._state(torch.randn_like(state.deter))
 
-    def features(self, state):
+    def features(self, state, mode="sample"):
         return state.deter
 
 

@@ -96,6 +96,41 @@ def test_evaluate_cli_reports_scores_and_rejects_wrong_env(tmp_path, capsys):
     assert (tmp_path / "c.png").stat().st_size > 1000
 
 
+def test_ditto_reward_by_hand(tmp_path, write_dataset):
+    """r_k = z_E·z_A / max(‖z_E‖, ‖z_A‖)² on the reward's latent: h only with ``deter_only``;
+    [h, class probabilities] with ``features='mean'``; the last imagined state gets no reward."""
+    from types import SimpleNamespace
+
+    from wmil.algos.base import _world_model_from_run
+    from wmil.algos.ditto import PRESETS, Ditto, DittoConfig
+    from wmil.world_models.base import State
+
+    world = write_dataset("im/world-v0", [12, 14, 16, 11])
+    expert = write_dataset("im/expert-v0", [10, 9])
+    model = _world_model_from_run(tiny_world_model(tmp_path, world), "cpu")
+    D, S = model.config.deter, model.config.stoch * model.config.classes  # tiny: 32, 4 × 4
+
+    def state(*deter):  # (H+1 = 3, B = 1) states with h = deter[k] padded with zeros
+        h = torch.zeros(3, 1, D)
+        h[:, 0, :2] = torch.tensor(deter)
+        stoch = torch.zeros(3, 1, S)
+        stoch[..., ::model.config.classes] = 1.0  # one-hot samples: class 0 of every categorical
+        return State(deter=h, stoch=stoch, logits=torch.zeros(3, 1, S))  # logits 0: uniform probabilities
+
+    agent, target = state([3.0, 4.0], [1.0, 0.0], [0.0, 1.0]), state([3.0, 0.0], [2.0, 0.0], [1.0, 0.0])
+    for overrides, expected in (({"deter_only": True}, [9 / 25, 2 / 4]),
+                                # z part of the mean features: 16 probabilities 1/4, z_E·z_A = ‖z‖² = 1
+                                ({"features": "mean"}, [(9 + 1) / (25 + 1), (2 + 1) / (4 + 1)]),
+                                # sampled one-hots: z_E·z_A = ‖z‖² = 4 categoricals
+                                ({}, [(9 + 4) / (25 + 4), (2 + 4) / (4 + 4)])):
+        config = DittoConfig(**{**PRESETS["tiny"], "horizon": 2, **overrides})
+        ditto = Ditto(model, expert, config, torch.device("cpu"))
+        imagined = SimpleNamespace(states=agent, features=model.features(agent, config.features))
+        reward, similarity = ditto.rewards(imagined, target)
+        assert reward.shape == (2, 1) and similarity.shape == (3, 1)
+        torch.testing.assert_close(reward[:, 0], torch.tensor(expected), msg=str(overrides))
+
+
 def test_imagine_bad_inputs(tmp_path, write_dataset):
     world = write_dataset("im/world-v0", [12, 14, 16, 11])
     expert = write_dataset("im/expert-v0", [10, 9])

@@ -12,6 +12,7 @@ from wmil.errors import UserError
 from wmil.types import DataSpec, SequenceBatch
 from wmil.world_models import (PRESETS, WORLD_MODELS, State, config_for, field_docs,
                                make_world_model, total_loss)
+from wmil.world_models.base import FEATURES, feature_size
 from wmil.world_models.latent import (categorical_kl, free_nats, gaussian_kl, kl_balance,
                                       std_from_raw, straight_through_sample, unimix_logits)
 
@@ -216,6 +217,62 @@ def test_dynamics_normalizer_running_then_fixed():
     assert torch.allclose(features, batch.obs / 2.0) and torch.allclose(model.decode(features), batch.obs)
     with pytest.raises(UserError, match="shape"):
         model.set_normalizer(torch.zeros(4), torch.ones(4))
+
+
+@pytest.mark.parametrize("name,obs,discrete", CASES, ids=IDS)
+def test_features_modes(name, obs, discrete):
+    model, spec = build(name, obs, discrete)
+    batch = make_batch(spec)
+    posterior, prior = model.observe(batch.obs, batch.prev_action, batch.is_first)
+    for state in (posterior, prior):
+        sample, mean, deter = (model.features(state, mode) for mode in FEATURES)
+        assert sample.shape == (B, T, model.feature_dim) == (B, T, feature_size(model, "sample"))
+        assert mean.shape == sample.shape and mean.shape[-1] == feature_size(model, "mean")
+        assert deter.shape[-1] == feature_size(model, "deter") and torch.equal(deter, state.deter)
+        D = deter.shape[-1]
+        assert torch.equal(mean[..., :D], state.deter) and torch.equal(sample[..., D:], state.stoch)
+        if name == "rssm":  # class probabilities: each categorical sums to one, softmax of its logits
+            classes = model.config.classes
+            probs = mean[..., D:].unflatten(-1, (-1, classes))
+            assert torch.allclose(probs.sum(-1), torch.ones(()), atol=1e-5)
+            assert torch.allclose(probs, torch.softmax(state.logits.unflatten(-1, (-1, classes)), -1))
+            assert not torch.equal(mean, sample)
+        elif name == "gaussian_rssm":
+            assert torch.equal(mean[..., D:], state.mean) and not torch.equal(mean, sample)
+        else:  # dynamics: no stochastic part, every mode is the normalised observation
+            assert torch.equal(mean, sample) and torch.equal(deter, sample)
+    with pytest.raises(UserError, match="choose one of"):
+        model.features(posterior, "probs")
+
+
+@pytest.mark.parametrize("name", ["rssm", "gaussian_rssm"])
+def test_recurrent_models_standardise_vector_observations(name):
+    """With statistics (m, s) set, observations m + s·x give exactly the loss that x gives with
+    the identity statistics, and ``decode`` maps predictions back to raw units."""
+    model, spec = build(name, "vector", True)
+    scaled, _ = build(name, "vector", True)
+    scaled.load_state_dict(model.state_dict())
+    mean, std = torch.tensor([1.0, -2.0, 0.0, 5.0, 3.0]), torch.tensor([0.01, 2.0, 1.0, 10.0, 0.5])
+    scaled.set_normalizer(mean, std)
+    batch = make_batch(spec)
+    raw = dataclasses.replace(batch, obs=batch.obs * std + mean)
+    torch.manual_seed(0)
+    losses, _, posterior = model.loss(batch)
+    torch.manual_seed(0)
+    losses_scaled, _, posterior_scaled = scaled.loss(raw)
+    for key in losses:
+        torch.testing.assert_close(losses_scaled[key], losses[key])
+    features = model.features(posterior)
+    torch.testing.assert_close(scaled.features(posterior_scaled), features)
+    torch.testing.assert_close(scaled.decode(features), model.decode(features) * std + mean)
+    # A checkpoint from before the statistics existed loads as the identity.
+    old = {k: v for k, v in scaled.state_dict().items() if k not in ("obs_mean", "obs_std")}
+    model.load_state_dict(old)
+    assert torch.equal(model.obs_mean, torch.zeros(5)) and torch.equal(model.obs_std, torch.ones(5))
+    # normalize_obs=False keeps raw units whatever the trainer passes.
+    plain, _ = build(name, "vector", True, normalize_obs=False)
+    plain.set_normalizer(mean, std)
+    assert torch.equal(plain.obs_mean, torch.zeros(5)) and torch.equal(plain.obs_std, torch.ones(5))
 
 
 # ------------------------------------------------------------------ registry and configs

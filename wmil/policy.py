@@ -50,18 +50,20 @@ class DeployedPolicy(nn.Module):
 class LatentPolicy(DeployedPolicy):
     """Actor on world-model features, filtering real observations through the posterior."""
 
-    def __init__(self, world_model, actor, spec: DataSpec):
+    def __init__(self, world_model, actor, spec: DataSpec, features: str = "sample"):
         super().__init__(spec)
         self.world_model = world_model
         self.actor = actor
+        self.features = features  # the world model's features mode the actor was trained on
         self.state = None
         self.prev_action: Optional[torch.Tensor] = None
 
     @classmethod
-    def from_checkpoint(cls, world_model, actor, modules: dict, spec: DataSpec, prefix: str = "actor.") -> "LatentPolicy":
+    def from_checkpoint(cls, world_model, actor, modules: dict, spec: DataSpec, prefix: str = "actor.",
+                        features: str = "sample") -> "LatentPolicy":
         """Load ``actor``'s weights from the ``prefix``-ed entries of a saved module state dict."""
         actor.load_state_dict({k[len(prefix):]: v for k, v in modules.items() if k.startswith(prefix)})
-        return cls(world_model, actor.eval(), spec)
+        return cls(world_model, actor.eval(), spec, features)
 
     def reset(self) -> None:
         self.state = self.world_model.initial(1)
@@ -75,7 +77,7 @@ class LatentPolicy(DeployedPolicy):
         is_first = torch.tensor([self._first], device=self.device)
         self.state = self.world_model.obs_step(self.state, self.prev_action, self._obs(obs), is_first)
         self._first = False
-        action, _, _ = self.actor(self.world_model.features(self.state), deterministic=deterministic)
+        action, _, _ = self.actor(self.world_model.features(self.state, self.features), deterministic=deterministic)
         self.prev_action = action
         return self._to_env(action)
 
@@ -85,9 +87,11 @@ class LatentPolicy(DeployedPolicy):
         from wmil.imagination.metrics import action_agreement, eval_rows, latent_distance
 
         horizon = int(self.run_config.get("algo_config", {}).get("horizon", 15))
-        expert = ExpertLatents.encode(self.world_model, expert_view(self.run_config), self.device)
+        expert = ExpertLatents.encode(self.world_model, expert_view(self.run_config), self.device,
+                                      features=self.features)
         out = {"eval/latent_distance": latent_distance(self.world_model, self.actor, expert,
-                                                       eval_rows(expert, horizon, starts), horizon)}
+                                                       eval_rows(expert, horizon, starts), horizon,
+                                                       features=self.features)}
         out.update(action_agreement(self.actor, expert, self.spec))
         return out
 

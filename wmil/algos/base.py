@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import importlib
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Optional, Protocol
 
@@ -188,7 +188,10 @@ def load_policy(run_dir: str | os.PathLike, device: str = "cpu"):
     if checkpoint is None:
         raise UserError(f"{run.path}: no checkpoint yet; train the policy first")
     cls = algorithm_class(config["algo"])
-    algo_cfg = override(cls.config_cls(), config["algo_config"])
+    recorded = config["algo_config"]
+    if "features" in {f.name for f in fields(cls.config_cls)} and "features" not in recorded:
+        recorded = {**recorded, "features": "sample"}  # runs from before the option read sampled features
+    algo_cfg = override(cls.config_cls(), recorded)
     world_model = None
     if config.get("world_model"):  # BC acts on observations and has none
         wm = config["world_model"]

@@ -10,6 +10,13 @@ found stabilises learning (DITTO code: weight 0.1):
     min_θ  E_(z, a) ~ expert [ −log π_θ(a | z) ]  −  β · E_z [ H(π_θ(· | z)) ],   β = 0.1
 
 over minibatches of expert rows that have a logged action (``action_mask``), with Adam.
+
+The actor reads z = [h, E z] by default (``features='mean'``: the class probabilities of the
+categorical latent, the mean of a Gaussian one), not a sample of z: the expert latents are
+encoded once, so sampled one-hots are fixed noise that the actor memorises on a handful of
+demos (CartPole rssm, 4 demos: training accuracy 1.00 against 0.88 on held-out expert
+episodes with samples, 0.98 / 0.97 with probabilities; real return 320 / 481 / 500 over three
+seeds with samples, 500 / 500 / 500 with probabilities).
 Discrete actors are categorical (exact entropy); continuous actors are tanh-squashed Gaussians
 scaled to the action bounds, whose likelihood of an expert action a is evaluated at
 u = atanh((a − centre) / half_range), with the action clamped just inside the bounds first
@@ -34,6 +41,7 @@ from wmil.imagination.expert import ExpertLatents
 from wmil.imagination.metrics import action_agreement, eval_rows, latent_distance
 from wmil.policy import LatentPolicy
 from wmil.types import DataSpec
+from wmil.world_models.base import check_features, feature_size
 
 Tensor = torch.Tensor
 
@@ -55,6 +63,8 @@ class DBCConfig:
     """Activation of the actor."""
     min_std: float = 0.1
     """Lower bound of the continuous actor's pre-tanh std."""
+    features: str = "mean"
+    """Latent features the actor reads: 'mean' [h, E z], 'sample' [h, z], 'deter' h (see the module docstring)."""
     lr: float = 3e-4
     """Adam learning rate."""
     batch_size: int = 256
@@ -103,11 +113,12 @@ class DBC:
         self.config = config
         self.device = device
         self.spec: DataSpec = world_model.spec
-        self.expert = ExpertLatents.encode(world_model, expert, device)
+        check_features(config.features)
+        self.expert = ExpertLatents.encode(world_model, expert, device, features=config.features)
         self.rows = torch.nonzero(self.expert.action_mask).squeeze(-1).cpu().numpy()
         if len(self.rows) == 0:
             raise UserError(f"expert dataset {expert.name} has no logged actions to clone")
-        self.actor = Actor(world_model.feature_dim, self.spec, config).to(device)  # type: ignore[arg-type]
+        self.actor = Actor(feature_size(world_model, config.features), self.spec, config).to(device)  # type: ignore[arg-type]
         self.opt = torch.optim.Adam(self.actor.parameters(), lr=config.lr, eps=1e-5)
         self.rng = np.random.default_rng(int(torch.randint(2**62, (1,))))
         try:
@@ -141,7 +152,7 @@ class DBC:
         out = action_agreement(self.actor, self.expert, self.spec)
         if self.eval_rows is not None:
             out["eval/latent_distance"] = latent_distance(self.world_model, self.actor, self.expert, self.eval_rows,
-                                                          self.config.horizon)
+                                                          self.config.horizon, features=self.config.features)
         return out
 
     def training_state(self) -> dict:
@@ -153,10 +164,10 @@ class DBC:
         self.rng.bit_generator.state = state["rng"]
 
     def policy(self) -> LatentPolicy:
-        return LatentPolicy(self.world_model, self.actor, self.spec)
+        return LatentPolicy(self.world_model, self.actor, self.spec, self.config.features)
 
     @staticmethod
     def deployable(world_model, config: DBCConfig, state: dict, spec: DataSpec) -> LatentPolicy:
-        actor = Actor(world_model.feature_dim, spec, config)  # type: ignore[arg-type]
+        actor = Actor(feature_size(world_model, config.features), spec, config)  # type: ignore[arg-type]
         actor.load_state_dict(state["actor"])
-        return LatentPolicy(world_model, actor.eval(), spec)
+        return LatentPolicy(world_model, actor.eval(), spec, config.features)

@@ -58,6 +58,7 @@ from wmil.imagination.metrics import action_agreement, eval_rows, latent_distanc
 from wmil.nets import MLP
 from wmil.policy import LatentPolicy
 from wmil.types import DataSpec
+from wmil.world_models.base import check_features, feature_size
 
 Tensor = torch.Tensor
 
@@ -186,13 +187,15 @@ class DGail:
         self.config = config
         self.device = device
         self.spec: DataSpec = world_model.spec
-        self.expert = ExpertLatents.encode(world_model, expert, device)
+        check_features(config.features)
+        self.expert = ExpertLatents.encode(world_model, expert, device, features=config.features)
         self.starts = self.expert.starts(config.horizon)
         # Expert transitions (row, row + 1): every row with a logged action has its successor
         # observation in the same episode (the last observation of an episode has no action).
         self.pair_rows = torch.nonzero(self.expert.action_mask).squeeze(-1).cpu().numpy()
-        self.ac = ActorCritic(world_model.feature_dim, self.spec, config).to(device)
-        latent_dim = self.expert.states.deter.shape[-1] if config.deter_only else world_model.feature_dim
+        feature_dim = feature_size(world_model, config.features)
+        self.ac = ActorCritic(feature_dim, self.spec, config).to(device)
+        latent_dim = self.expert.states.deter.shape[-1] if config.deter_only else feature_dim
         action_dim = self.spec.action_dim if config.pair == "zaz" else 0
         self.discriminator = Discriminator(2 * latent_dim + action_dim, config).to(device)
         self.disc_opt = torch.optim.Adam(self.discriminator.parameters(), lr=config.disc_lr, eps=1e-5)
@@ -280,7 +283,7 @@ class DGail:
         H, B = self.config.horizon, self.config.batch_size
         rows = self.rng.choice(self.starts, B)
         start, _ = self.expert.sample(rows, H)
-        imagined = imagine(self.world_model, self.ac.actor, start, H)
+        imagined = imagine(self.world_model, self.ac.actor, start, H, self.config.features)
         transitions = self.imagined_transitions(imagined)                       # (H, B, X)
         metrics = self.update_discriminator(transitions.reshape(H * B, -1))
         reward = self.reward(transitions)                                        # (H, B)
@@ -293,7 +296,7 @@ class DGail:
         """Offline metrics: latent distance of the policy's own imagined rollouts from expert
         starts, and expert action prediction (as DITTO's)."""
         out = {"eval/latent_distance": latent_distance(self.world_model, self.ac.actor, self.expert, self.eval_rows,
-                                                       self.config.horizon)}
+                                                       self.config.horizon, features=self.config.features)}
         out.update(action_agreement(self.ac.actor, self.expert, self.spec))
         return out
 
@@ -308,9 +311,9 @@ class DGail:
         self.rng.bit_generator.state = state["rng"]
 
     def policy(self) -> LatentPolicy:
-        return LatentPolicy(self.world_model, self.ac.actor, self.spec)
+        return LatentPolicy(self.world_model, self.ac.actor, self.spec, self.config.features)
 
     @staticmethod
     def deployable(world_model, config: DGailConfig, state: dict, spec: DataSpec) -> LatentPolicy:
-        actor = Actor(world_model.feature_dim, spec, config)
-        return LatentPolicy.from_checkpoint(world_model, actor, state["modules"], spec)
+        actor = Actor(feature_size(world_model, config.features), spec, config)
+        return LatentPolicy.from_checkpoint(world_model, actor, state["modules"], spec, features=config.features)

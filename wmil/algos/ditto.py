@@ -6,8 +6,10 @@ followed the start:
 
     r_k = z_E,k · z_A,k / max(‖z_E,k‖, ‖z_A,k‖)²       (1 when equal; "1 − latent distance")
 
-on the model features z = [h, z] (option: the deterministic part h only, as the reference
-code does). The reward is optimised by the shared actor-critic in imagination
+on the model features (``features``: [h, z] with z sampled, as DreamerV2's actor reads them;
+'mean': [h, E z], z's class probabilities, which are a deterministic function of the filter's
+history; option ``deter_only``: the deterministic part h only, as the reference code does).
+The actor and critic read the same ``features``. The reward is optimised by the shared actor-critic in imagination
 (:mod:`wmil.imagination.actor_critic`): λ-returns with γ = λ = 0.95, REINFORCE for discrete
 actions, dynamics backprop for continuous ones, entropy bonus. The last imagined state only
 bootstraps the return (it gets no reward). The environment is never touched.
@@ -26,7 +28,7 @@ from wmil.imagination.expert import ExpertLatents
 from wmil.imagination.metrics import action_agreement, ditto_similarity, eval_rows, latent_distance
 from wmil.policy import LatentPolicy
 from wmil.types import DataSpec
-from wmil.world_models.base import State
+from wmil.world_models.base import State, check_features, feature_size
 
 Tensor = torch.Tensor
 
@@ -38,7 +40,7 @@ class DittoConfig(ActorCriticConfig):
     batch_size: int = 256
     """Imagination start states (expert states) per update."""
     deter_only: bool = False
-    """Compare only the deterministic part h of the latent (the reference code's choice)."""
+    """Compare only the deterministic part h of the latent in the reward (the reference code's choice)."""
     eval_starts: int = 256
     """Expert start states used for the offline metrics."""
 
@@ -63,9 +65,10 @@ class Ditto:
         self.config = config
         self.device = device
         self.spec: DataSpec = world_model.spec
-        self.expert = ExpertLatents.encode(world_model, expert, device)
+        check_features(config.features)
+        self.expert = ExpertLatents.encode(world_model, expert, device, features=config.features)
         self.starts = self.expert.starts(config.horizon)
-        self.ac = ActorCritic(world_model.feature_dim, self.spec, config).to(device)
+        self.ac = ActorCritic(feature_size(world_model, config.features), self.spec, config).to(device)
         self.rng = np.random.default_rng(int(torch.randint(2**62, (1,))))
         self.eval_rows = eval_rows(self.expert, config.horizon, config.eval_starts)
 
@@ -75,7 +78,7 @@ class Ditto:
     def rewards(self, imagined, target: State) -> tuple[Tensor, Tensor]:
         """(reward (H, B), similarity (H+1, B)) of an imagined rollout against the expert window."""
         agent = self._reward_latent(imagined.states, imagined.features)
-        expert = self._reward_latent(target, self.world_model.features(target))
+        expert = self._reward_latent(target, self.world_model.features(target, self.config.features))
         similarity = ditto_similarity(expert, agent)
         return similarity[:-1], similarity
 
@@ -83,7 +86,7 @@ class Ditto:
         H = self.config.horizon
         rows = self.rng.choice(self.starts, self.config.batch_size)
         start, target = self.expert.sample(rows, H)
-        imagined = imagine(self.world_model, self.ac.actor, start, H)
+        imagined = imagine(self.world_model, self.ac.actor, start, H, self.config.features)
         reward, similarity = self.rewards(imagined, target)
         metrics = self.ac.update(imagined, reward)
         metrics["reward/latent_distance"] = float(1 - similarity[1:].detach().mean())
@@ -93,7 +96,7 @@ class Ditto:
         """Offline metrics: latent distance of the policy's own imagined rollouts from expert
         starts, and expert action prediction (DITTO paper, section 5)."""
         out = {"eval/latent_distance": latent_distance(self.world_model, self.ac.actor, self.expert, self.eval_rows,
-                                                       self.config.horizon)}
+                                                       self.config.horizon, features=self.config.features)}
         out.update(action_agreement(self.ac.actor, self.expert, self.spec))
         return out
 
@@ -105,10 +108,10 @@ class Ditto:
         self.rng.bit_generator.state = state["rng"]
 
     def policy(self) -> LatentPolicy:
-        return LatentPolicy(self.world_model, self.ac.actor, self.spec)
+        return LatentPolicy(self.world_model, self.ac.actor, self.spec, self.config.features)
 
     @staticmethod
     def deployable(world_model, config: DittoConfig, state: dict, spec: DataSpec) -> LatentPolicy:
-        actor = Actor(world_model.feature_dim, spec, config)
-        return LatentPolicy.from_checkpoint(world_model, actor, state["modules"], spec)
+        actor = Actor(feature_size(world_model, config.features), spec, config)
+        return LatentPolicy.from_checkpoint(world_model, actor, state["modules"], spec, features=config.features)
 

@@ -64,6 +64,8 @@ class ActorCriticConfig:
     """Scale advantages/returns by the running 5–95 % range of the λ-returns (never below 1)."""
     min_std: float = 0.1
     """Lower bound of the continuous actor's pre-tanh std."""
+    features: str = "sample"
+    """Latent features the actor, critic and reward read: 'sample' [h, z], 'mean' [h, E z], 'deter' h."""
 
 
 class Actor(nn.Module):
@@ -151,23 +153,25 @@ class Imagined:
     entropy: Tensor      # (H, B)
 
 
-def imagine(world_model, actor: Actor, start: State, horizon: int) -> Imagined:
-    """Roll ``actor`` out for ``horizon`` steps from ``start (B,)`` in ``world_model``.
+def imagine(world_model, actor: Actor, start: State, horizon: int, features: str = "sample") -> Imagined:
+    """Roll ``actor`` out for ``horizon`` steps from ``start (B,)`` in ``world_model``; the actor
+    reads, and ``Imagined.features`` holds, ``world_model.features(state, features)``.
 
     The actor sees stop-gradient features (as in Dreamer); actions enter ``imagine_step`` with
     their gradients, so continuous actors learn by backpropagation through the dynamics.
     """
     state = start
-    states, features, actions, log_probs, entropies = [start], [world_model.features(start)], [], [], []
+    mode = features
+    states, feature_list, actions, log_probs, entropies = [start], [world_model.features(start, mode)], [], [], []
     for _ in range(horizon):
-        action, log_prob, entropy = actor(features[-1].detach())
+        action, log_prob, entropy = actor(feature_list[-1].detach())
         state = world_model.imagine_step(state, action)
         states.append(state)
-        features.append(world_model.features(state))
+        feature_list.append(world_model.features(state, mode))
         actions.append(action)
         log_probs.append(log_prob)
         entropies.append(entropy)
-    return Imagined(State.stack(states), torch.stack(features), torch.stack(actions), torch.stack(log_probs),
+    return Imagined(State.stack(states), torch.stack(feature_list), torch.stack(actions), torch.stack(log_probs),
                     torch.stack(entropies))
 
 

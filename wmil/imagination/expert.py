@@ -27,7 +27,7 @@ class ExpertLatents:
     """Posterior latents of every expert observation, episodes laid end to end."""
 
     states: State          # (N,) one per expert observation
-    features: Tensor       # (N, F)
+    features: Tensor       # (N, F) in the ``features`` mode the latents were encoded with
     action: Tensor         # (N, A) the expert's action at each observation (zeros at the last)
     action_mask: Tensor    # (N,) bool: a real action was taken there
     offsets: np.ndarray    # (E,) first row of each episode
@@ -35,8 +35,10 @@ class ExpertLatents:
 
     @staticmethod
     @torch.no_grad()
-    def encode(world_model, dataset: Dataset, device="cpu", chunk: int = 64) -> "ExpertLatents":
-        """Filter every episode of ``dataset`` through ``world_model`` (no gradients)."""
+    def encode(world_model, dataset: Dataset, device="cpu", chunk: int = 64,
+               features: str = "sample") -> "ExpertLatents":
+        """Filter every episode of ``dataset`` through ``world_model`` (no gradients); ``features``
+        is the mode of :meth:`WorldModel.features` stored in ``ExpertLatents.features``."""
         arrays = dataset.aligned
         spec = world_model.spec
         if dataset.spec.obs_shape != spec.obs_shape or dataset.spec.action_dim != spec.action_dim \
@@ -57,7 +59,7 @@ class ExpertLatents:
             posterior, _ = world_model.observe(batch_obs, prev, first)
             pieces.append(posterior[0])
         states = State.cat(pieces, 0)
-        return ExpertLatents(states=states, features=world_model.features(states),
+        return ExpertLatents(states=states, features=world_model.features(states, features),
                              action=torch.from_numpy(arrays.action).to(device),
                              action_mask=torch.from_numpy(arrays.action_mask).to(device),
                              offsets=arrays.offsets.copy(), n_obs=arrays.n_obs.copy())

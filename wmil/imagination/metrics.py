@@ -31,13 +31,14 @@ def ditto_similarity(expert: Tensor, agent: Tensor, eps: float = 1e-8) -> Tensor
 
 @torch.no_grad()
 def latent_distance(world_model, actor: Actor, expert: ExpertLatents, rows: np.ndarray, horizon: int,
-                    seed: int = 0) -> float:
+                    seed: int = 0, features: str = "sample") -> float:
+    """Mean ``1 − similarity`` over imagined steps 1…H, on the ``features`` mode the actor reads."""
     cpu_state = torch.get_rng_state()
     torch.manual_seed(seed)  # the actor samples: keep the metric repeatable and training RNG untouched
     try:
         start, target = expert.sample(rows, horizon)
-        imagined = imagine(world_model, actor, start, horizon)
-        similarity = ditto_similarity(world_model.features(target), imagined.features)
+        imagined = imagine(world_model, actor, start, horizon, features)
+        similarity = ditto_similarity(world_model.features(target, features), imagined.features)
         return float(1 - similarity[1:].mean())
     finally:
         torch.set_rng_state(cpu_state)

@@ -143,8 +143,9 @@ class WorldModel(Protocol):
         """One step of the prior: ``state (B,)``, ``action (B, A)`` -> ``(B,)``. Differentiable
         w.r.t. ``action`` and ``state`` (dynamics backprop for continuous actions)."""
 
-    def features(self, state: State) -> Tensor:
-        """``(*batch,) -> (*batch, F)``."""
+    def features(self, state: State, mode: str = "sample") -> Tensor:
+        """``(*batch,) -> (*batch, F)`` for ``mode`` 'sample' (F = ``feature_dim``); see
+        :data:`FEATURES` for the others (:func:`feature_size` gives their width)."""
 
     def decode(self, features: Tensor) -> Tensor:
         """Observation prediction ``(*batch, F) -> (*batch, *O)`` in ``preprocess_obs`` space."""
@@ -160,6 +161,29 @@ class WorldModel(Protocol):
         """Observe ``context`` steps, then imagine ``horizon`` steps with the logged actions:
         predictions ``(B, horizon, *O)`` of ``obs[:, context:context + horizon]`` in
         ``preprocess_obs`` space. Needs ``context >= 1`` and ``context + horizon <= T``."""
+
+
+#: What ``features(state, mode)`` returns: 'sample' = [h, z] with z the sampled stochastic state
+#: (DreamerV2); 'mean' = [h, E[z]], the expectation of z under the distribution it was sampled
+#: from (class probabilities of a categorical z, the mean of a Gaussian z), so the features are
+#: a deterministic function of the filter's history; 'deter' = h only (the DITTO reference
+#: code's reward input). Models without a stochastic part (``dynamics``) return the same
+#: features for every mode.
+FEATURES = ("sample", "mean", "deter")
+
+
+def check_features(mode: str, field: str = "features") -> str:
+    """``mode`` if it is one of :data:`FEATURES`, else a one-line UserError naming ``field``."""
+    if mode not in FEATURES:
+        raise UserError(f"config field {field!r} is {mode!r}; choose one of {list(FEATURES)}")
+    return mode
+
+
+def feature_size(world_model, mode: str = "sample") -> int:
+    """Width of ``world_model.features(state, mode)``."""
+    if mode == "sample":
+        return int(world_model.feature_dim)
+    return int(world_model.features(world_model.initial(1), mode).shape[-1])
 
 
 def total_loss(losses: Mapping[str, Tensor], scales: Mapping[str, float]) -> Tensor:

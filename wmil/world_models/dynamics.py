@@ -24,7 +24,7 @@ import torch
 from wmil.errors import UserError
 from wmil.nets import MLP
 from wmil.types import DataSpec, SequenceBatch
-from wmil.world_models.base import State, WorldModelBase
+from wmil.world_models.base import State, WorldModelBase, check_features
 
 Tensor = torch.Tensor
 
@@ -140,8 +140,9 @@ class Dynamics(WorldModelBase):
     def preprocess_obs(self, obs: Tensor) -> Tensor:
         return obs.to(torch.float32)
 
-    def features(self, state: State) -> Tensor:
-        return state.deter
+    def features(self, state: State, mode: str = "sample") -> Tensor:
+        check_features(mode)
+        return state.deter  # no stochastic part: every mode is the normalised observation
 
     def decode(self, features: Tensor) -> Tensor:
         return features * self.obs_std + self.obs_mean

@@ -91,6 +91,9 @@ class GaussianRSSM(RSSM):
         assert state.mean is not None and state.std is not None
         return torch.cat([state.mean, state.std], -1)
 
+    def _stoch_mean(self, params: Tensor) -> Tensor:
+        return params[..., :self.config.stoch]
+
     def _kl(self, q: Tensor, p: Tensor) -> Tensor:
         size = self.config.stoch
         return gaussian_kl(q[..., :size], q[..., size:], p[..., :size], p[..., size:])

@@ -8,6 +8,13 @@ State: a deterministic GRU state ``h`` (LayerNorm GRU) and a stochastic state ``
     q(z_t | h_t, e_t),  e_t = enc(obs_t)               posterior
     p(obs_t | h_t, z_t)                                decoder (unit Gaussian: ½‖ô − o‖²)
 
+Vector observations are standardised per coordinate (``normalize_obs``, statistics of the
+training data fixed by the trainer through :meth:`RSSM.set_normalizer`, as the ``dynamics``
+model does) before the encoder and in the reconstruction loss; ``decode`` maps predictions
+back to raw units. Without it a coordinate with a small range is nearly free to get wrong:
+on CartPole the expert's pole angle has std 0.004 rad, the unnormalised model predicted it
+worse than repeating the last observation, and no learner on its latents imitated the expert.
+
 Loss (DITTO appendix B, eq. 11-12): ``obs_scale·(−log p(o|h,z)) + kl_scale·KL_bal`` with
 KL balancing ``α·KL(sg(q) ‖ p) + (1 − α)·KL(q ‖ sg(p))``, α = ``kl_balance`` = 0.8, and
 ``kl_scale`` 0.1 as in the DITTO code (DESIGN.md). Reward and continue heads are optional.
@@ -30,7 +37,7 @@ from torch import nn
 
 from wmil.nets import MLP, ConvDecoder, ConvEncoder, LayerNormGRUCell, preprocess_pixels
 from wmil.types import DataSpec, SequenceBatch
-from wmil.world_models.base import State, WorldModelBase
+from wmil.world_models.base import State, WorldModelBase, check_features
 from wmil.world_models.latent import (categorical_entropy, categorical_kl, gumbel_noise,
                                       kl_balance, masked_mean, straight_through_sample, unimix_logits)
 
@@ -57,6 +64,10 @@ class RecurrentConfig:
     """Activation everywhere: 'elu' (DreamerV2), 'relu', 'silu' or 'tanh'."""
     norm: bool = False
     """LayerNorm after each hidden layer of the encoder/decoder MLPs."""
+    normalize_obs: bool = True
+    """Standardise vector observations per coordinate (training-data mean/std) for the encoder and the reconstruction loss."""
+    std_floor: float = 1e-3
+    """Lower bound of the per-coordinate std used to standardise (constant coordinates)."""
     kl_scale: float = 0.1
     """Weight of the KL term (DITTO code: 0.1)."""
     kl_balance: Optional[float] = 0.8
@@ -105,8 +116,8 @@ RSSM_PRESETS = {
 
 class RSSM(WorldModelBase):
     """DreamerV2 RSSM; subclasses change the stochastic latent through the ``_latent`` hooks
-    (``_noise``, ``_sample``, ``_params_from_raw``, ``_state``, ``_params``, ``_kl``,
-    ``_entropy``)."""
+    (``_noise``, ``_sample``, ``_params_from_raw``, ``_state``, ``_params``, ``_stoch_mean``,
+    ``_kl``, ``_entropy``)."""
 
     config: RecurrentConfig
 
@@ -135,6 +146,12 @@ class RSSM(WorldModelBase):
         self.post_deter = nn.Linear(D, H, bias=False)
         self.post_embed = nn.Linear(embed, H)
         self.post_out = nn.Linear(H, raw)
+
+        # Identity until the trainer calls set_normalizer; checkpoints from before the option
+        # have no statistics and load as the identity (see _load_from_state_dict).
+        obs_dim = 0 if spec.pixels else spec.obs_shape[0]
+        self.register_buffer("obs_mean", torch.zeros(obs_dim))
+        self.register_buffer("obs_std", torch.ones(obs_dim))
 
         self.feature_dim = D + stoch
         if spec.pixels:
@@ -175,11 +192,39 @@ class RSSM(WorldModelBase):
         assert state.logits is not None
         return state.logits
 
+    def _stoch_mean(self, params: Tensor) -> Tensor:
+        """E[z] under the distribution ``params``: the class probabilities ``(..., S)``."""
+        classes = self.config.classes  # type: ignore[attr-defined]
+        probs = torch.softmax(params.unflatten(-1, (-1, classes)), -1)
+        return probs.flatten(-2)
+
     def _kl(self, q: Tensor, p: Tensor) -> Tensor:
         return categorical_kl(q, p, self.config.classes)  # type: ignore[attr-defined]
 
     def _entropy(self, params: Tensor) -> Tensor:
         return categorical_entropy(params, self.config.classes)  # type: ignore[attr-defined]
+
+    # ------------------------------------------------------------------ normalisation
+    def set_normalizer(self, obs_mean, obs_std) -> None:
+        """Fix the per-coordinate statistics ``(D,)`` of vector observations (the trainer passes
+        those of the training data); a no-op for pixels or with ``normalize_obs`` off."""
+        if self.spec.pixels or not self.config.normalize_obs:
+            return
+        mean = torch.as_tensor(obs_mean, dtype=torch.float32).reshape(self.obs_mean.shape)
+        std = torch.as_tensor(obs_std, dtype=torch.float32).reshape(self.obs_std.shape)
+        self.obs_mean.copy_(mean)
+        self.obs_std.copy_(std.clamp(min=self.config.std_floor))
+
+    def _normalize(self, obs: Tensor) -> Tensor:
+        """``preprocess_obs`` output -> the encoder's input and the decoder's target."""
+        return obs if self.spec.pixels else (obs - self.obs_mean) / self.obs_std
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
+                              unexpected_keys, error_msgs):
+        for name in ("obs_mean", "obs_std"):
+            state_dict.setdefault(prefix + name, getattr(self, name))
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
+                                      unexpected_keys, error_msgs)
 
     # ------------------------------------------------------------------ protocol
     def _device(self) -> torch.device:
@@ -205,16 +250,20 @@ class RSSM(WorldModelBase):
     def preprocess_obs(self, obs: Tensor) -> Tensor:
         return preprocess_pixels(obs) if self.spec.pixels else obs.to(torch.float32)
 
-    def features(self, state: State) -> Tensor:
-        return torch.cat([state.deter, state.stoch], -1)  # (..., D + S)
+    def features(self, state: State, mode: str = "sample") -> Tensor:
+        if check_features(mode) == "deter":
+            return state.deter  # (..., D)
+        stoch = state.stoch if mode == "sample" else self._stoch_mean(self._params(state))
+        return torch.cat([state.deter, stoch], -1)  # (..., D + S)
 
     def decode(self, features: Tensor) -> Tensor:
-        return self.decoder(features)  # (..., *O)
+        prediction = self.decoder(features)  # (..., *O), standardised for vector observations
+        return prediction if self.spec.pixels else prediction * self.obs_std + self.obs_mean
 
     def observe(self, obs: Tensor, prev_action: Tensor, is_first: Tensor,
                 state: Optional[State] = None) -> tuple[State, State]:
         self._check_sequence(obs, prev_action, is_first)
-        embed = self.encoder(self.preprocess_obs(obs))  # (B, T, E)
+        embed = self.encoder(self._normalize(self.preprocess_obs(obs)))  # (B, T, E)
         posterior, prior_raw = self._filter(embed, prev_action, is_first, state)
         prior_stoch = self._sample(prior_raw, self._noise(tuple(is_first.shape)))
         prior = self._state(posterior.deter, prior_stoch, self._params_from_raw(prior_raw))
@@ -223,7 +272,7 @@ class RSSM(WorldModelBase):
     def obs_step(self, state: State, prev_action: Tensor, obs: Tensor, is_first: Tensor) -> State:
         obs, prev_action, is_first = obs.unsqueeze(1), prev_action.unsqueeze(1), is_first.unsqueeze(1)
         self._check_sequence(obs, prev_action, is_first)
-        embed = self.encoder(self.preprocess_obs(obs))
+        embed = self.encoder(self._normalize(self.preprocess_obs(obs)))
         posterior, _ = self._filter(embed, prev_action, is_first, state)
         return posterior[:, 0]
 
@@ -276,7 +325,7 @@ class RSSM(WorldModelBase):
     def loss(self, batch: SequenceBatch) -> tuple[dict[str, Tensor], dict[str, float], State]:
         c = self.config
         self._check_sequence(batch.obs, batch.prev_action, batch.is_first)
-        target = self.preprocess_obs(batch.obs)                 # (B, T, *O)
+        target = self._normalize(self.preprocess_obs(batch.obs))  # (B, T, *O)
         embed = self.encoder(target)                             # (B, T, E)
         posterior, prior_raw = self._filter(embed, batch.prev_action, batch.is_first, None)
         prior_params = self._params_from_raw(prior_raw)

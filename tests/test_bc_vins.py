@@ -277,6 +277,19 @@ def test_value_transitions_terminal_rules():
     assert rows.tolist() == [0, 1, 4, 5] and done.tolist() == [False, True, False, False]
 
 
+def test_goal_rows_are_the_terminal_observations():
+    from wmil.algos.vins import goal_rows
+
+    n_obs, offsets = np.array([4, 3, 5]), np.array([0, 4, 7])
+    is_terminal = np.array([0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0], bool)
+    assert goal_rows(n_obs, offsets, is_terminal, "dataset").tolist() == [3]
+    assert goal_rows(n_obs, offsets, is_terminal, "last").tolist() == [3, 6, 11]
+    assert goal_rows(n_obs, offsets, is_terminal, "none").tolist() == []
+    # success from the first hit on (a lapse at row 9 is not a goal; a success at reset is not one either)
+    success = [np.array([0, 0, 1, 1.0]), np.array([1, 0, 0.0]), np.array([0, 1, 0, 1, 1.0])]
+    assert goal_rows(n_obs, offsets, is_terminal, "success", success).tolist() == [2, 3, 8, 10, 11]
+
+
 def test_random_shooting_with_known_value_and_model():
     from wmil.algos.vins import select_best, shooting_candidates
 
@@ -465,3 +478,26 @@ def test_bc_selection_follows_the_deployed_action_for_continuous_actions(reach):
         assert second["eval/val_loss"] > first["eval/val_loss"]
         kept[selection] = second["eval/best_step"]
     assert kept == {"auto": 2.0, "loss": 1.0}
+
+
+def test_vins_keeps_the_value_function_experts_prefer(reach, tmp_path):
+    """value_selection='preference': the deployed V is the one with the best held-out
+    eval/expert_preferred, which the checkpoint carries; 'last' deploys the newest V."""
+    expert, world = reach
+    model = _train_model(world, tmp_path, "dynamics")
+    for selection in ("preference", "last"):
+        out = tmp_path / f"vins-{selection}"
+        train_policy("vins", model, expert, out=out, preset="tiny", steps=12, progress=False, device="cpu",
+                     overrides={**RUN_TINY, "eval_every": "2", "checkpoint_every": "12", "value_selection": selection})
+        logged = [m["eval/expert_preferred"] for m in RunDir(out, "policy").read_metrics() if "eval/expert_preferred" in m]
+        assert len(logged) == 6 and all(0.0 <= p <= 1.0 for p in logged)
+        state = torch.load(RunDir(out, "policy").checkpoints()[-1], weights_only=False)["algo"]
+        deployed = load_policy(out).value.state_dict()
+        if selection == "preference":
+            assert state["best_preference"] == max(logged)
+            kept = state["best_value"]
+        else:
+            assert state["best_value"] is None
+            kept = state["value"]
+        for name, value in deployed.items():
+            torch.testing.assert_close(value, kept[name])

@@ -229,8 +229,45 @@ def report_results(args, details: list[dict]) -> None:
         f"- {t}: world model {args.model or TASKS[t]['model']} small preset, {TASKS[t]['wm']}; learners small "
         f"preset, {TASKS[t]['learner']}, overrides {TASKS[t]['learner_overrides'] or 'none'}; evaluation "
         f"{args.episodes or TASKS[t]['episodes']} episodes per seed" for t in args.tasks)
+    png = plot_cells(cells, RESULTS / name.replace(".md", ".png"))
+    body += f"\n\n![score against demos]({png.name})"
     write(name, "Offline imitation quality", body)
     jsonl.write_text("".join(json.dumps(d) + "\n" for d in details))
+
+
+def plot_cells(cells: dict[tuple, list[dict]], path: Path) -> Path:
+    """One panel per (task, world model) pair of the imitation learners: score against the
+    number of demos, mean ± s.e. over seeds, one line per algorithm (BC on every panel)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = sorted({(task, model) for task, model, _, _ in cells if model != "-"}) or \
+        sorted({(task, model) for task, model, _, _ in cells})
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.4), squeeze=False)
+    for ax, (task, model) in zip(axes.flat, panels):
+        algos = sorted({a for t, m, _, a in cells if t == task and m in (model, "-")})
+        for algo in algos:
+            points = sorted((demos, [d["score"] for d in runs]) for (t, m, demos, a), runs in cells.items()
+                            if t == task and a == algo and m in (model, "-"))
+            x = [demos for demos, _ in points]
+            mean = [float(np.mean(v)) for _, v in points]
+            se = [float(np.std(v, ddof=1) / np.sqrt(len(v))) if len(v) > 1 else 0.0 for _, v in points]
+            ax.errorbar(x, mean, yerr=se, marker="o", capsize=3, label=algo)
+        ax.set_xscale("log")
+        ax.set_xticks(sorted({demos for t, _, demos, _ in cells if t == task}))
+        ax.get_xaxis().set_major_formatter(matplotlib.ticker.ScalarFormatter())
+        ax.get_xaxis().set_minor_formatter(matplotlib.ticker.NullFormatter())
+        ax.set_title(f"{task} ({model})")
+        ax.set_xlabel("expert episodes")
+        ax.set_ylabel("score")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
 
 
 if __name__ == "__main__":

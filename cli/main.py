@@ -42,7 +42,7 @@ def cli():
 @click.argument("recipe", required=False, type=click.Path(dir_okay=False))
 @click.option("--name", help="Dataset id 'namespace/name-vN' (overrides the recipe).")
 @click.option("--env", "env_id", help="Gymnasium id, e.g. CartPole-v1, ALE/Pong-v5, FetchPush-v4.")
-@click.option("--policy", help="random | expert | module:callable | policy.pt (TorchScript) | model.zip (SB3).")
+@click.option("--policy", help="random | expert | module:callable | policy.pt2 (torch.export) | policy.pt (TorchScript) | model.zip (SB3).")
 @click.option("--epsilon", help="ε (or comma list: episodes split evenly), random-action prob. / action noise.")
 @click.option("--episodes", type=int, help="Number of episodes.")
 @click.option("--seed", type=int, help="Episode k is reset with seed+k (default 0).")

@@ -111,6 +111,18 @@ def test_user_policies(tmp_path, monkeypatch):
     ds = build("test/ts-v0", episodes=2, policy=str(path))
     assert all((ds.episode(i).actions == 1).all() for i in range(2))
 
+    class Left(torch.nn.Module):
+        def forward(self, obs):
+            return torch.stack([obs[:, 0] * 0 + 1, obs[:, 0] * 0], 1)  # logits favour action 0
+
+    path = tmp_path / "left.pt2"
+    torch.export.save(torch.export.export(Left(), (torch.zeros(1, 4),)), str(path))
+    ds = build("test/export-v0", episodes=2, policy=str(path))
+    assert all((ds.episode(i).actions == 0).all() for i in range(2))
+    (tmp_path / "bad.pt2").write_bytes(b"not a program")
+    with pytest.raises(UserError, match="bad.pt2: not a torch.export program"):
+        build("test/bad-v0", episodes=1, policy=str(tmp_path / "bad.pt2"))
+
 
 def test_flushes_while_recording_and_leaves_nothing_on_failure(minari_root, monkeypatch):
     import wmil.data.storage as storage

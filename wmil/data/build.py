@@ -37,7 +37,7 @@ class BuildConfig:
     env: str
     """Gymnasium environment id, e.g. CartPole-v1, ALE/Pong-v5, FetchPush-v4."""
     policy: str = "random"
-    """'random', 'expert', 'module:callable', TorchScript .pt or SB3 .zip (when parts is empty)."""
+    """'random', 'expert', 'module:callable', torch.export .pt2, TorchScript .pt or SB3 .zip (when parts is empty)."""
     epsilon: list[float] = field(default_factory=lambda: [0.0])
     """ε values; the episodes are split evenly between them (when parts is empty)."""
     episodes: int = 10

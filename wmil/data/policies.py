@@ -10,7 +10,9 @@ Policy strings (CLI ``--policy``):
   ``random``                 uniform over the action space
   ``expert``                 the scripted expert of the env (see ``wmil.data.experts``)
   ``module.path:callable``   ``callable(obs) -> action`` (a class is instantiated first)
-  ``path/to/policy.pt``      a TorchScript module mapping a (1, *O) float tensor to logits/action
+  ``path/to/policy.pt2``     a ``torch.export`` program (``torch.export.save``) mapping a (1, *O)
+                             float tensor to logits/action — the successor of TorchScript
+  ``path/to/policy.pt``      a TorchScript module, same signature (deprecated by torch 2.13 but read)
   ``path/to/model.zip``      a stable-baselines3 model (needs ``stable-baselines3`` installed)
 With ``epsilon`` > 0 the chosen action is replaced by a uniform random one with probability ε
 (discrete), or perturbed by Gaussian noise of std ε·(high − low)/2 and clipped (continuous).
@@ -176,6 +178,23 @@ def _torchscript(path: Path) -> Callable:
     return act
 
 
+def _exported(path: Path) -> Callable:
+    import torch
+
+    try:
+        module = torch.export.load(str(path)).module()
+    except Exception as exc:  # a zip that is not an exported program, a version mismatch, …
+        first = (str(exc).splitlines() or [type(exc).__name__])[0]
+        raise UserError(f"policy {path}: not a torch.export program ({first}); save one with "
+                        "torch.export.save(torch.export.export(module, (example_obs,)), path)") from None
+
+    def act(obs):
+        with torch.no_grad():
+            return module(torch.as_tensor(np.asarray(obs, dtype=np.float32)).unsqueeze(0))[0]
+
+    return act
+
+
 def _sb3(path: Path) -> Callable:
     try:
         import stable_baselines3 as sb3
@@ -201,6 +220,11 @@ def make_policy(spec: str, action_space: gym.Space, env_id: str, epsilon: float 
         policy: Policy = RandomPolicy(action_space)
     elif spec == "expert":
         policy = ExpertPolicy(action_space, env_id)
+    elif spec.endswith(".pt2"):
+        path = Path(spec)
+        if not path.is_file():
+            raise UserError(f"policy file {spec} not found")
+        policy = CallablePolicy(action_space, _exported(path), f"export({path.name})")
     elif spec.endswith((".pt", ".pth", ".ts")):
         path = Path(spec)
         if not path.is_file():
@@ -215,6 +239,7 @@ def make_policy(spec: str, action_space: gym.Space, env_id: str, epsilon: float 
         policy = CallablePolicy(action_space, _load_callable(spec), spec)
     else:
         raise UserError(
-            f"unknown policy {spec!r}: use 'random', 'expert', 'module:callable', a TorchScript .pt file or an SB3 .zip"
+            f"unknown policy {spec!r}: use 'random', 'expert', 'module:callable', a torch.export .pt2 file, "
+            "a TorchScript .pt file or an SB3 .zip"
         )
     return EpsilonPolicy(policy, epsilon) if epsilon > 0 else policy

@@ -170,6 +170,12 @@ def _torchscript(path: Path) -> Callable:
     except Exception as exc:  # torch raises RuntimeError with a long C++ trace
         raise UserError(f"policy {path}: not a TorchScript file ({str(exc).splitlines()[0]}); save it with torch.jit.save") from None
     module.eval()
+    return _batch_of_one(module)
+
+
+def _batch_of_one(module) -> Callable:
+    """``obs -> module(obs as a (1, *O) float tensor)[0]``, without gradients."""
+    import torch
 
     def act(obs):
         with torch.no_grad():
@@ -187,12 +193,7 @@ def _exported(path: Path) -> Callable:
         first = (str(exc).splitlines() or [type(exc).__name__])[0]
         raise UserError(f"policy {path}: not a torch.export program ({first}); save one with "
                         "torch.export.save(torch.export.export(module, (example_obs,)), path)") from None
-
-    def act(obs):
-        with torch.no_grad():
-            return module(torch.as_tensor(np.asarray(obs, dtype=np.float32)).unsqueeze(0))[0]
-
-    return act
+    return _batch_of_one(module)
 
 
 def _sb3(path: Path) -> Callable:

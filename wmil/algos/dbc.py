@@ -37,11 +37,11 @@ from torch import nn
 from wmil.data.dataset import Dataset
 from wmil.errors import UserError
 from wmil.imagination.actor_critic import Actor
-from wmil.imagination.expert import ExpertLatents
+from wmil.imagination.learner import LatentLearner
 from wmil.imagination.metrics import action_agreement, eval_rows, latent_distance
 from wmil.policy import LatentPolicy
 from wmil.types import DataSpec
-from wmil.world_models.base import check_features, feature_size
+from wmil.world_models.base import feature_size
 
 Tensor = torch.Tensor
 
@@ -100,7 +100,7 @@ def bc_loss(log_prob: Tensor, entropy: Tensor, entropy_weight: float) -> tuple[T
     return nll - entropy_weight * mean_entropy, {"nll": nll, "entropy": mean_entropy}
 
 
-class DBC:
+class DBC(LatentLearner):
     """D-BC trainer: expert latents and a maximum-likelihood actor on them."""
 
     name = "dbc"
@@ -109,16 +109,11 @@ class DBC:
     progress_keys = ("loss/nll", "train/action_accuracy", "train/action_mse")
 
     def __init__(self, world_model, expert: Dataset, config: DBCConfig, device: torch.device):
-        self.world_model = world_model
-        self.config = config
-        self.device = device
-        self.spec: DataSpec = world_model.spec
-        check_features(config.features)
-        self.expert = ExpertLatents.encode(world_model, expert, device, features=config.features)
+        super().__init__(world_model, expert, config, device)
         self.rows = torch.nonzero(self.expert.action_mask).squeeze(-1).cpu().numpy()
         if len(self.rows) == 0:
             raise UserError(f"expert dataset {expert.name} has no logged actions to clone")
-        self.actor = Actor(feature_size(world_model, config.features), self.spec, config).to(device)  # type: ignore[arg-type]
+        self.actor = Actor(self.feature_dim, self.spec, config).to(device)  # type: ignore[arg-type]
         self.opt = torch.optim.Adam(self.actor.parameters(), lr=config.lr, eps=1e-5)
         self.rng = np.random.default_rng(int(torch.randint(2**62, (1,))))
         try:
@@ -162,9 +157,6 @@ class DBC:
         self.actor.load_state_dict(state["actor"])
         self.opt.load_state_dict(state["opt"])
         self.rng.bit_generator.state = state["rng"]
-
-    def policy(self) -> LatentPolicy:
-        return LatentPolicy(self.world_model, self.actor, self.spec, self.config.features)
 
     @staticmethod
     def deployable(world_model, config: DBCConfig, state: dict, spec: DataSpec) -> LatentPolicy:

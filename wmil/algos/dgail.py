@@ -45,20 +45,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from wmil.data.dataset import Dataset
 from wmil.errors import UserError
-from wmil.imagination.actor_critic import Actor, ActorCritic, ActorCriticConfig, Imagined, imagine
-from wmil.imagination.expert import ExpertLatents
-from wmil.imagination.metrics import action_agreement, eval_rows, latent_distance
+from wmil.imagination.actor_critic import Imagined, imagine
+from wmil.imagination.learner import ImaginationLearner, ImitationConfig
 from wmil.nets import MLP
-from wmil.policy import LatentPolicy
-from wmil.types import DataSpec
-from wmil.world_models.base import check_features, feature_size
 
 Tensor = torch.Tensor
 
@@ -68,15 +63,12 @@ GP_ON = ("interpolate", "expert")
 
 
 @dataclass(frozen=True)
-class DGailConfig(ActorCriticConfig):
-    """D-GAIL / VMAIL = the shared actor-critic + a discriminator reward on latent transitions."""
+class DGailConfig(ImitationConfig):
+    """D-GAIL / VMAIL = the shared actor-critic + a discriminator reward on latent transitions
+    (D sees H × batch_size pairs per class and update)."""
 
-    batch_size: int = 256
-    """Imagination start states (expert states) per update; D sees H×batch_size pairs per class."""
     pair: str = "zz"
     """Discriminator input: 'zz' = (z_t, z_t+1) (D-GAIL), 'zaz' = (z_t, a_t, z_t+1) (VMAIL)."""
-    deter_only: bool = False
-    """Feed D only the deterministic part h of the latent (the DITTO reference code's choice)."""
     reward: str = "prob"
     """'prob': r = D = sigmoid(logit) (DITTO code, VMIL); 'logd': r = −log(1 − D) (GAIL)."""
     disc_layers: int = 2
@@ -97,8 +89,6 @@ class DGailConfig(ActorCriticConfig):
     """'interpolate': (‖∇‖ − 1)² on expert/imagined interpolates (WGAN-GP, DAC); 'expert': ‖∇‖² (R1)."""
     input_noise: float = 0.1
     """Std of Gaussian noise added to the discriminator's training inputs (VMIL; 0 disables it)."""
-    eval_starts: int = 256
-    """Expert start states used for the offline metrics."""
 
 
 PRESETS = {
@@ -169,7 +159,7 @@ class Discriminator(nn.Module):
         return self.net(x).squeeze(-1)
 
 
-class DGail:
+class DGail(ImaginationLearner):
     """D-GAIL / VMAIL trainer: expert latents, the discriminator, and the shared actor-critic."""
 
     name = "dgail"
@@ -183,19 +173,11 @@ class DGail:
                 raise UserError(f"dgail: -o {field}={getattr(config, field)!r} is not one of {list(allowed)}")
         if config.disc_updates < 1:
             raise UserError(f"dgail: -o disc_updates={config.disc_updates} must be at least 1")
-        self.world_model = world_model
-        self.config = config
-        self.device = device
-        self.spec: DataSpec = world_model.spec
-        check_features(config.features)
-        self.expert = ExpertLatents.encode(world_model, expert, device, features=config.features)
-        self.starts = self.expert.starts(config.horizon)
+        super().__init__(world_model, expert, config, device)
         # Expert transitions (row, row + 1): every row with a logged action has its successor
         # observation in the same episode (the last observation of an episode has no action).
-        self.pair_rows = torch.nonzero(self.expert.action_mask).squeeze(-1).cpu().numpy()
-        feature_dim = feature_size(world_model, config.features)
-        self.ac = ActorCritic(feature_dim, self.spec, config).to(device)
-        latent_dim = self.expert.states.deter.shape[-1] if config.deter_only else feature_dim
+        self.pair_rows = self.action_rows
+        latent_dim = self.expert.states.deter.shape[-1] if config.deter_only else self.feature_dim
         action_dim = self.spec.action_dim if config.pair == "zaz" else 0
         self.discriminator = Discriminator(2 * latent_dim + action_dim, config).to(device)
         self.disc_opt = torch.optim.Adam(self.discriminator.parameters(), lr=config.disc_lr, eps=1e-5)
@@ -203,13 +185,8 @@ class DGail:
             low = torch.tensor(self.spec.action_low, dtype=torch.float32, device=device)
             high = torch.tensor(self.spec.action_high, dtype=torch.float32, device=device)
             self._action_center, self._action_half = (high + low) / 2, (high - low) / 2
-        self.rng = np.random.default_rng(int(torch.randint(2**62, (1,))))
-        self.eval_rows = eval_rows(self.expert, config.horizon, config.eval_starts)
 
     # -- discriminator inputs --------------------------------------------------------------
-
-    def _latent(self, states, features: Tensor) -> Tensor:
-        return states.deter if self.config.deter_only else features
 
     def _action_input(self, action: Tensor) -> Tensor:
         """One-hot actions as they are; continuous ones scaled to [-1, 1] by the action bounds."""
@@ -226,13 +203,13 @@ class DGail:
 
     def imagined_transitions(self, imagined: Imagined) -> Tensor:
         """``(H, B, X)``: transition k = (z_k, a_k, z_{k+1}); keeps gradients for dynamics backprop."""
-        latent = self._latent(imagined.states, imagined.features)   # (H+1, B, L)
+        latent = self.latent(imagined.states, imagined.features)   # (H+1, B, L)
         return self.transitions(latent[:-1], latent[1:], imagined.actions)
 
     def expert_transitions(self, count: int) -> Tensor:
         """``(count, X)`` expert transitions drawn uniformly (with replacement) over all of them."""
         rows = torch.as_tensor(self.rng.choice(self.pair_rows, count), device=self.expert.features.device)
-        latent = self._latent(self.expert.states, self.expert.features)
+        latent = self.latent(self.expert.states, self.expert.features)
         return self.transitions(latent[rows], latent[rows + 1], self.expert.action[rows])
 
     # -- training --------------------------------------------------------------------------
@@ -281,39 +258,22 @@ class DGail:
 
     def update(self, step: int) -> dict:
         H, B = self.config.horizon, self.config.batch_size
-        rows = self.rng.choice(self.starts, B)
-        start, _ = self.expert.sample(rows, H)
+        start, _ = self.sample_starts()
         imagined = imagine(self.world_model, self.ac.actor, start, H, self.config.features)
         transitions = self.imagined_transitions(imagined)                       # (H, B, X)
         metrics = self.update_discriminator(transitions.reshape(H * B, -1))
         reward = self.reward(transitions)                                        # (H, B)
-        if self.spec.discrete:
+        if not self.ac.backprop:
             reward = reward.detach()  # REINFORCE: the reward is a constant for the actor
-        metrics.update(self.ac.update(imagined, reward))
+        bc, bc_metrics = self.bc_term()
+        metrics.update(self.ac.update(imagined, reward, actor_extra=bc), **bc_metrics)
         return metrics
 
-    def evaluate(self) -> dict:
-        """Offline metrics: latent distance of the policy's own imagined rollouts from expert
-        starts, and expert action prediction (as DITTO's)."""
-        out = {"eval/latent_distance": latent_distance(self.world_model, self.ac.actor, self.expert, self.eval_rows,
-                                                       self.config.horizon, features=self.config.features)}
-        out.update(action_agreement(self.ac.actor, self.expert, self.spec))
-        return out
-
     def training_state(self) -> dict:
-        return {**self.ac.training_state(), "discriminator": self.discriminator.state_dict(),
-                "disc_opt": self.disc_opt.state_dict(), "rng": self.rng.bit_generator.state}
+        return {**super().training_state(), "discriminator": self.discriminator.state_dict(),
+                "disc_opt": self.disc_opt.state_dict()}
 
     def load_training_state(self, state: dict) -> None:
-        self.ac.load_training_state(state)
+        super().load_training_state(state)
         self.discriminator.load_state_dict(state["discriminator"])
         self.disc_opt.load_state_dict(state["disc_opt"])
-        self.rng.bit_generator.state = state["rng"]
-
-    def policy(self) -> LatentPolicy:
-        return LatentPolicy(self.world_model, self.ac.actor, self.spec, self.config.features)
-
-    @staticmethod
-    def deployable(world_model, config: DGailConfig, state: dict, spec: DataSpec) -> LatentPolicy:
-        actor = Actor(feature_size(world_model, config.features), spec, config)
-        return LatentPolicy.from_checkpoint(world_model, actor, state["modules"], spec, features=config.features)

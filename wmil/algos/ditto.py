@@ -11,7 +11,8 @@ on the model features (``features``: [h, z] with z sampled, as DreamerV2's actor
 history; option ``deter_only``: the deterministic part h only, as the reference code does).
 The actor and critic read the same ``features``. The reward is optimised by the shared actor-critic in imagination
 (:mod:`wmil.imagination.actor_critic`): λ-returns with γ = λ = 0.95, REINFORCE for discrete
-actions, dynamics backprop for continuous ones, entropy bonus. The last imagined state only
+actions, dynamics backprop for continuous ones (``actor_grad='dynamics'`` backpropagates
+through the model for discrete actions too, with straight-through one-hots), entropy bonus. The last imagined state only
 bootstraps the return (it gets no reward). The environment is never touched.
 """
 
@@ -19,30 +20,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
-from wmil.data.dataset import Dataset
-from wmil.imagination.actor_critic import Actor, ActorCritic, ActorCriticConfig, imagine
-from wmil.imagination.expert import ExpertLatents
-from wmil.imagination.metrics import action_agreement, ditto_similarity, eval_rows, latent_distance
-from wmil.policy import LatentPolicy
-from wmil.types import DataSpec
-from wmil.world_models.base import State, check_features, feature_size
+from wmil.imagination.actor_critic import imagine
+from wmil.imagination.learner import ImaginationLearner, ImitationConfig
+from wmil.imagination.metrics import ditto_similarity
+from wmil.world_models.base import State
 
 Tensor = torch.Tensor
 
 
 @dataclass(frozen=True)
-class DittoConfig(ActorCriticConfig):
+class DittoConfig(ImitationConfig):
     """DITTO = the shared actor-critic + the latent-matching reward."""
-
-    batch_size: int = 256
-    """Imagination start states (expert states) per update."""
-    deter_only: bool = False
-    """Compare only the deterministic part h of the latent in the reward (the reference code's choice)."""
-    eval_starts: int = 256
-    """Expert start states used for the offline metrics."""
 
 
 PRESETS = {
@@ -52,7 +42,7 @@ PRESETS = {
 }
 
 
-class Ditto:
+class Ditto(ImaginationLearner):
     """DITTO trainer: expert latents, the actor-critic, and the latent-matching reward."""
 
     name = "ditto"
@@ -60,58 +50,18 @@ class Ditto:
     presets = PRESETS
     progress_keys = ("reward/latent_distance", "actor/entropy")
 
-    def __init__(self, world_model, expert: Dataset, config: DittoConfig, device: torch.device):
-        self.world_model = world_model
-        self.config = config
-        self.device = device
-        self.spec: DataSpec = world_model.spec
-        check_features(config.features)
-        self.expert = ExpertLatents.encode(world_model, expert, device, features=config.features)
-        self.starts = self.expert.starts(config.horizon)
-        self.ac = ActorCritic(feature_size(world_model, config.features), self.spec, config).to(device)
-        self.rng = np.random.default_rng(int(torch.randint(2**62, (1,))))
-        self.eval_rows = eval_rows(self.expert, config.horizon, config.eval_starts)
-
-    def _reward_latent(self, states: State, features: Tensor) -> Tensor:
-        return states.deter if self.config.deter_only else features
-
     def rewards(self, imagined, target: State) -> tuple[Tensor, Tensor]:
         """(reward (H, B), similarity (H+1, B)) of an imagined rollout against the expert window."""
-        agent = self._reward_latent(imagined.states, imagined.features)
-        expert = self._reward_latent(target, self.world_model.features(target, self.config.features))
+        agent = self.latent(imagined.states, imagined.features)
+        expert = self.latent(target, self.world_model.features(target, self.config.features))
         similarity = ditto_similarity(expert, agent)
         return similarity[:-1], similarity
 
     def update(self, step: int) -> dict:
-        H = self.config.horizon
-        rows = self.rng.choice(self.starts, self.config.batch_size)
-        start, target = self.expert.sample(rows, H)
-        imagined = imagine(self.world_model, self.ac.actor, start, H, self.config.features)
+        start, target = self.sample_starts()
+        imagined = imagine(self.world_model, self.ac.actor, start, self.config.horizon, self.config.features)
         reward, similarity = self.rewards(imagined, target)
-        metrics = self.ac.update(imagined, reward)
+        bc, bc_metrics = self.bc_term()
+        metrics = {**self.ac.update(imagined, reward, actor_extra=bc), **bc_metrics}
         metrics["reward/latent_distance"] = float(1 - similarity[1:].detach().mean())
         return metrics
-
-    def evaluate(self) -> dict:
-        """Offline metrics: latent distance of the policy's own imagined rollouts from expert
-        starts, and expert action prediction (DITTO paper, section 5)."""
-        out = {"eval/latent_distance": latent_distance(self.world_model, self.ac.actor, self.expert, self.eval_rows,
-                                                       self.config.horizon, features=self.config.features)}
-        out.update(action_agreement(self.ac.actor, self.expert, self.spec))
-        return out
-
-    def training_state(self) -> dict:
-        return {**self.ac.training_state(), "rng": self.rng.bit_generator.state}
-
-    def load_training_state(self, state: dict) -> None:
-        self.ac.load_training_state(state)
-        self.rng.bit_generator.state = state["rng"]
-
-    def policy(self) -> LatentPolicy:
-        return LatentPolicy(self.world_model, self.ac.actor, self.spec, self.config.features)
-
-    @staticmethod
-    def deployable(world_model, config: DittoConfig, state: dict, spec: DataSpec) -> LatentPolicy:
-        actor = Actor(feature_size(world_model, config.features), spec, config)
-        return LatentPolicy.from_checkpoint(world_model, actor, state["modules"], spec, features=config.features)
-

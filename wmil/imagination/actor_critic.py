@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from wmil.errors import UserError
 from wmil.imagination.returns import ReturnNormalizer, cumulative_discount, lambda_return
 from wmil.nets import MLP
 from wmil.types import DataSpec
@@ -66,6 +67,16 @@ class ActorCriticConfig:
     """Lower bound of the continuous actor's pre-tanh std."""
     features: str = "sample"
     """Latent features the actor, critic and reward read: 'sample' [h, z], 'mean' [h, E z], 'deter' h."""
+    actor_grad: str = "auto"
+    """Actor gradient: 'reinforce' (score function, critic baseline), 'dynamics' (backpropagate the
+    λ-return through the world model; discrete actions pass as straight-through one-hots), 'mix'
+    (``actor_grad_mix`` of REINFORCE plus the rest of dynamics), or 'auto': REINFORCE for discrete,
+    dynamics for continuous actions (DreamerV2, DITTO)."""
+    actor_grad_mix: float = 0.1
+    """Weight ρ of the REINFORCE term when ``actor_grad='mix'`` (DreamerV2's actor_grad_mix)."""
+
+
+ACTOR_GRADS = ("auto", "reinforce", "dynamics", "mix")
 
 
 class Actor(nn.Module):
@@ -75,6 +86,8 @@ class Actor(nn.Module):
     def __init__(self, feature_dim: int, spec: DataSpec, config: ActorCriticConfig):
         super().__init__()
         self.discrete = spec.discrete
+        #: Discrete samples carry straight-through gradients (one_hot + p − sg(p)), for dynamics backprop.
+        self.straight_through = False
         self.action_dim = spec.action_dim
         out = spec.action_dim if spec.discrete else 2 * spec.action_dim
         self.net = MLP(feature_dim, out, config.layers, config.units, config.act)
@@ -88,9 +101,11 @@ class Actor(nn.Module):
     def forward(self, features: Tensor, deterministic: bool = False) -> tuple[Tensor, Tensor, Tensor]:
         """``features (..., F)`` → ``(action (..., A), log_prob (...), entropy (...))``.
 
-        Discrete actions are one-hot samples (no gradient: REINFORCE); continuous actions are
-        reparameterised samples (gradients flow into the model). The continuous entropy is the
-        single-sample estimate −log π(a), which accounts for the tanh squashing.
+        Discrete actions are one-hot samples (no gradient, for REINFORCE; with
+        ``straight_through`` the gradient of the class probabilities, for dynamics backprop);
+        continuous actions are reparameterised samples (gradients flow into the model). The
+        continuous entropy is the single-sample estimate −log π(a), which accounts for the tanh
+        squashing.
         """
         out = self.net(features)
         if self.discrete:
@@ -98,6 +113,9 @@ class Actor(nn.Module):
             log_probs = F.log_softmax(logits, -1)
             index = logits.argmax(-1) if deterministic else torch.distributions.Categorical(logits=logits).sample()
             action = F.one_hot(index, self.action_dim).to(features.dtype)
+            if self.straight_through:
+                probs = log_probs.exp()
+                action = action + probs - probs.detach()
             log_prob = log_probs.gather(-1, index.unsqueeze(-1)).squeeze(-1)
             entropy = -(log_probs.exp() * log_probs).sum(-1)
             return action, log_prob, entropy
@@ -180,9 +198,22 @@ class ActorCritic(nn.Module):
 
     def __init__(self, feature_dim: int, spec: DataSpec, config: ActorCriticConfig):
         super().__init__()
+        if config.actor_grad not in ACTOR_GRADS:
+            raise UserError(f"-o actor_grad={config.actor_grad!r} is not one of {list(ACTOR_GRADS)}")
+        if not 0.0 <= config.actor_grad_mix <= 1.0:
+            raise UserError(f"-o actor_grad_mix={config.actor_grad_mix} must be in [0, 1]")
+        if config.actor_grad == "reinforce" and not spec.discrete:
+            raise UserError("-o actor_grad=reinforce needs discrete actions (continuous actors learn by dynamics "
+                            "backprop); use 'auto', 'dynamics' or 'mix'")
         self.config = config
         self.discrete = spec.discrete
+        grad = config.actor_grad if config.actor_grad != "auto" else "reinforce" if spec.discrete else "dynamics"
+        #: Weights of the REINFORCE and the dynamics-backprop terms of the policy loss.
+        self.reinforce_weight = {"reinforce": 1.0, "dynamics": 0.0, "mix": config.actor_grad_mix}[grad]
+        if not spec.discrete:
+            self.reinforce_weight = 0.0  # no score-function term for reparameterised actors
         self.actor = Actor(feature_dim, spec, config)
+        self.actor.straight_through = self.backprop and spec.discrete
         self.critic = Critic(feature_dim, config)
         self.target_critic = copy.deepcopy(self.critic).requires_grad_(False)
         self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=config.actor_lr, eps=1e-5)
@@ -191,34 +222,45 @@ class ActorCritic(nn.Module):
         self.updates = 0
 
     @property
+    def backprop(self) -> bool:
+        """Whether the actor learns (also) by backpropagating through the model: the rewards
+        passed to :meth:`update` must then keep their gradients w.r.t. the imagined features."""
+        return self.reinforce_weight < 1.0
+
+    @property
     def entropy_weight(self) -> float:
         return self.config.entropy_discrete if self.discrete else self.config.entropy_continuous
 
-    def update(self, imagined: Imagined, reward: Tensor, discount: Optional[Tensor] = None) -> dict[str, float]:
+    def update(self, imagined: Imagined, reward: Tensor, discount: Optional[Tensor] = None,
+               actor_extra: Optional[Tensor] = None) -> dict[str, float]:
         """One actor and one critic step. ``reward (H, B)``: reward of step k at state k (the
-        last imagined state only bootstraps). For continuous actors ``reward`` must keep its
-        gradient w.r.t. ``imagined.features``."""
+        last imagined state only bootstraps). When :attr:`backprop` (always for continuous
+        actors) ``reward`` must keep its gradient w.r.t. ``imagined.features``.
+        ``actor_extra``: a scalar loss added to the actor's (e.g. a behaviour-cloning term)."""
         cfg = self.config
         H = imagined.actions.shape[0]
         assert reward.shape == imagined.log_prob.shape, f"reward must be (H, B) = {tuple(imagined.log_prob.shape)}"
         if discount is None:
             discount = torch.full_like(reward, cfg.gamma)
         features = imagined.features
-        # Bootstrap values from the target critic; for continuous actors they stay differentiable
+        # Bootstrap values from the target critic; with dynamics backprop they stay differentiable
         # w.r.t. the features so the actor gradient sees the whole λ-return.
-        value_input = features.detach() if self.discrete else features
+        value_input = features if self.backprop else features.detach()
         target_value = self.target_critic(value_input)                      # (H+1, B)
         returns = lambda_return(reward, target_value, discount, cfg.lam)    # (H, B)
         weight = cumulative_discount(discount)                              # (H, B)
         scale = self.returns.update(returns) if cfg.normalize_returns else 1.0
 
-        if self.discrete:
+        policy_loss = torch.zeros((), device=reward.device)
+        if self.reinforce_weight > 0:
             advantage = ((returns - target_value[:-1]) / scale).detach()
-            policy_loss = -(weight * imagined.log_prob * advantage).mean()
-        else:
-            policy_loss = -(weight * returns / scale).mean()
+            policy_loss = policy_loss - self.reinforce_weight * (weight * imagined.log_prob * advantage).mean()
+        if self.reinforce_weight < 1:
+            policy_loss = policy_loss - (1 - self.reinforce_weight) * (weight * returns / scale).mean()
         entropy_loss = -(weight * imagined.entropy).mean()
         actor_loss = policy_loss + self.entropy_weight * entropy_loss
+        if actor_extra is not None:
+            actor_loss = actor_loss + actor_extra
         self.actor_opt.zero_grad(set_to_none=True)
         actor_loss.backward()
         actor_norm = nn.utils.clip_grad_norm_(self.actor.parameters(), cfg.grad_clip)

@@ -1,0 +1,71 @@
+"""The shared actor-critic's actor gradients: REINFORCE, dynamics backprop (straight-through
+one-hots for discrete actions) and their mix, on a model whose next features are the action."""
+
+import pytest
+import torch
+
+from wmil.errors import UserError
+from wmil.imagination.actor_critic import ActorCritic, ActorCriticConfig, imagine
+from wmil.types import DataSpec
+from wmil.world_models.base import State
+
+SPEC = DataSpec(obs_shape=(3,), obs_dtype="float32", action_dim=3, discrete=True)
+
+
+class _ActionIsNextState:
+    """A 'world model' whose next latent is the action taken (one-hot, with its gradient)."""
+
+    def imagine_step(self, state, action):
+        return State(deter=action, stoch=action[..., :0])
+
+    def features(self, state, mode="sample"):
+        return state.deter
+
+
+def _start(batch):
+    return State(deter=torch.zeros(batch, 3), stoch=torch.zeros(batch, 0))
+
+
+def _config(**kw):
+    return ActorCriticConfig(**{"horizon": 3, "layers": 1, "units": 16, "actor_lr": 3e-3, "critic_lr": 3e-3,
+                                "entropy_discrete": 1e-3, "target_every": 10, **kw})
+
+
+@pytest.mark.parametrize("grad, straight", [("auto", False), ("reinforce", False), ("dynamics", True), ("mix", True)])
+def test_discrete_actions_carry_gradients_only_for_dynamics_backprop(grad, straight):
+    ac = ActorCritic(3, SPEC, _config(actor_grad=grad))
+    assert ac.actor.straight_through is straight and ac.backprop is straight
+    imagined = imagine(_ActionIsNextState(), ac.actor, _start(8), 3)
+    assert torch.allclose(imagined.actions.detach().sum(-1), torch.ones(3, 8))  # still one-hot in value
+    assert set(imagined.actions.detach().round().unique().tolist()) <= {0.0, 1.0}
+    assert imagined.features.requires_grad is straight
+    if straight:
+        imagined.features[1:, :, 2].sum().backward()
+        assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in ac.actor.parameters())
+
+
+@pytest.mark.parametrize("grad", ["reinforce", "dynamics", "mix"])
+def test_every_actor_gradient_learns_the_rewarded_action(grad):
+    """Reward = the next latent's coordinate 2, i.e. 1 for action 2: P(action 2) goes from 1/3
+    to near 1 (about 0.99 for each gradient when this was written)."""
+    torch.manual_seed(0)
+    ac = ActorCritic(3, SPEC, _config(actor_grad=grad))
+    model = _ActionIsNextState()
+    for _ in range(300):
+        imagined = imagine(model, ac.actor, _start(64), 3)
+        reward = imagined.features[1:, :, 2]
+        ac.update(imagined, reward if ac.backprop else reward.detach())
+    probs = torch.softmax(ac.actor.net(torch.eye(3)), -1)[:, 2]
+    assert float(probs.min()) > 0.9, probs
+
+
+def test_actor_grad_options_are_checked():
+    with pytest.raises(UserError, match="actor_grad='nope'"):
+        ActorCritic(3, SPEC, _config(actor_grad="nope"))
+    with pytest.raises(UserError, match="actor_grad_mix"):
+        ActorCritic(3, SPEC, _config(actor_grad="mix", actor_grad_mix=1.5))
+    continuous = DataSpec(obs_shape=(3,), obs_dtype="float32", action_dim=1, discrete=False,
+                          action_low=(-1.0,), action_high=(1.0,))
+    with pytest.raises(UserError, match="needs discrete actions"):
+        ActorCritic(3, continuous, _config(actor_grad="reinforce"))
+    assert ActorCritic(3, continuous, _config()).backprop

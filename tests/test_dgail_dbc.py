@@ -259,6 +259,10 @@ def test_dgail_rejects_unknown_options(worlds, tmp_path):
     with pytest.raises(UserError, match="pair"):
         train_policy("dgail", wm_dir, dataset, out=tmp_path / "x", preset="tiny", steps=1, device="cpu",
                      overrides={"pair": "zzz"}, progress=False)
+    for algo in ("dgail", "ditto"):
+        with pytest.raises(UserError, match="bc_weight=-1.0 must be at least 0"):
+            train_policy(algo, wm_dir, dataset, out=tmp_path / f"y-{algo}", preset="tiny", steps=1, device="cpu",
+                         overrides={"bc_weight": "-1"}, progress=False)
 
 
 # --------------------------------------------------------------------------- D-GAIL internals
@@ -296,8 +300,8 @@ def test_dgail_reward_alignment_and_gradients(worlds, pair):
 def test_dgail_expert_pairs_stay_inside_episodes(worlds):
     learner = _dgail(worlds, "rssm", True, pair="zaz")
     ends = learner.expert.offsets + learner.expert.n_obs - 1  # last observation of each episode
-    assert not np.isin(learner.pair_rows, ends).any()
-    assert len(learner.pair_rows) == int(learner.expert.action_mask.sum()) == sum(n - 1 for n in learner.expert.n_obs)
+    assert not np.isin(learner.action_rows, ends).any()
+    assert len(learner.action_rows) == int(learner.expert.action_mask.sum()) == sum(n - 1 for n in learner.expert.n_obs)
 
 
 def test_dgail_discriminator_learns(worlds):

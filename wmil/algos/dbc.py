@@ -110,8 +110,7 @@ class DBC(LatentLearner):
 
     def __init__(self, world_model, expert: Dataset, config: DBCConfig, device: torch.device):
         super().__init__(world_model, expert, config, device)
-        self.rows = torch.nonzero(self.expert.action_mask).squeeze(-1).cpu().numpy()
-        if len(self.rows) == 0:
+        if len(self.action_rows) == 0:
             raise UserError(f"expert dataset {expert.name} has no logged actions to clone")
         self.actor = Actor(self.feature_dim, self.spec, config).to(device)  # type: ignore[arg-type]
         self.opt = torch.optim.Adam(self.actor.parameters(), lr=config.lr, eps=1e-5)
@@ -122,7 +121,7 @@ class DBC(LatentLearner):
             self.eval_rows = None
 
     def update(self, step: int) -> dict:
-        rows = torch.as_tensor(self.rng.choice(self.rows, self.config.batch_size), device=self.expert.features.device)
+        rows = torch.as_tensor(self.rng.choice(self.action_rows, self.config.batch_size), device=self.expert.features.device)
         features, action = self.expert.features[rows], self.expert.action[rows]   # (B, F), (B, A)
         log_prob = actor_log_prob(self.actor, features, action, self.config.bound_eps)  # (B,)
         _, _, entropy = self.actor(features)  # exact (categorical) or −log π(ã) of a sample (tanh-Gaussian)

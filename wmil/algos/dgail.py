@@ -174,9 +174,6 @@ class DGail(ImaginationLearner):
         if config.disc_updates < 1:
             raise UserError(f"dgail: -o disc_updates={config.disc_updates} must be at least 1")
         super().__init__(world_model, expert, config, device)
-        # Expert transitions (row, row + 1): every row with a logged action has its successor
-        # observation in the same episode (the last observation of an episode has no action).
-        self.pair_rows = self.action_rows
         latent_dim = self.expert.states.deter.shape[-1] if config.deter_only else self.feature_dim
         action_dim = self.spec.action_dim if config.pair == "zaz" else 0
         self.discriminator = Discriminator(2 * latent_dim + action_dim, config).to(device)
@@ -208,7 +205,8 @@ class DGail(ImaginationLearner):
 
     def expert_transitions(self, count: int) -> Tensor:
         """``(count, X)`` expert transitions drawn uniformly (with replacement) over all of them."""
-        rows = torch.as_tensor(self.rng.choice(self.pair_rows, count), device=self.expert.features.device)
+        # Every row with a logged action has its successor observation in the same episode.
+        rows = torch.as_tensor(self.rng.choice(self.action_rows, count), device=self.expert.features.device)
         latent = self.latent(self.expert.states, self.expert.features)
         return self.transitions(latent[rows], latent[rows + 1], self.expert.action[rows])
 

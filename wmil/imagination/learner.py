@@ -1,6 +1,9 @@
-"""What every imitation learner that trains the shared actor-critic in imagination has in common
-(DITTO, D-GAIL/VMIL): expert latents and their start states, the actor-critic, the offline
-metrics, checkpoints and the deployable policy. A learner adds its reward and its ``update``."""
+"""What the imitation learners on world-model latents have in common.
+
+:class:`LatentLearner` (D-BC, DITTO, D-GAIL/VMIL): the expert episodes filtered once through the
+model, the rows with a logged action, and the deployable policy. :class:`ImaginationLearner`
+(DITTO, D-GAIL/VMIL) adds the start states, the shared actor-critic, the optional BC term, the
+offline metrics and checkpoints; a learner adds its reward and its ``update``."""
 
 from __future__ import annotations
 
@@ -56,6 +59,8 @@ class LatentLearner:
         check_features(config.features)
         self.expert = ExpertLatents.encode(world_model, expert, device, features=config.features)
         self.feature_dim = feature_size(world_model, config.features)
+        #: Expert rows with a logged action (the last observation of an episode has none).
+        self.action_rows = torch.nonzero(self.expert.action_mask).squeeze(-1).cpu().numpy()
 
     def policy(self) -> LatentPolicy:
         return LatentPolicy(self.world_model, self.actor, self.spec, self.config.features)
@@ -66,14 +71,13 @@ class ImaginationLearner(LatentLearner):
     actor-critic, offline metrics, checkpoints."""
 
     def __init__(self, world_model, expert: Dataset, config: ImitationConfig, device: torch.device):
+        if config.bc_weight < 0:
+            raise UserError(f"-o bc_weight={config.bc_weight} must be at least 0")
         super().__init__(world_model, expert, config, device)
         self.starts = self.expert.starts(config.horizon)
         self.ac = ActorCritic(self.feature_dim, self.spec, config).to(device)
         self.rng = np.random.default_rng(int(torch.randint(2**62, (1,))))
         self.eval_rows = eval_rows(self.expert, config.horizon, config.eval_starts)
-        if config.bc_weight < 0:
-            raise UserError(f"-o bc_weight={config.bc_weight} must be at least 0")
-        self.action_rows = torch.nonzero(self.expert.action_mask).squeeze(-1).cpu().numpy()
 
     def bc_term(self) -> tuple[Optional[Tensor], dict]:
         """``bc_weight`` × the mean −log π(a_E | z_E) over a minibatch of expert rows (None when

@@ -261,8 +261,6 @@ class DGail(ImaginationLearner):
         transitions = self.imagined_transitions(imagined)                       # (H, B, X)
         metrics = self.update_discriminator(transitions.reshape(H * B, -1))
         reward = self.reward(transitions)                                        # (H, B)
-        if not self.ac.backprop:
-            reward = reward.detach()  # REINFORCE: the reward is a constant for the actor
         bc, bc_metrics = self.bc_term()
         metrics.update(self.ac.update(imagined, reward, actor_extra=bc), **bc_metrics)
         return metrics

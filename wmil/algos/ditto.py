@@ -9,11 +9,12 @@ followed the start:
 on the model features (``features``: [h, z] with z sampled, as DreamerV2's actor reads them;
 'mean': [h, E z], z's class probabilities, which are a deterministic function of the filter's
 history; option ``deter_only``: the deterministic part h only, as the reference code does).
-The actor and critic read the same ``features``. The reward is optimised by the shared actor-critic in imagination
-(:mod:`wmil.imagination.actor_critic`): λ-returns with γ = λ = 0.95, REINFORCE for discrete
-actions, dynamics backprop for continuous ones (``actor_grad='dynamics'`` backpropagates
-through the model for discrete actions too, with straight-through one-hots), entropy bonus. The last imagined state only
-bootstraps the return (it gets no reward). The environment is never touched.
+The actor and critic read the same ``features``. The reward is optimised by the shared
+actor-critic in imagination (:mod:`wmil.imagination.actor_critic`): λ-returns with
+γ = λ = 0.95, REINFORCE for discrete actions, dynamics backprop for continuous ones
+(``actor_grad='dynamics'`` backpropagates through the model for discrete actions too, with
+straight-through one-hots), entropy bonus. The last imagined state only bootstraps the return
+(it gets no reward). The environment is never touched.
 """
 
 from __future__ import annotations

@@ -242,6 +242,8 @@ class ActorCritic(nn.Module):
         assert reward.shape == imagined.log_prob.shape, f"reward must be (H, B) = {tuple(imagined.log_prob.shape)}"
         if discount is None:
             discount = torch.full_like(reward, cfg.gamma)
+        if not self.backprop:
+            reward = reward.detach()  # REINFORCE: the reward is a constant for the actor
         features = imagined.features
         # Bootstrap values from the target critic; with dynamics backprop they stay differentiable
         # w.r.t. the features so the actor gradient sees the whole λ-return.

@@ -126,7 +126,7 @@ def main():
                         help="learner overrides key=value (every learner with the field) or algo.key=value")
     args = parser.parse_args()
 
-    from wmil.algos.base import train_policy
+    from wmil.train.policy import train_policy
     from wmil.config import parse_overrides
     from wmil.eval.evaluate import evaluate_policy
     from wmil.train.world_model import train_world_model

@@ -45,7 +45,7 @@ def main():
     parser.add_argument("--policies", nargs="*", default=[], help="policy run dirs to roll out as well")
     args = parser.parse_args()
 
-    from wmil.algos.base import load_policy
+    from wmil.train.policy import load_policy
     from wmil.data.dataset import load
     from wmil.imagination.expert import ExpertLatents
     from wmil.imagination.metrics import ditto_similarity

@@ -250,7 +250,7 @@ def evaluate_model_cmd(run_dir, datasets, batches, context):
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def imagine_cmd(algo, model_run, expert, expert_episodes, preset, steps, seed, out, device, overrides, quiet):
     """Train an imitation policy entirely inside a world model (no environment access)."""
-    from wmil.algos.base import train_policy
+    from wmil.train.policy import train_policy
     from wmil.config import parse_overrides
 
     policy = train_policy(algo, model_run, expert, out=out, preset=preset, steps=steps, expert_episodes=expert_episodes,

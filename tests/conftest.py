@@ -54,3 +54,60 @@ def write_dataset():
         return load(name)
 
     return write
+
+
+# ------------------------------------------------------------------------------ real-env worlds
+
+#: Tiny real-environment tasks shared by the algorithm tests: (env id, discrete actions).
+ENVS = {True: "CartPole-v1", False: "Pendulum-v1"}
+WORLD_MODEL_TINY = {"log_every": "10", "eval_every": "10", "checkpoint_every": "10", "batch_size": "4",
+                    "seq_len": "8", "open_loop_context": "3", "eval_batches": "1"}
+
+
+class EnvWorld:
+    """A recorded task: a mixed-quality world dataset, an expert dataset (3 episodes of the
+    scripted expert, ≤ 25 steps) and tiny world models trained on the world data."""
+
+    def __init__(self, root, discrete: bool):
+        from wmil.data.build import BuildConfig, build_dataset
+
+        self.root, self.discrete, self.env = root, discrete, ENVS[discrete]
+        short = "cp" if discrete else "pd"
+        common = dict(env=self.env, policy="expert", max_episode_steps=25, ref_episodes=0, ref_min_score=0.0,
+                      ref_max_score=1.0)
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setenv("MINARI_DATASETS_PATH", str(self.datasets))
+            self.world = build_dataset(BuildConfig(name=f"envs/{short}-world-v0", epsilon=[0.0, 0.5, 1.0], episodes=6,
+                                                   seed=0, **common), progress=False)
+            self.expert = build_dataset(BuildConfig(name=f"envs/{short}-expert-v0", episodes=3, seed=100, **common),
+                                        progress=False)
+        self._models = {}
+
+    @property
+    def datasets(self):
+        return self.root / "minari"
+
+    def model(self, name: str):
+        """The run directory of a tiny world model ``name`` trained on the world data."""
+        if name not in self._models:
+            from wmil.train.world_model import train_world_model
+
+            out = self.root / f"wm-{name}"
+            world_model = train_world_model(self.world, model=name, preset="tiny", steps=10, out=out, device="cpu",
+                                            overrides=WORLD_MODEL_TINY, progress=False)
+            self._models[name] = out
+        return self._models[name]
+
+
+@pytest.fixture(scope="session")
+def env_worlds(tmp_path_factory):
+    """``env_worlds(discrete)`` → the :class:`EnvWorld` of CartPole (discrete) or Pendulum
+    (continuous), built once per session."""
+    cache = {}
+
+    def get(discrete: bool) -> EnvWorld:
+        if discrete not in cache:
+            cache[discrete] = EnvWorld(tmp_path_factory.mktemp("cp" if discrete else "pd"), discrete)
+        return cache[discrete]
+
+    return get

@@ -20,8 +20,8 @@ _LAZY = {
     "BuildConfig": "wmil.data.build",
     "train_world_model": "wmil.train.world_model",
     "load_world_model": "wmil.train.world_model",
-    "train_policy": "wmil.algos.base",
-    "load_policy": "wmil.algos.base",
+    "train_policy": "wmil.train.policy",
+    "load_policy": "wmil.train.policy",
     "evaluate_policy": "wmil.eval.evaluate",
 }
 

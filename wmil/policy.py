@@ -58,13 +58,6 @@ class LatentPolicy(DeployedPolicy):
         self.state = None
         self.prev_action: Optional[torch.Tensor] = None
 
-    @classmethod
-    def from_checkpoint(cls, world_model, actor, modules: dict, spec: DataSpec, prefix: str = "actor.",
-                        features: str = "sample") -> "LatentPolicy":
-        """Load ``actor``'s weights from the ``prefix``-ed entries of a saved module state dict."""
-        actor.load_state_dict({k[len(prefix):]: v for k, v in modules.items() if k.startswith(prefix)})
-        return cls(world_model, actor.eval(), spec, features)
-
     def reset(self) -> None:
         self.state = self.world_model.initial(1)
         self.prev_action = torch.zeros(1, self.spec.action_dim, device=self.device)
@@ -80,26 +73,3 @@ class LatentPolicy(DeployedPolicy):
         action, _, _ = self.actor(self.world_model.features(self.state, self.features), deterministic=deterministic)
         self.prev_action = action
         return self._to_env(action)
-
-    def offline_metrics(self, starts: int = 256) -> dict:
-        """Latent distance and expert action prediction on the run's expert episodes."""
-        from wmil.imagination.expert import ExpertLatents
-        from wmil.imagination.metrics import action_agreement, eval_rows, latent_distance
-
-        horizon = int(self.run_config.get("algo_config", {}).get("horizon", 15))
-        expert = ExpertLatents.encode(self.world_model, expert_view(self.run_config), self.device,
-                                      features=self.features)
-        out = {"eval/latent_distance": latent_distance(self.world_model, self.actor, expert,
-                                                       eval_rows(expert, horizon, starts), horizon,
-                                                       features=self.features)}
-        out.update(action_agreement(self.actor, expert, self.spec))
-        return out
-
-
-def expert_view(run_config: dict):
-    """The expert episodes a policy run was trained from (same dataset, same episodes)."""
-    from wmil.data.dataset import Dataset, load
-
-    dataset = load(run_config["expert"])
-    ids = run_config.get("expert_episode_ids")
-    return dataset if ids is None else Dataset(dataset.data_dir, ids)

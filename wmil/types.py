@@ -25,9 +25,11 @@ so that ``prev_action[t+1] == action[t]`` inside an episode. Algorithms never sh
 from __future__ import annotations
 
 from dataclasses import dataclass, fields, replace
-from typing import Optional
+from typing import Callable, Iterable, Optional
 
 import torch
+
+Tensor = torch.Tensor
 
 
 def _to(obj, device):
@@ -114,3 +116,99 @@ class TransitionBatch:
 
     def to(self, device) -> "TransitionBatch":
         return _to(self, device)
+
+
+# ------------------------------------------------------------------------------ latent states
+
+
+@dataclass(frozen=True)
+class State:
+    """A batch of latent states with any leading shape (``(B,)``, ``(B, T)``, ``(H, B)``...).
+
+    ``deter`` is the deterministic part (the GRU state h; the normalised observation for
+    ``dynamics``), ``stoch`` the sampled stochastic part (flat one-hots for categorical latents,
+    a Gaussian sample, or width 0). The distribution parameters that produced ``stoch`` are kept
+    for the KL terms: ``logits`` (categorical) or ``mean``/``std`` (Gaussian); None otherwise.
+    """
+
+    deter: Tensor                    # (*batch, D)
+    stoch: Tensor                    # (*batch, S)
+    logits: Optional[Tensor] = None  # (*batch, S) flat categorical logits (rssm)
+    mean: Optional[Tensor] = None    # (*batch, S) Gaussian mean (gaussian_rssm)
+    std: Optional[Tensor] = None     # (*batch, S) Gaussian std (gaussian_rssm)
+
+    def tensors(self) -> dict[str, Tensor]:
+        """The fields that hold a tensor, by name."""
+        return {f.name: getattr(self, f.name) for f in fields(self)
+                if getattr(self, f.name) is not None}
+
+    def map(self, fn: Callable[[Tensor], Tensor]) -> "State":
+        """Apply ``fn`` to every tensor field (e.g. ``state.map(lambda x: x[:, -1])``)."""
+        return State(**{name: fn(value) for name, value in self.tensors().items()})
+
+    @property
+    def batch_shape(self) -> tuple[int, ...]:
+        """The leading shape shared by all fields, e.g. ``(B, T)``."""
+        return tuple(self.deter.shape[:-1])
+
+    def __getitem__(self, index) -> "State":
+        """Index the leading (batch/time) dimensions: ``state[:, t]``, ``state[mask]``."""
+        # The feature axis is last, so any index of the leading axes leaves it untouched.
+        return self.map(lambda x: x[index])
+
+    def detach(self) -> "State":
+        return self.map(lambda x: x.detach())
+
+    def to(self, device) -> "State":
+        return self.map(lambda x: x.to(device))
+
+    def reshape(self, *batch_shape: int) -> "State":
+        """Give the leading dimensions a new shape, e.g. ``(B, T) -> (B * T,)`` with ``-1``."""
+        return self.map(lambda x: x.reshape(*batch_shape, x.shape[-1]))
+
+    def flatten(self) -> "State":
+        """Merge all leading dimensions into one: ``(B, T, .) -> (B*T, .)``."""
+        return self.reshape(-1)
+
+    def where(self, mask: Tensor, other: "State") -> "State":
+        """Per element of the batch shape: this state where ``mask`` is True, else ``other``."""
+        other_tensors = other.tensors()
+        return State(**{name: torch.where(mask.unsqueeze(-1), value, other_tensors[name])
+                        for name, value in self.tensors().items()})
+
+    @staticmethod
+    def stack(states: Iterable["State"], dim: int = 0) -> "State":
+        """Stack states of equal batch shape along a new leading dimension ``dim``
+        (``dim`` counts batch dimensions only; it must not be negative)."""
+        states = list(states)
+        assert states, "State.stack needs at least one state"
+        assert dim >= 0, "State.stack: give a non-negative dim (feature axes come last)"
+        names = states[0].tensors().keys()
+        return State(**{name: torch.stack([getattr(s, name) for s in states], dim)
+                        for name in names})
+
+    @staticmethod
+    def cat(states: Iterable["State"], dim: int = 0) -> "State":
+        """Concatenate states along an existing leading dimension ``dim`` (non-negative)."""
+        states = list(states)
+        assert states, "State.cat needs at least one state"
+        assert dim >= 0, "State.cat: give a non-negative dim (feature axes come last)"
+        names = states[0].tensors().keys()
+        return State(**{name: torch.cat([getattr(s, name) for s in states], dim)
+                        for name in names})
+
+    def __repr__(self) -> str:
+        parts = ", ".join(f"{name}={tuple(value.shape)}" for name, value in self.tensors().items())
+        return f"State({parts})"
+
+
+@dataclass(frozen=True)
+class Imagined:
+    """An H-step rollout of a policy in a world model's prior from start states (the output of
+    :func:`wmil.imagination.imagine`)."""
+
+    states: State        # (H+1, B)
+    features: Tensor     # (H+1, B, F); differentiable w.r.t. actions for continuous actors
+    actions: Tensor      # (H, B, A): action k is taken at state k
+    log_prob: Tensor     # (H, B)
+    entropy: Tensor      # (H, B)

@@ -1,26 +1,49 @@
-"""What every imitation algorithm provides, the registry, and the shared ``wmil imagine`` trainer.
+"""The learner base of every imitation algorithm, and the algorithm registry.
 
-An algorithm is one file in ``wmil/algos/`` with a config dataclass (each field documented, a
-``PRESETS`` dict of 'tiny'/'small'/'paper' overrides) and a class implementing
-:class:`Algorithm`. The trainer here owns everything else: loading the world model and the
-expert data, the run directory, resume, logging, checkpoints and the progress bar.
+An algorithm is one file in ``wmil/algos/``: a config dataclass composed from the blocks of
+:mod:`wmil.config` (with its paper's departures in ``DEFAULTS`` and its ``PRESETS``) and a
+:class:`Learner` subclass that reads top to bottom as its objective — its networks, its losses
+or rewards, its ``update``. The base owns everything else:
+
+* the checks that the world model (if any) fits the expert data;
+* the networks, their optimisers and their steps (:meth:`Learner.add_network`,
+  :meth:`Learner.step`), the seeded NumPy generator (:meth:`Learner.seed_rng`);
+* the training state for checkpoints and exact resume (:meth:`Learner.training_state`): every
+  registered network, optimiser, stateful object and model selection, and the generator;
+* the deployable policy, built one way for a live learner and for a checkpoint
+  (:meth:`Learner.deployable`): the algorithm names the networks its policy needs
+  (``policy_networks``) and how they act (``make_policy``); the parameters are those a
+  :class:`Selection` kept, else the newest.
+
+:class:`LatentLearner` adds what every learner on world-model latents shares: the expert
+episodes filtered once through the model (:class:`~wmil.imagination.expert.ExpertLatents`),
+their rows, the offline metrics of the DITTO paper, and the deployed
+:class:`~wmil.policy.LatentPolicy`. :class:`ImitationLearner` adds the shared actor-critic in
+imagination (DITTO, D-GAIL/VMIL).
 """
 
 from __future__ import annotations
 
 import importlib
-import os
-from dataclasses import dataclass, fields
-from pathlib import Path
-from typing import Any, Optional, Protocol
+from dataclasses import dataclass
+from typing import Any, ClassVar, Optional
 
+import numpy as np
 import torch
+from torch import nn
 
-from wmil.config import override, split_overrides, to_dict
-from wmil.data.dataset import Dataset, load
+from wmil.config import Features, LatentConfig, NonNegFloat, PosInt
+from wmil.data.dataset import Dataset
 from wmil.errors import UserError
-from wmil.runs import RunDir, resolve_device, rng_state, seed_everything, set_rng_state
-from wmil.train.loop import LoopConfig, check_finite, run_loop
+from wmil.imagination.actor_critic import ActorCritic, ActorCriticConfig
+from wmil.imagination.expert import ExpertLatents
+from wmil.imagination.metrics import action_agreement, eval_rows, latent_distance
+from wmil.nets import ActionHead, apply_gradients
+from wmil.policy import DeployedPolicy, LatentPolicy
+from wmil.types import DataSpec, State
+from wmil.world_models.base import feature_size
+
+Tensor = torch.Tensor
 
 #: name -> "module:Class". Lazy, so the CLI does not import every algorithm.
 ALGORITHMS: dict[str, str] = {
@@ -33,173 +56,304 @@ ALGORITHMS: dict[str, str] = {
     "gpril": "wmil.algos.gpril:Gpril",
 }
 
-
-class Algorithm(Protocol):
-    """An imitation learner trained offline inside a world model."""
-
-    name: str
-    config_cls: type
-    presets: dict[str, dict[str, Any]]
-
-    def __init__(self, world_model, expert: Dataset, config: Any, device: torch.device): ...
-
-    def update(self, step: int) -> dict[str, Any]:
-        """One training step; returns metrics (a 'loss/...' entry per optimised loss)."""
-
-    def evaluate(self) -> dict[str, float]:
-        """Offline metrics without the environment (e.g. latent distance, action accuracy)."""
-
-    def training_state(self) -> dict: ...
-
-    def load_training_state(self, state: dict) -> None: ...
-
-    def policy(self):
-        """The deployable policy (``reset()``, ``act(obs)``) of the current parameters."""
+#: World models every latent learner accepts.
+LATENT_MODELS = ("rssm", "gaussian_rssm", "dynamics")
 
 
-def algorithm_class(name: str):
+def algorithm_class(name: str) -> type["Learner"]:
+    """The learner class of algorithm ``name`` (a one-line UserError for an unknown name)."""
     if name not in ALGORITHMS:
         raise UserError(f"unknown algorithm {name!r}; choose one of {sorted(ALGORITHMS)}")
     module, _, cls = ALGORITHMS[name].partition(":")
     return getattr(importlib.import_module(module), cls)
 
 
-@dataclass(frozen=True)
-class ImagineTrainConfig:
-    """Cadence of an imitation run (the algorithm's own config holds its hyperparameters)."""
+class Selection:
+    """Model selection: the parameters of ``networks`` at their best held-out score so far
+    (lower is better unless ``higher_is_better``), deployed instead of the newest ones once a
+    learner registers it (:meth:`Learner.add_selection`). ``patience`` > 0 marks it
+    ``stopped`` after that many evaluations without improvement."""
 
-    steps: int = 2000
-    """Training updates."""
-    seed: int = 0
-    """Seeds initialisation and sampling."""
-    expert_episodes: Optional[int] = None
-    """Use only the first K expert episodes (None: all)."""
-    log_every: int = 25
-    """Updates between metric records."""
-    eval_every: int = 250
-    """Updates between offline evaluations (latent distance, action accuracy)."""
-    checkpoint_every: int = 500
-    """Updates between checkpoints (the last step is always saved)."""
+    def __init__(self, networks: dict[str, nn.Module], higher_is_better: bool = False, patience: int = 0):
+        self.networks = networks
+        self.sign = -1.0 if higher_is_better else 1.0
+        self.patience = patience
+        self.best_score: Optional[float] = None
+        self.best_step = 0
+        self.stale = 0
+        #: The kept parameters by network name (None until the first offer).
+        self.snapshot: Optional[dict[str, dict[str, Tensor]]] = None
+
+    def offer(self, score: float, step: int, force: bool = False) -> bool:
+        """Keep the current parameters if ``score`` is the best so far (or ``force``)."""
+        if force or self.best_score is None or self.sign * score < self.sign * self.best_score:
+            self.snapshot = {name: {k: v.detach().clone() for k, v in module.state_dict().items()}
+                             for name, module in self.networks.items()}
+            self.best_score, self.best_step, self.stale = float(score), int(step), 0
+            return True
+        self.stale += 1
+        return False
+
+    @property
+    def stopped(self) -> bool:
+        return self.patience > 0 and self.stale >= self.patience
+
+    def state_dict(self) -> dict:
+        return {"best_score": self.best_score, "best_step": self.best_step, "stale": self.stale,
+                "snapshot": self.snapshot}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.best_score = None if state["best_score"] is None else float(state["best_score"])
+        self.best_step, self.stale = int(state["best_step"]), int(state["stale"])
+        self.snapshot = state["snapshot"]
 
 
-TRAIN_PRESETS = {
-    "tiny": dict(steps=30, log_every=5, eval_every=10, checkpoint_every=10),
-    "small": dict(),
-    "paper": dict(steps=50_000, eval_every=2500, checkpoint_every=5000),
-}
+class Learner:
+    """Base of every imitation algorithm (see the module docstring). Subclasses set the class
+    attributes below, build their networks in ``__init__`` (then call :meth:`seed_rng`) and
+    implement ``update``, ``policy_networks`` and ``make_policy``."""
 
+    name: ClassVar[str]
+    config_cls: ClassVar[type]
+    progress_keys: ClassVar[tuple[str, ...]] = ()
+    """Metrics shown on the progress bar."""
+    metric_keys: ClassVar[tuple[str, ...]] = ()
+    """Metrics every ``update`` logs (the algorithm conformance suite checks them)."""
+    world_models: ClassVar[Optional[tuple[str, ...]]] = LATENT_MODELS
+    """World models the algorithm trains in; None: it trains without one (BC)."""
 
-def _world_model_from_run(model_run: str | os.PathLike, device: str):
-    from wmil.train.world_model import load_world_model
+    def __init__(self, world_model, expert: Dataset, config, device: torch.device):
+        if self.world_models is not None:
+            if world_model is None:
+                raise UserError(f"--algo {self.name} trains inside a world model: pass --model RUN_DIR "
+                                "(from wmil train-model)")
+            if expert.spec.discrete != world_model.spec.discrete:
+                raise UserError(f"{self.name}: the expert dataset {expert.name} has {expert.spec.describe()} but the "
+                                f"world model has {world_model.spec.describe()}; use data of the same action space")
+        self.world_model = world_model
+        self.config = config
+        self.device = device
+        self.spec: DataSpec = world_model.spec if world_model is not None else expert.spec
+        self.networks = nn.ModuleDict()
+        self.optimizers: dict[str, torch.optim.Optimizer] = {}
+        self.stateful: dict[str, Any] = {}
+        self.selections: dict[str, Selection] = {}
+        self.rng: np.random.Generator
+        #: The last update step done (for evaluations that record when they selected).
+        self.steps_done = 0
 
-    run = RunDir(model_run, "world_model")
-    config = run.read_config() if run.exists() else None
-    if config is None:
-        raise UserError(f"--model {model_run}: not a world-model run directory (no config.yaml); "
-                        "train one with 'wmil train-model'")
-    if config.get("kind") != "world_model":
-        raise UserError(f"--model {model_run}: holds a {config.get('kind')} run, not a world model")
-    return load_world_model(model_run, device)
+    # ---- set-up -------------------------------------------------------------------------------
+    def add_network(self, name: str, module: nn.Module, lr: Optional[float] = None, **adam) -> nn.Module:
+        """Register ``module`` (moved to the device; saved in checkpoints) and, with ``lr``, an
+        Adam optimiser for it under the same name (``adam``: e.g. ``eps``, ``weight_decay``)."""
+        module = module.to(self.device)
+        self.networks[name] = module
+        if lr is not None:
+            self.optimizers[name] = torch.optim.Adam(module.parameters(), lr=lr, **adam)
+        return module
 
+    def add_state(self, name: str, obj: Any) -> Any:
+        """Register an object with ``state_dict``/``load_state_dict`` (counters, running
+        statistics) to be saved in checkpoints."""
+        self.stateful[name] = obj
+        return obj
 
-def train_policy(algo: str, model: Optional[str | os.PathLike], expert: str | Dataset,
-                 out: Optional[str | os.PathLike] = None, preset: str = "small", steps: Optional[int] = None,
-                 expert_episodes: Optional[int] = None, seed: Optional[int] = None, device: str = "auto",
-                 overrides: Optional[dict[str, str]] = None, progress: bool = True):
-    """Train (or resume) an imitation policy, inside the world model of run ``model`` when the
-    algorithm uses one (``model`` may be None for model-free ones such as BC).
+    def add_selection(self, name: str, selection: Selection) -> Selection:
+        """Register a model selection: its kept parameters are deployed and checkpointed."""
+        self.selections[name] = selection
+        return selection
 
-    Returns the deployable policy. ``expert`` is a dataset name/path/object; ``overrides``
-    are ``-o`` pairs for the run (``steps``…) or the algorithm (``gamma``…).
-    """
-    cls = algorithm_class(algo)
-    if preset not in TRAIN_PRESETS:
-        raise UserError(f"unknown preset {preset!r}; choose one of {sorted(TRAIN_PRESETS)}")
-    train_cfg = ImagineTrainConfig(**TRAIN_PRESETS[preset])
-    algo_cfg = cls.config_cls(**cls.presets.get(preset, {}))
-    routed = split_overrides(overrides or {}, {"train": train_cfg, "algo": algo_cfg})
-    explicit = {k: v for k, v in (("steps", steps), ("seed", seed), ("expert_episodes", expert_episodes)) if v is not None}
-    train_cfg = override(train_cfg, {**routed["train"], **explicit}, "the run")
-    algo_cfg = override(algo_cfg, routed["algo"], algo)
-    dev = resolve_device(device)
-    needs_model = getattr(cls, "needs_world_model", True)
-    if needs_model and model is None:
-        raise UserError(f"--algo {algo} trains inside a world model: pass --model RUN_DIR (from wmil train-model)")
-    world_model = _world_model_from_run(model, str(dev)) if model is not None else None
-    expert_ds = expert if isinstance(expert, Dataset) else load(expert)
-    if world_model is not None and expert_ds.spec != world_model.spec:
-        raise UserError(f"expert dataset {expert_ds.name} has {expert_ds.spec.describe()} but the world model in "
-                        f"{model} was trained on {world_model.spec.describe()}; use an expert dataset of the same "
-                        "environment and observation settings")
-    if train_cfg.expert_episodes is not None:
-        if not 1 <= train_cfg.expert_episodes <= len(expert_ds):
-            raise UserError(f"--expert-episodes {train_cfg.expert_episodes}: the expert dataset {expert_ds.name} "
-                            f"has {len(expert_ds)} episodes")
-        expert_ds = expert_ds.head(train_cfg.expert_episodes)
+    def add_component(self, name: str, component: Any) -> Any:
+        """Register a component that trains networks of its own (the shared actor-critic, a
+        supervised BC trainer): its ``networks()``, ``optimizers()``, ``selections()`` (where it
+        has them) and its own ``state_dict`` (where it has one)."""
+        for net_name, module in component.networks().items():
+            self.add_network(net_name, module)
+        self.optimizers.update(component.optimizers())
+        self.selections.update(getattr(component, "selections", dict)())
+        if hasattr(component, "state_dict"):
+            self.add_state(name, component)
+        return component
 
-    run = RunDir(out or Path("runs") / f"{algo}-{expert_ds.name.replace('/', '-')}", "policy")
-    wm_config = world_model.run_config if world_model is not None else None
-    config = {
-        "algo": algo, "preset": preset, "world_model_run": str(Path(model).resolve()) if model is not None else None,
-        "world_model": {k: wm_config[k] for k in ("model", "preset", "spec", "model_config")} if wm_config else None,
-        "spec": expert_ds.spec.to_dict(), "expert": expert_ds.name, "expert_episode_ids": [int(i) for i in expert_ds.episode_ids],
-        "env": expert_ds.wmil_metadata.get("env"),
-        "ref_min_score": expert_ds.ref_min_score, "ref_max_score": expert_ds.ref_max_score,
-        "train": to_dict(train_cfg), "algo_config": to_dict(algo_cfg),
-    }
-    resume = run.start_or_resume(config, ("algo", "world_model", "expert", "expert_episode_ids", "algo_config"))
-    seed_everything(train_cfg.seed)
-    if world_model is not None:
-        for parameter in world_model.parameters():
-            parameter.requires_grad_(False)  # the model is fixed; gradients still flow through it
-    learner = cls(world_model, expert_ds, algo_cfg, dev)
-    start = 0
-    if resume is not None:
-        learner.load_training_state(resume["algo"])
-        set_rng_state(resume["rng"])
-        start = int(resume["step"])
-        run.truncate_metrics(start)
+    def seed_rng(self) -> None:
+        """The learner's NumPy generator (minibatch rows, start states), seeded from torch's
+        global generator so that the run seed fixes it."""
+        self.rng = np.random.default_rng(int(torch.randint(2**62, (1,))))
 
-    def update(step: int) -> dict:
-        metrics = learner.update(step)
-        check_finite(step, {k: v for k, v in metrics.items() if k.startswith("loss/")}, run)
+    def step(self, name: str, loss: Tensor, clip: Optional[float] = None) -> Optional[float]:
+        """One step of optimiser ``name`` on ``loss``, clipping at ``clip`` (None: no clipping);
+        returns the gradient norm."""
+        return apply_gradients(self.optimizers[name], loss, clip)
+
+    # ---- what an algorithm implements ---------------------------------------------------------
+    def update(self, step: int) -> dict[str, float]:
+        """One training step; returns metrics (a 'loss/…' entry per optimised loss)."""
+        raise NotImplementedError
+
+    def evaluate(self) -> dict[str, float]:
+        """Offline metrics without the environment."""
+        return {}
+
+    @classmethod
+    def policy_networks(cls, world_model, spec: DataSpec, config) -> dict[str, nn.Module]:
+        """Fresh networks the deployed policy needs, by the names they are registered under."""
+        raise NotImplementedError
+
+    @classmethod
+    def make_policy(cls, world_model, networks: dict[str, nn.Module], spec: DataSpec, config) -> DeployedPolicy:
+        """The deployed policy acting with ``networks`` (loaded, in eval mode)."""
+        raise NotImplementedError
+
+    # ---- state --------------------------------------------------------------------------------
+    def train_step(self, step: int) -> dict[str, float]:
+        """:meth:`update` number ``step`` (the trainer calls this)."""
+        metrics = self.update(step)
+        self.steps_done = step
         return metrics
 
-    def checkpoint() -> dict:
-        return {"algo": learner.training_state(), "rng": rng_state(),
-                "world_model": world_model.state_dict() if world_model is not None else None}
+    def training_state(self) -> dict:
+        """Everything needed to resume exactly: tensors and plain types only."""
+        return {"networks": self.networks.state_dict(),
+                "optimizers": {name: opt.state_dict() for name, opt in self.optimizers.items()},
+                "stateful": {name: obj.state_dict() for name, obj in self.stateful.items()},
+                "selections": {name: sel.state_dict() for name, sel in self.selections.items()},
+                "rng": self.rng.bit_generator.state, "steps_done": self.steps_done}
 
-    loop = LoopConfig(train_cfg.steps, train_cfg.log_every, train_cfg.eval_every, train_cfg.checkpoint_every)
-    if start < train_cfg.steps:
-        run_loop(run, loop, start, update, lambda step: learner.evaluate(), checkpoint, progress,
-                 desc=f"imagine {algo}", postfix_keys=learner.progress_keys)
-    return learner.policy()
+    def load_training_state(self, state: dict) -> None:
+        self.networks.load_state_dict(state["networks"])
+        for name, opt in self.optimizers.items():
+            opt.load_state_dict(state["optimizers"][name])
+        for name, obj in self.stateful.items():
+            obj.load_state_dict(state["stateful"][name])
+        for name, sel in self.selections.items():
+            sel.load_state_dict(state["selections"][name])
+        self.rng.bit_generator.state = state["rng"]
+        self.steps_done = int(state["steps_done"])
+
+    # ---- deployment ---------------------------------------------------------------------------
+    def policy(self) -> DeployedPolicy:
+        """The deployable policy of the current (or selected) parameters."""
+        return self.deployable(self.world_model, self.config, self.training_state(), self.spec).to(self.device)
+
+    @classmethod
+    def deployable(cls, world_model, config, state: dict, spec: DataSpec) -> DeployedPolicy:
+        """The deployed policy from a training state (a checkpoint's): the networks the policy
+        needs, with the parameters model selection kept where it kept any, else the newest."""
+        networks = cls.policy_networks(world_model, spec, config)
+        kept: dict[str, dict] = {}
+        for selection in state["selections"].values():
+            kept.update(selection["snapshot"] or {})
+        for name, module in networks.items():
+            params = kept.get(name)
+            if params is None:
+                prefix = name + "."
+                params = {k[len(prefix):]: v for k, v in state["networks"].items() if k.startswith(prefix)}
+            module.load_state_dict(params)
+            module.eval()
+        return cls.make_policy(world_model, networks, spec, config)
 
 
-def load_policy(run_dir: str | os.PathLike, device: str = "cpu"):
-    """The deployable policy of a ``wmil imagine`` (or ``wmil train-policy``) run."""
-    from wmil.types import DataSpec
-    from wmil.world_models.registry import config_for, make_world_model
+class LatentLearner(Learner):
+    """Base of the learners whose policy reads world-model latents (D-BC, DITTO, D-GAIL, SQIL,
+    GPRIL): the expert episodes filtered once through the model, their rows, the offline
+    metrics and the deployed :class:`LatentPolicy` of the network registered as 'actor'.
+    Their config derives from :class:`wmil.config.LatentConfig` (``features``, ``horizon``,
+    ``eval_starts``)."""
 
-    run = RunDir(run_dir, "policy")
-    config = run.read_config()
-    run.check_kind(config)
-    checkpoint = run.load_checkpoint()
-    if checkpoint is None:
-        raise UserError(f"{run.path}: no checkpoint yet; train the policy first")
-    cls = algorithm_class(config["algo"])
-    recorded = config["algo_config"]
-    if "features" in {f.name for f in fields(cls.config_cls)} and "features" not in recorded:
-        recorded = {**recorded, "features": "sample"}  # runs from before the option read sampled features
-    algo_cfg = override(cls.config_cls(), recorded)
-    world_model = None
-    if config.get("world_model"):  # BC acts on observations and has none
-        wm = config["world_model"]
-        world_model = make_world_model(wm["model"], DataSpec.from_dict(wm["spec"]),
-                                       config_for(wm["model"], wm.get("preset", "small"), **wm["model_config"]))
-        world_model.load_state_dict(checkpoint["world_model"])
-        world_model.eval()
-    policy = cls.deployable(world_model, algo_cfg, checkpoint["algo"], DataSpec.from_dict(config["spec"]))
-    policy.run_config = config
-    return policy.to(resolve_device(device))
+    config: LatentConfig
 
+    def __init__(self, world_model, expert: Dataset, config: LatentConfig, device: torch.device):
+        super().__init__(world_model, expert, config, device)
+        self.expert = ExpertLatents.encode(world_model, expert, device, features=config.features)
+        self.feature_dim = feature_size(world_model, config.features)
+        #: Expert rows with a logged action (the last observation of an episode has none).
+        self.action_rows = self.expert.action_rows
+        if len(self.action_rows) == 0:
+            raise UserError(f"{self.name}: the expert dataset {expert.name} has no transitions to imitate")
+        self.eval_rows: Optional[np.ndarray] = None
+
+    @property
+    def actor(self) -> nn.Module:
+        return self.networks["actor"]
+
+    def expert_rows(self, count: int) -> Tensor:
+        """``count`` expert rows with a logged action, drawn uniformly with replacement."""
+        return torch.as_tensor(self.rng.choice(self.action_rows, count), device=self.expert.features.device)
+
+    def metric_rows(self) -> Optional[np.ndarray]:
+        """Fixed expert start rows of the latent-distance metric (None when every expert episode
+        is shorter than the horizon)."""
+        try:
+            return eval_rows(self.expert, self.config.horizon, self.config.eval_starts)
+        except UserError:
+            return None
+
+    def evaluate(self) -> dict[str, float]:
+        """Offline metrics (DITTO paper, section 5): the latent distance of the policy's own
+        imagined rollouts from expert starts, and expert action prediction on expert latents."""
+        out: dict[str, float] = {}
+        if self.eval_rows is not None:
+            out["eval/latent_distance"] = latent_distance(self.world_model, self.actor, self.expert, self.eval_rows,
+                                                          self.config.horizon, features=self.config.features)
+        out.update(action_agreement(self.actor, self.expert, self.spec))
+        return out
+
+    @classmethod
+    def policy_networks(cls, world_model, spec: DataSpec, config: LatentConfig) -> dict[str, nn.Module]:
+        return {"actor": ActionHead(feature_size(world_model, config.features), spec, config)}
+
+    @classmethod
+    def make_policy(cls, world_model, networks: dict[str, nn.Module], spec: DataSpec,
+                    config: LatentConfig) -> LatentPolicy:
+        return LatentPolicy(world_model, networks["actor"], spec, config.features)
+
+
+# ---------------------------------------------------------------------------------- imitation
+
+
+@dataclass(frozen=True)
+class ImitationConfig(ActorCriticConfig, LatentConfig):
+    """The shared actor-critic in imagination + what an imitation reward needs besides."""
+
+    reward_features: Optional[Features] = None
+    """What the reward compares (DITTO) or the discriminator reads (D-GAIL): 'sample', 'mean' or
+    'deter' (h only, as the DITTO reference code); None: the same as ``features``."""
+    bc_weight: NonNegFloat = 0.0
+    """Weight of a behaviour-cloning term −log π(a_E | z_E) on expert latents added to the actor's
+    loss (0: the papers' algorithms, reward only; > 0: a regularised variant, e.g. "DITTO + BC")."""
+    bc_batch_size: PosInt = 256
+    """Expert (latent, action) rows per update of the behaviour-cloning term."""
+
+
+class ImitationLearner(LatentLearner):
+    """Base of the actor-critic imitation learners (DITTO, D-GAIL): start states, the shared
+    actor-critic, the optional behaviour-cloning term. A learner adds its reward and ``update``."""
+
+    config: ImitationConfig
+
+    def __init__(self, world_model, expert: Dataset, config: ImitationConfig, device: torch.device):
+        super().__init__(world_model, expert, config, device)
+        self.starts = self.expert.starts(config.horizon)
+        self.ac = self.add_component("actor_critic", ActorCritic(self.feature_dim, self.spec, config).to(device))
+        self.seed_rng()
+        self.eval_rows = self.metric_rows()
+
+    def reward_latent(self, states: State, features: Tensor) -> Tensor:
+        """What the reward compares: ``features`` (the policy's), or the ``reward_features`` mode
+        of ``states`` where that differs."""
+        mode = self.config.reward_features or self.config.features
+        return features if mode == self.config.features else self.world_model.features(states, mode)
+
+    def sample_starts(self) -> tuple[State, State]:
+        """``batch_size`` expert start states ``(B,)`` and the expert windows that follow ``(H+1, B)``."""
+        rows = self.rng.choice(self.starts, self.config.batch_size)
+        return self.expert.sample(rows, self.config.horizon)
+
+    def bc_term(self) -> tuple[Optional[Tensor], dict]:
+        """``bc_weight`` × the mean −log π(a_E | z_E) over a minibatch of expert rows (None when
+        the weight is 0), for :meth:`ActorCritic.update`'s ``actor_extra``."""
+        if self.config.bc_weight == 0:
+            return None, {}
+        rows = self.expert_rows(self.config.bc_batch_size)
+        nll = -self.actor.log_prob(self.expert.features[rows], self.expert.action[rows]).mean()
+        return self.config.bc_weight * nll, {"loss/bc_nll": float(nll.detach())}

@@ -2,7 +2,7 @@
 
 The expert episodes are filtered once through the frozen world model's posterior
 (:class:`~wmil.imagination.expert.ExpertLatents`); the actor π(a | z) — the same
-:class:`~wmil.imagination.actor_critic.Actor` the imagination learners use, so
+:class:`~wmil.nets.ActionHead` the imagination learners use, so
 :class:`~wmil.policy.LatentPolicy` deploys it by filtering real observations through the model —
 is fitted by maximum likelihood of the expert's actions, with an entropy bonus that the paper
 found stabilises learning (DITTO code: weight 0.1):
@@ -29,68 +29,39 @@ expert starts, expert action prediction).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
-import numpy as np
 import torch
-from torch import nn
 
+from wmil.algos.base import LatentLearner
+from wmil.config import EntropyConfig, LatentConfig, PosFloat
 from wmil.data.dataset import Dataset
-from wmil.errors import UserError
-from wmil.imagination.actor_critic import Actor
-from wmil.imagination.learner import LatentLearner
-from wmil.imagination.metrics import action_agreement, eval_rows, latent_distance
-from wmil.policy import LatentPolicy
-from wmil.types import DataSpec
-from wmil.world_models.base import feature_size
+from wmil.nets import ActionHead
 
 Tensor = torch.Tensor
 
 
 @dataclass(frozen=True)
-class DBCConfig:
-    """D-BC: maximum likelihood of expert actions on world-model latents + an entropy bonus.
+class DBCConfig(EntropyConfig, LatentConfig):
+    """D-BC: maximum likelihood of expert actions on world-model latents + an entropy bonus
+    (β = ``entropy_discrete`` / ``entropy_continuous``). The actor is the one the imagination
+    learners use, with the same architecture at the same preset; ``horizon`` only sets the
+    latent-distance metric (training does not imagine)."""
 
-    The actor fields (``layers``, ``units``, ``act``, ``min_std``) mean what they mean in
-    :class:`~wmil.imagination.actor_critic.ActorCriticConfig`, so D-BC's actor has the same
-    architecture as DITTO's and D-GAIL's at the same preset.
-    """
-
-    layers: int = 2
-    """Hidden layers of the actor MLP."""
-    units: int = 200
-    """Units per hidden layer of the actor."""
-    act: str = "elu"
-    """Activation of the actor."""
-    min_std: float = 0.1
-    """Lower bound of the continuous actor's pre-tanh std."""
-    features: str = "mean"
-    """Latent features the actor reads: 'mean' [h, E z], 'sample' [h, z], 'deter' h (see the module docstring)."""
-    lr: float = 3e-4
-    """Adam learning rate."""
-    batch_size: int = 256
-    """Expert (latent, action) rows per minibatch."""
-    entropy_weight: float = 0.1
-    """Weight β of the entropy bonus (DITTO code: 0.1)."""
-    grad_clip: float = 100.0
-    """Global gradient-norm clip of the actor."""
-    bound_eps: float = 1e-4
+    bound_eps: PosFloat = 1e-4
     """Continuous expert actions are clamped this far (in [-1, 1] units) inside the bounds before atanh."""
-    horizon: int = 15
-    """Imagination horizon of the latent-distance metric only (training does not imagine)."""
-    eval_starts: int = 256
-    """Expert start states used for the offline metrics."""
 
-
-PRESETS = {
-    "tiny": dict(layers=1, units=32, batch_size=32, horizon=5, eval_starts=16, lr=1e-3),
-    "small": dict(),
-    "paper": dict(batch_size=512, units=400, layers=4),
-}
-
-
-def actor_log_prob(actor: Actor, features: Tensor, action: Tensor, bound_eps: float = 1e-4) -> Tensor:
-    """log π(action | features) under ``actor`` (see :meth:`Actor.log_prob`)."""
-    return actor.log_prob(features, action, bound_eps)
+    DEFAULTS: ClassVar = dict(
+        features="mean",          # sampled z of a few demos are fixed noise the actor memorises (docstring)
+        actor_lr=3e-4,            # DITTO code: one Adam at 3e-4
+        entropy_discrete=0.1,     # DITTO code: D-BC's entropy weight 0.1
+        entropy_continuous=0.1,
+    )
+    PRESETS: ClassVar = {
+        "tiny": dict(layers=1, units=32, batch_size=32, horizon=5, eval_starts=16, actor_lr=1e-3),
+        "small": dict(),
+        "paper": dict(batch_size=512, units=400, layers=4),
+    }
 
 
 def bc_loss(log_prob: Tensor, entropy: Tensor, entropy_weight: float) -> tuple[Tensor, dict[str, Tensor]]:
@@ -105,31 +76,24 @@ class DBC(LatentLearner):
 
     name = "dbc"
     config_cls = DBCConfig
-    presets = PRESETS
     progress_keys = ("loss/nll", "train/action_accuracy", "train/action_mse")
+    metric_keys = ("loss/bc", "loss/nll", "actor/entropy")
 
     def __init__(self, world_model, expert: Dataset, config: DBCConfig, device: torch.device):
         super().__init__(world_model, expert, config, device)
-        if len(self.action_rows) == 0:
-            raise UserError(f"expert dataset {expert.name} has no logged actions to clone")
-        self.actor = Actor(self.feature_dim, self.spec, config).to(device)  # type: ignore[arg-type]
-        self.opt = torch.optim.Adam(self.actor.parameters(), lr=config.lr, eps=1e-5)
-        self.rng = np.random.default_rng(int(torch.randint(2**62, (1,))))
-        try:
-            self.eval_rows = eval_rows(self.expert, config.horizon, config.eval_starts)
-        except UserError:  # every expert episode is shorter than the metric's horizon: skip that metric
-            self.eval_rows = None
+        self.add_network("actor", ActionHead(self.feature_dim, self.spec, config), lr=config.actor_lr, eps=1e-5)
+        self.seed_rng()
+        self.eval_rows = self.metric_rows()  # None when every expert episode is shorter than the horizon
 
     def update(self, step: int) -> dict:
-        rows = torch.as_tensor(self.rng.choice(self.action_rows, self.config.batch_size), device=self.expert.features.device)
+        cfg = self.config
+        rows = self.expert_rows(cfg.batch_size)
         features, action = self.expert.features[rows], self.expert.action[rows]   # (B, F), (B, A)
-        log_prob = actor_log_prob(self.actor, features, action, self.config.bound_eps)  # (B,)
+        log_prob = self.actor.log_prob(features, action, cfg.bound_eps)            # (B,)
         _, _, entropy = self.actor(features)  # exact (categorical) or −log π(ã) of a sample (tanh-Gaussian)
-        loss, terms = bc_loss(log_prob, entropy, self.config.entropy_weight)
-        self.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = nn.utils.clip_grad_norm_(self.actor.parameters(), self.config.grad_clip)
-        self.opt.step()
+        beta = cfg.entropy_discrete if self.spec.discrete else cfg.entropy_continuous
+        loss, terms = bc_loss(log_prob, entropy, beta)
+        grad_norm = self.step("actor", loss, cfg.grad_clip)
         metrics = {"loss/bc": float(loss.detach()), "loss/nll": float(terms["nll"].detach()),
                    "actor/entropy": float(terms["entropy"].detach()), "actor/grad_norm": float(grad_norm)}
         with torch.no_grad():
@@ -139,26 +103,3 @@ class DBC(LatentLearner):
             else:
                 metrics["train/action_mse"] = float(((predicted - action) ** 2).mean())
         return metrics
-
-    def evaluate(self) -> dict:
-        """Offline metrics as DITTO's: expert action prediction on every expert latent, and the
-        latent distance of the actor's imagined rollouts from expert starts."""
-        out = action_agreement(self.actor, self.expert, self.spec)
-        if self.eval_rows is not None:
-            out["eval/latent_distance"] = latent_distance(self.world_model, self.actor, self.expert, self.eval_rows,
-                                                          self.config.horizon, features=self.config.features)
-        return out
-
-    def training_state(self) -> dict:
-        return {"actor": self.actor.state_dict(), "opt": self.opt.state_dict(), "rng": self.rng.bit_generator.state}
-
-    def load_training_state(self, state: dict) -> None:
-        self.actor.load_state_dict(state["actor"])
-        self.opt.load_state_dict(state["opt"])
-        self.rng.bit_generator.state = state["rng"]
-
-    @staticmethod
-    def deployable(world_model, config: DBCConfig, state: dict, spec: DataSpec) -> LatentPolicy:
-        actor = Actor(feature_size(world_model, config.features), spec, config)  # type: ignore[arg-type]
-        actor.load_state_dict(state["actor"])
-        return LatentPolicy(world_model, actor.eval(), spec, config.features)

@@ -18,7 +18,7 @@ be labelled 1, which is what is done here.)
 
 Which paper this is depends on the model: on ``--model rssm`` (DreamerV2, categorical latents)
 with ``pair="zz"`` it is the DITTO paper's D-GAIL (its code feeds D (h_t, h_{t+1}): option
-``deter_only``); on ``--model gaussian_rssm`` (diagonal Gaussian latents, Dreamer v1) with
+``reward_features='deter'``); on ``--model gaussian_rssm`` (diagonal Gaussian latents, Dreamer v1) with
 ``pair="zaz"`` it is VMIL/VMAIL, whose actor learns by backpropagating the discriminator reward
 through the model (value expansion, Dreamer) for continuous actions.
 
@@ -43,23 +43,21 @@ actor's backward pass leaves no gradient in the discriminator.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import ClassVar, Literal, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from wmil.algos.base import ImitationConfig, ImitationLearner
+from wmil.config import Activation, NonNegFloat, NonNegInt, PosFloat, PosInt
 from wmil.data.dataset import Dataset
-from wmil.errors import UserError
-from wmil.imagination.actor_critic import Imagined, imagine
-from wmil.imagination.learner import ImaginationLearner, ImitationConfig
-from wmil.nets import MLP
+from wmil.imagination.actor_critic import imagine
+from wmil.nets import MLP, ActionBounds
+from wmil.types import Imagined
+from wmil.world_models.base import feature_size
 
 Tensor = torch.Tensor
-
-PAIRS = ("zz", "zaz")
-REWARDS = ("prob", "logd")
-GP_ON = ("interpolate", "expert")
 
 
 @dataclass(frozen=True)
@@ -67,36 +65,35 @@ class DGailConfig(ImitationConfig):
     """D-GAIL / VMAIL = the shared actor-critic + a discriminator reward on latent transitions
     (D sees H × batch_size pairs per class and update)."""
 
-    pair: str = "zz"
+    pair: Literal["zz", "zaz"] = "zz"
     """Discriminator input: 'zz' = (z_t, z_t+1) (D-GAIL), 'zaz' = (z_t, a_t, z_t+1) (VMAIL)."""
-    reward: str = "prob"
+    reward: Literal["prob", "logd"] = "prob"
     """'prob': r = D = sigmoid(logit) (DITTO code, VMIL); 'logd': r = −log(1 − D) (GAIL)."""
-    disc_layers: int = 2
+    disc_layers: NonNegInt = 2
     """Hidden layers of the discriminator MLP."""
-    disc_units: int = 200
+    disc_units: PosInt = 200
     """Units per hidden layer of the discriminator."""
-    disc_act: str = "elu"
+    disc_act: Activation = "elu"
     """Activation of the discriminator."""
-    disc_lr: float = 8e-5
+    disc_lr: PosFloat = 8e-5
     """Adam learning rate of the discriminator (DITTO: one learning rate for every network)."""
-    disc_updates: int = 1
+    disc_updates: PosInt = 1
     """Discriminator steps per update (each on the same imagined batch, fresh expert pairs)."""
-    disc_grad_clip: float = 100.0
+    disc_grad_clip: PosFloat = 100.0
     """Global gradient-norm clip of the discriminator."""
-    gp_weight: float = 10.0
+    gp_weight: NonNegFloat = 10.0
     """Weight of the gradient penalty (0 disables it)."""
-    gp_on: str = "interpolate"
+    gp_on: Literal["interpolate", "expert"] = "interpolate"
     """'interpolate': (‖∇‖ − 1)² on expert/imagined interpolates (WGAN-GP, DAC); 'expert': ‖∇‖² (R1)."""
-    input_noise: float = 0.1
+    input_noise: NonNegFloat = 0.1
     """Std of Gaussian noise added to the discriminator's training inputs (VMIL; 0 disables it)."""
 
-
-PRESETS = {
-    "tiny": dict(batch_size=16, horizon=5, layers=1, units=32, disc_layers=1, disc_units=32, eval_starts=16,
-                 disc_lr=1e-3),
-    "small": dict(),
-    "paper": dict(batch_size=512, units=400, layers=4, disc_units=400, disc_layers=4),
-}
+    PRESETS: ClassVar = {
+        "tiny": dict(batch_size=16, horizon=5, layers=1, units=32, disc_layers=1, disc_units=32, eval_starts=16,
+                     disc_lr=1e-3),
+        "small": dict(),
+        "paper": dict(batch_size=512, units=400, layers=4, disc_units=400, disc_layers=4),
+    }
 
 
 # ------------------------------------------------------------------------------ pure functions
@@ -109,7 +106,7 @@ def discriminator_reward(logits: Tensor, kind: str = "prob") -> Tensor:
         return torch.sigmoid(logits)
     if kind == "logd":
         return F.softplus(logits)  # −log(1 − sigmoid(l)) = log(1 + e^l), stable for large l
-    raise ValueError(f"unknown discriminator reward {kind!r}; choose one of {REWARDS}")
+    raise ValueError(f"unknown discriminator reward {kind!r}; choose 'prob' or 'logd'")
 
 
 def discriminator_loss(expert_logits: Tensor, policy_logits: Tensor) -> Tensor:
@@ -136,7 +133,7 @@ def gradient_penalty(discriminator: nn.Module, expert: Tensor, policy: Tensor, o
     elif on == "expert":
         points = expert.detach().requires_grad_(True)
     else:
-        raise ValueError(f"unknown gradient penalty target {on!r}; choose one of {GP_ON}")
+        raise ValueError(f"unknown gradient penalty target {on!r}; choose 'interpolate' or 'expert'")
     logits = discriminator(points)
     (grad,) = torch.autograd.grad(logits.sum(), points, create_graph=True)
     norm2 = grad.pow(2).sum(-1)
@@ -159,56 +156,41 @@ class Discriminator(nn.Module):
         return self.net(x).squeeze(-1)
 
 
-class DGail(ImaginationLearner):
+class DGail(ImitationLearner):
     """D-GAIL / VMAIL trainer: expert latents, the discriminator, and the shared actor-critic."""
 
     name = "dgail"
     config_cls = DGailConfig
-    presets = PRESETS
     progress_keys = ("disc/accuracy", "reward/mean")
+    metric_keys = ("loss/actor", "loss/critic", "loss/discriminator", "disc/accuracy", "reward/mean")
 
     def __init__(self, world_model, expert: Dataset, config: DGailConfig, device: torch.device):
-        for field, allowed in (("pair", PAIRS), ("reward", REWARDS), ("gp_on", GP_ON)):
-            if getattr(config, field) not in allowed:
-                raise UserError(f"dgail: -o {field}={getattr(config, field)!r} is not one of {list(allowed)}")
-        if config.disc_updates < 1:
-            raise UserError(f"dgail: -o disc_updates={config.disc_updates} must be at least 1")
         super().__init__(world_model, expert, config, device)
-        latent_dim = self.expert.states.deter.shape[-1] if config.deter_only else self.feature_dim
+        latent_dim = feature_size(world_model, config.reward_features or config.features)
         action_dim = self.spec.action_dim if config.pair == "zaz" else 0
-        self.discriminator = Discriminator(2 * latent_dim + action_dim, config).to(device)
-        self.disc_opt = torch.optim.Adam(self.discriminator.parameters(), lr=config.disc_lr, eps=1e-5)
-        if not self.spec.discrete:
-            low = torch.tensor(self.spec.action_low, dtype=torch.float32, device=device)
-            high = torch.tensor(self.spec.action_high, dtype=torch.float32, device=device)
-            self._action_center, self._action_half = (high + low) / 2, (high - low) / 2
+        self.discriminator = self.add_network("discriminator", Discriminator(2 * latent_dim + action_dim, config),
+                                              lr=config.disc_lr, eps=1e-5)
+        self.bounds = ActionBounds(self.spec).to(device)
 
     # -- discriminator inputs --------------------------------------------------------------
 
-    def _action_input(self, action: Tensor) -> Tensor:
-        """One-hot actions as they are; continuous ones scaled to [-1, 1] by the action bounds."""
-        if self.spec.discrete:
-            return action
-        return (action - self._action_center) / self._action_half
-
     def transitions(self, latent: Tensor, next_latent: Tensor, action: Tensor) -> Tensor:
         """Discriminator inputs ``(..., X)`` from ``latent (..., L)``, ``next_latent (..., L)`` and
-        ``action (..., A)`` (used only for ``pair='zaz'``)."""
+        ``action (..., A)`` (used only for ``pair='zaz'``; continuous actions scaled to [-1, 1])."""
         if self.config.pair == "zaz":
-            return torch.cat([latent, self._action_input(action), next_latent], -1)
+            return torch.cat([latent, self.bounds.to_unit(action), next_latent], -1)
         return torch.cat([latent, next_latent], -1)
 
     def imagined_transitions(self, imagined: Imagined) -> Tensor:
         """``(H, B, X)``: transition k = (z_k, a_k, z_{k+1}); keeps gradients for dynamics backprop."""
-        latent = self.latent(imagined.states, imagined.features)   # (H+1, B, L)
+        latent = self.reward_latent(imagined.states, imagined.features)   # (H+1, B, L)
         return self.transitions(latent[:-1], latent[1:], imagined.actions)
 
     def expert_transitions(self, count: int) -> Tensor:
         """``(count, X)`` expert transitions drawn uniformly (with replacement) over all of them."""
-        # Every row with a logged action has its successor observation in the same episode.
-        rows = torch.as_tensor(self.rng.choice(self.action_rows, count), device=self.expert.features.device)
-        latent = self.latent(self.expert.states, self.expert.features)
-        return self.transitions(latent[rows], latent[rows + 1], self.expert.action[rows])
+        rows, next_rows = self.expert.transitions(self.expert_rows(count))
+        latent = self.reward_latent(self.expert.states, self.expert.features)
+        return self.transitions(latent[rows], latent[next_rows], self.expert.action[rows])
 
     # -- training --------------------------------------------------------------------------
 
@@ -228,11 +210,7 @@ class DGail(ImaginationLearner):
             bce = discriminator_loss(expert_logits, policy_logits)
             penalty = (gradient_penalty(self.discriminator, expert_in, policy_in, cfg.gp_on)
                        if cfg.gp_weight > 0 else torch.zeros((), device=policy.device))
-            loss = bce + cfg.gp_weight * penalty
-            self.disc_opt.zero_grad(set_to_none=True)
-            loss.backward()
-            grad_norm = nn.utils.clip_grad_norm_(self.discriminator.parameters(), cfg.disc_grad_clip)
-            self.disc_opt.step()
+            grad_norm = self.step("discriminator", bce + cfg.gp_weight * penalty, cfg.disc_grad_clip)
         with torch.no_grad():
             acc_expert = float((expert_logits > 0).float().mean())
             acc_policy = float((policy_logits < 0).float().mean())
@@ -257,19 +235,10 @@ class DGail(ImaginationLearner):
     def update(self, step: int) -> dict:
         H, B = self.config.horizon, self.config.batch_size
         start, _ = self.sample_starts()
-        imagined = imagine(self.world_model, self.ac.actor, start, H, self.config.features)
+        imagined = imagine(self.world_model, self.actor, start, H, self.config.features)
         transitions = self.imagined_transitions(imagined)                       # (H, B, X)
         metrics = self.update_discriminator(transitions.reshape(H * B, -1))
         reward = self.reward(transitions)                                        # (H, B)
         bc, bc_metrics = self.bc_term()
         metrics.update(self.ac.update(imagined, reward, actor_extra=bc), **bc_metrics)
         return metrics
-
-    def training_state(self) -> dict:
-        return {**super().training_state(), "discriminator": self.discriminator.state_dict(),
-                "disc_opt": self.disc_opt.state_dict()}
-
-    def load_training_state(self, state: dict) -> None:
-        super().load_training_state(state)
-        self.discriminator.load_state_dict(state["discriminator"])
-        self.disc_opt.load_state_dict(state["disc_opt"])

@@ -8,7 +8,7 @@ followed the start:
 
 on the model features (``features``: [h, z] with z sampled, as DreamerV2's actor reads them;
 'mean': [h, E z], z's class probabilities, which are a deterministic function of the filter's
-history; option ``deter_only``: the deterministic part h only, as the reference code does).
+history; ``reward_features='deter'``: the deterministic part h only, as the reference code does).
 The actor and critic read the same ``features``. The reward is optimised by the shared
 actor-critic in imagination (:mod:`wmil.imagination.actor_critic`): λ-returns with
 γ = λ = 0.95, REINFORCE for discrete actions, dynamics backprop for continuous ones
@@ -20,13 +20,14 @@ straight-through one-hots), entropy bonus. The last imagined state only bootstra
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
+from wmil.algos.base import ImitationConfig, ImitationLearner
 from wmil.imagination.actor_critic import imagine
-from wmil.imagination.learner import ImaginationLearner, ImitationConfig
 from wmil.imagination.metrics import ditto_similarity
-from wmil.world_models.base import State
+from wmil.types import Imagined, State
 
 Tensor = torch.Tensor
 
@@ -35,32 +36,31 @@ Tensor = torch.Tensor
 class DittoConfig(ImitationConfig):
     """DITTO = the shared actor-critic + the latent-matching reward."""
 
+    PRESETS: ClassVar = {
+        "tiny": dict(batch_size=16, horizon=5, layers=1, units=32, eval_starts=16),
+        "small": dict(),
+        "paper": dict(batch_size=512, units=400, layers=4),
+    }
 
-PRESETS = {
-    "tiny": dict(batch_size=16, horizon=5, layers=1, units=32, eval_starts=16),
-    "small": dict(),
-    "paper": dict(batch_size=512, units=400, layers=4),
-}
 
-
-class Ditto(ImaginationLearner):
+class Ditto(ImitationLearner):
     """DITTO trainer: expert latents, the actor-critic, and the latent-matching reward."""
 
     name = "ditto"
     config_cls = DittoConfig
-    presets = PRESETS
     progress_keys = ("reward/latent_distance", "actor/entropy")
+    metric_keys = ("loss/actor", "loss/critic", "reward/latent_distance", "actor/entropy")
 
-    def rewards(self, imagined, target: State) -> tuple[Tensor, Tensor]:
+    def rewards(self, imagined: Imagined, target: State) -> tuple[Tensor, Tensor]:
         """(reward (H, B), similarity (H+1, B)) of an imagined rollout against the expert window."""
-        agent = self.latent(imagined.states, imagined.features)
-        expert = self.latent(target, self.world_model.features(target, self.config.features))
+        agent = self.reward_latent(imagined.states, imagined.features)
+        expert = self.reward_latent(target, self.world_model.features(target, self.config.features))
         similarity = ditto_similarity(expert, agent)
         return similarity[:-1], similarity
 
     def update(self, step: int) -> dict:
         start, target = self.sample_starts()
-        imagined = imagine(self.world_model, self.ac.actor, start, self.config.horizon, self.config.features)
+        imagined = imagine(self.world_model, self.actor, start, self.config.horizon, self.config.features)
         reward, similarity = self.rewards(imagined, target)
         bc, bc_metrics = self.bc_term()
         metrics = {**self.ac.update(imagined, reward, actor_extra=bc), **bc_metrics}

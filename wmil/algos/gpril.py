@@ -51,92 +51,81 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import NamedTuple, Optional
+from typing import ClassVar, Literal, NamedTuple, Optional
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from wmil.algos.base import LatentLearner
+from wmil.config import DiscountConfig, LatentConfig, NonNegFloat, NonNegInt, PosFloat, PosInt
 from wmil.data.dataset import Dataset, load
 from wmil.errors import UserError
-from wmil.imagination.actor_critic import Actor, imagine
-from wmil.imagination.expert import ExpertLatents, check_latent_model
-from wmil.imagination.metrics import action_agreement, eval_rows, latent_distance
-from wmil.nets import MLP
-from wmil.policy import LatentPolicy
+from wmil.imagination.actor_critic import imagine
+from wmil.imagination.expert import ExpertLatents
+from wmil.nets import MLP, ActionBounds, ActionHead, Standardizer, categorical
 from wmil.types import DataSpec
 
 Tensor = torch.Tensor
 
 
 @dataclass(frozen=True)
-class GprilConfig:
-    """GPRIL: predecessor flows B_s(s|s̄), B_a(a|s,s̄) + the policy's β_π/β_d likelihood."""
+class GprilConfig(DiscountConfig, LatentConfig):
+    """GPRIL: predecessor flows B_s(s|s̄), B_a(a|s,s̄) + the policy's β_π/β_d likelihood.
+    ``batch_size`` triples per flow update, and demo pairs (and as many flow samples) per policy
+    update; ``horizon`` the length of each imagined rollout (it bounds the offset j); ``gamma``
+    sets the offset j ~ Geom(1 − γ) between (s, a) and s̄."""
 
-    predecessors: str = "policy"
+    predecessors: Literal["policy", "data"] = "policy"
     """Source of the (s, a, s̄) triples: 'policy' (imagined rollouts of π, the paper) or 'data'
     (the world model's offline datasets)."""
-    batch_size: int = 256
-    """Triples per flow update, and demo pairs (and as many flow samples) per policy update."""
-    rollout_starts: int = 64
+    rollout_starts: PosInt = 64
     """Imagined rollouts of the current policy per update (predecessors='policy')."""
-    horizon: int = 20
-    """Steps of each imagined rollout (bounds the offset j; also the latent-distance horizon)."""
-    gamma: float = 0.9
-    """j ~ Geom(1 − γ): the offset between (s, a) and s̄ (paper, simulation: 0.9)."""
-    beta_pi: float = 1.0
+    beta_pi: NonNegFloat = 1.0
     """β_π: weight of log π(ā | s̄) on demonstrated pairs (behavioural cloning)."""
-    beta_d: float = 1.0
+    beta_d: NonNegFloat = 1.0
     """β_d: weight of log π(a | s) on predecessor pairs sampled from the flows."""
-    burnin: int = 0
+    burnin: NonNegInt = 0
     """Updates that train only the flows before the policy starts learning."""
-    flow_transforms: int = 2
+    flow_transforms: PosInt = 2
     """Stacked autoregressive transforms (MADEs) per flow (paper: 2)."""
-    flow_layers: int = 2
+    flow_layers: NonNegInt = 2
     """Hidden layers of each MADE (paper: 2)."""
-    flow_units: int = 256
+    flow_units: PosInt = 256
     """Units per hidden layer of each MADE (paper: 500)."""
-    flow_passes: int = 16
+    flow_passes: NonNegInt = 16
     """Autoregressive blocks of the state flow, i.e. network passes to sample it; 0 = one per
     dimension (fully autoregressive, the paper; slow to sample for large latents)."""
-    flow_lr: float = 1e-4
+    flow_lr: PosFloat = 1e-4
     """Adam learning rate of both flows (paper: 1e-5 to 3e-5 over 10^6 updates)."""
-    flow_weight_decay: float = 0.0
+    flow_weight_decay: NonNegFloat = 0.0
     """L2 regularisation of the flows (paper: 1e-2 / 1e-3)."""
-    flow_noise: float = 0.05
+    flow_noise: NonNegFloat = 0.05
     """Std of the dequantisation noise added to standardised s and s̄ while the flows train."""
-    std_floor: float = 0.1
+    std_floor: PosFloat = 0.1
     """Lower bound of the per-dimension std used to standardise the features."""
-    flow_grad_clip: float = 100.0
+    flow_grad_clip: PosFloat = 100.0
     """Global gradient-norm clip of the flows (paper: 100)."""
-    data_episodes: int = 200
+    data_episodes: PosInt = 200
     """predecessors='data': encode at most this many episodes of each world-model dataset."""
-    lr: float = 1e-4
-    """Adam learning rate of the policy (paper: 1e-4)."""
-    layers: int = 2
-    """Hidden layers of the policy MLP (paper: 300, 200 units)."""
-    units: int = 256
-    """Units per hidden layer of the policy."""
-    act: str = "elu"
-    """Activation of the policy."""
-    min_std: float = 0.05
-    """Lower bound of the continuous policy's pre-tanh std (paper: σ in (0.01, 0.1))."""
-    grad_clip: float = 100.0
-    """Global gradient-norm clip of the policy."""
-    eval_triples: int = 256
+    eval_triples: PosInt = 256
     """Held-out triples (drawn once, at the start) for the flows' log-likelihood metric."""
-    eval_starts: int = 256
-    """Expert start states used for the offline metrics."""
 
-
-PRESETS = {
-    "tiny": dict(batch_size=16, rollout_starts=8, horizon=5, gamma=0.5, flow_layers=1, flow_units=32, flow_passes=4,
-                 layers=1, units=32, eval_triples=32, eval_starts=16, data_episodes=10),
-    "small": dict(),
-    "paper": dict(flow_units=500, flow_passes=0, flow_lr=2e-5, flow_weight_decay=1e-2, burnin=50_000,
-                  rollout_starts=256),
-}
+    DEFAULTS: ClassVar = dict(
+        units=256,        # paper: policy MLP of 300 and 200 units
+        min_std=0.05,     # paper: σ in (0.01, 0.1)
+        actor_lr=1e-4,    # paper: policy learning rate 1e-4
+        horizon=20,
+        gamma=0.9,        # paper, simulation: 0.9
+    )
+    PRESETS: ClassVar = {
+        "tiny": dict(batch_size=16, rollout_starts=8, horizon=5, gamma=0.5, flow_layers=1, flow_units=32,
+                     flow_passes=4, layers=1, units=32, eval_triples=32, eval_starts=16, data_episodes=10),
+        "small": dict(),
+        "paper": dict(flow_units=500, flow_passes=0, flow_lr=2e-5, flow_weight_decay=1e-2, burnin=50_000,
+                      rollout_starts=256),
+    }
 
 
 # ------------------------------------------------------------------------- pure functions
@@ -174,11 +163,6 @@ def _geometric(rng: np.random.Generator, size: int, gamma: float) -> np.ndarray:
     return rng.geometric(1.0 - gamma, size).astype(np.int64) - 1  # numpy's support is {1, 2, …}
 
 
-def actor_log_prob(actor: Actor, features: Tensor, action: Tensor, eps: float = 1e-4) -> Tensor:
-    """log π(action | features) of the shared Actor (see :meth:`Actor.log_prob`)."""
-    return actor.log_prob(features, action, eps)
-
-
 # ------------------------------------------------------------------------ the flows
 
 
@@ -193,12 +177,11 @@ class Triples(NamedTuple):
 class PredecessorModel(nn.Module):
     """B_s(s | s̄) · B_a(a | s, s̄) on standardised features (zuko MAFs)."""
 
-    def __init__(self, feature_dim: int, spec: DataSpec, config: GprilConfig, mean: Tensor, std: Tensor):
+    def __init__(self, feature_dim: int, spec: DataSpec, config: GprilConfig):
         super().__init__()
         import zuko  # lazy: only GPRIL needs the flow library
 
         self.discrete = spec.discrete
-        self.action_dim = spec.action_dim
         hidden = (config.flow_units,) * config.flow_layers
         passes = config.flow_passes if 0 < config.flow_passes < feature_dim else None
         self.state_flow = zuko.flows.MAF(feature_dim, feature_dim, transforms=config.flow_transforms,
@@ -208,20 +191,14 @@ class PredecessorModel(nn.Module):
         else:
             self.action_flow = zuko.flows.MAF(spec.action_dim, 2 * feature_dim, transforms=config.flow_transforms,
                                               hidden_features=hidden)
-            low = torch.tensor(spec.action_low, dtype=torch.float32)
-            high = torch.tensor(spec.action_high, dtype=torch.float32)
-            self.register_buffer("center", (high + low) / 2)
-            self.register_buffer("half_range", (high - low) / 2)
-        self.register_buffer("mean", mean.clone())
-        self.register_buffer("std", std.clone())
-
-    def standardise(self, features: Tensor) -> Tensor:
-        return (features - self.mean) / self.std
+        self.bounds = ActionBounds(spec)
+        #: Standardises the features (set from the expert latents by the learner).
+        self.standardize = Standardizer(feature_dim)
 
     def log_prob(self, state: Tensor, action: Tensor, target: Tensor, noise: float = 0.0) -> tuple[Tensor, Tensor]:
         """(log B_s(s|s̄), log B_a(a|s,s̄)), each ``(B,)``, on unstandardised features; s and s̄
         get dequantisation noise of std ``noise`` (standardised units)."""
-        s, s_bar = self.standardise(state), self.standardise(target)
+        s, s_bar = self.standardize(state), self.standardize(target)
         if noise > 0:
             s = s + noise * torch.randn_like(s)
             s_bar = s_bar + noise * torch.randn_like(s_bar)
@@ -230,28 +207,26 @@ class PredecessorModel(nn.Module):
         if self.discrete:
             log_a = F.log_softmax(self.action_head(context), -1).gather(-1, action.argmax(-1, keepdim=True)).squeeze(-1)
         else:
-            log_a = self.action_flow(context).log_prob((action - self.center) / self.half_range)
+            log_a = self.action_flow(context).log_prob(self.bounds.to_unit(action))
         return log_s, log_a
 
     @torch.no_grad()
     def sample(self, target: Tensor) -> tuple[Tensor, Tensor]:
         """(s (B, F) unstandardised, a (B, A)) ~ B(·, · | s̄) for targets ``(B, F)``."""
-        s_bar = self.standardise(target)
+        s_bar = self.standardize(target)
         s = self.state_flow(s_bar).sample()
         context = torch.cat([s, s_bar], -1)
         if self.discrete:
-            index = torch.distributions.Categorical(logits=self.action_head(context)).sample()
-            action = F.one_hot(index, self.action_dim).to(target.dtype)
+            action, _, _ = categorical(self.action_head(context))
         else:
-            scaled = self.action_flow(context).sample().clamp(-1.0, 1.0)
-            action = self.center + self.half_range * scaled
-        return s * self.std + self.mean, action
+            action = self.bounds.from_unit(self.action_flow(context).sample().clamp(-1.0, 1.0))
+        return self.standardize.inverse(s), action
 
 
 # -------------------------------------------------------------------------------- learner
 
 
-def encode_world_data(world_model, max_episodes: int, device) -> ExpertLatents:
+def encode_world_data(world_model, max_episodes: int, device, features: str = "sample") -> ExpertLatents:
     """Posterior latents of (the first ``max_episodes`` episodes of each of) the datasets the
     world model was trained on, episodes laid end to end (``ExpertLatents`` layout)."""
     names = (getattr(world_model, "run_config", None) or {}).get("datasets")
@@ -259,63 +234,43 @@ def encode_world_data(world_model, max_episodes: int, device) -> ExpertLatents:
         raise UserError("gpril: predecessors='data' needs the world model's training datasets, but this world "
                         "model has no run config naming them; load it from a train-model run or use "
                         "predecessors=policy")
-    pieces = []
+    parts = []
     for name in names:
         dataset = load(name)
-        pieces.append(ExpertLatents.encode(world_model, dataset.head(min(max_episodes, len(dataset))), device))
-    if len(pieces) == 1:
-        return pieces[0]
-    shift = np.cumsum([0] + [int(p.n_obs.sum()) for p in pieces[:-1]])
-    from wmil.world_models.base import State
-
-    return ExpertLatents(states=State.cat([p.states for p in pieces]), features=torch.cat([p.features for p in pieces]),
-                         action=torch.cat([p.action for p in pieces]), action_mask=torch.cat([p.action_mask for p in pieces]),
-                         offsets=np.concatenate([p.offsets + s for p, s in zip(pieces, shift)]),
-                         n_obs=np.concatenate([p.n_obs for p in pieces]))
+        parts.append(ExpertLatents.encode(world_model, dataset.head(min(max_episodes, len(dataset))), device,
+                                          features=features))
+    return ExpertLatents.concat(parts)
 
 
-class Gpril:
+class Gpril(LatentLearner):
     """GPRIL trainer: predecessor flows on (imagined or offline) triples, policy on demos + flow samples."""
 
     name = "gpril"
     config_cls = GprilConfig
-    presets = PRESETS
     progress_keys = ("loss/flow_state", "loss/policy_demo")
+    metric_keys = ("loss/flow_state", "loss/flow_action")
 
     def __init__(self, world_model, expert: Dataset, config: GprilConfig, device: torch.device):
-        spec = check_latent_model("gpril", world_model, expert)
-        if config.predecessors not in ("policy", "data"):
-            raise UserError(f"gpril: predecessors={config.predecessors!r}; choose 'policy' or 'data'")
-        if not 0.0 <= config.gamma < 1.0:
-            raise UserError(f"gpril: gamma={config.gamma} must be in [0, 1)")
-        if config.batch_size < 1 or config.rollout_starts < 1 or config.horizon < 1:
-            raise UserError("gpril: batch_size, rollout_starts and horizon must be at least 1")
-        self.world_model, self.config, self.device, self.spec = world_model, config, device, spec
-        self.expert = ExpertLatents.encode(world_model, expert, device)
-        self.demo_rows = np.flatnonzero(self.expert.action_mask.cpu().numpy())
-        if len(self.demo_rows) == 0:
-            raise UserError(f"gpril: the expert dataset {expert.name} has no transitions")
+        if config.gamma >= 1.0:
+            raise config.invalid("gamma", "must be below 1 (offsets j ~ Geom(1 - gamma))")
+        super().__init__(world_model, expert, config, device)
         self.start_rows = self.expert.starts(0)
         self.data: Optional[ExpertLatents] = None
         if config.predecessors == "data":
-            self.data = encode_world_data(world_model, config.data_episodes, device)
+            self.data = encode_world_data(world_model, config.data_episodes, device, config.features)
             if int((self.data.n_obs - 1).sum()) == 0:
                 raise UserError("gpril: the world model's datasets have no transitions for predecessors='data'")
-        F_ = world_model.feature_dim
-        features = self.expert.features
-        mean, std = features.mean(0), features.std(0, unbiased=False).clamp_min(config.std_floor)
-        self.model = PredecessorModel(F_, spec, config, mean, std).to(device)
-        self.flow_opt = torch.optim.Adam(self.model.parameters(), lr=config.flow_lr,
-                                         weight_decay=config.flow_weight_decay)
-        self.actor = Actor(F_, spec, config).to(device)  # type: ignore[arg-type]
-        self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=config.lr)
-        self.rng = np.random.default_rng(int(torch.randint(2**62, (1,))))
+        model = PredecessorModel(self.feature_dim, self.spec, config)
+        model.standardize.fit(self.expert.features, floor=config.std_floor)
+        self.model = self.add_network("model", model, lr=config.flow_lr, weight_decay=config.flow_weight_decay)
+        self.add_network("actor", ActionHead(self.feature_dim, self.spec, config), lr=config.actor_lr)
+        self.seed_rng()
         # Held-out triples from the initial policy (or the data), drawn with their own seeds so
         # the training random streams do not depend on them.
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(4321)
             self.heldout = self.triples(config.eval_triples, np.random.default_rng(4321))
-        self.eval_rows = eval_rows(self.expert, config.horizon, config.eval_starts)
+        self.eval_rows = self.metric_rows()
 
     # ---- triples -----------------------------------------------------------------------
     @torch.no_grad()
@@ -331,7 +286,7 @@ class Gpril:
         else:
             rows = rng.choice(self.start_rows, cfg.rollout_starts)
             start = self.expert.states[torch.as_tensor(rows, device=self.device)]
-            imagined = imagine(self.world_model, self.actor, start, cfg.horizon)
+            imagined = imagine(self.world_model, self.actor, start, cfg.horizon, cfg.features)
             # Each rollout is one episode of H actions: rows b·(H+1) … b·(H+1)+H.
             features = imagined.features.transpose(0, 1).reshape(-1, imagined.features.shape[-1])
             actions = torch.cat([imagined.actions, torch.zeros_like(imagined.actions[:1])]).transpose(0, 1)
@@ -355,26 +310,20 @@ class Gpril:
         metrics = {"loss/flow_state": float(loss_s.detach()), "loss/flow_action": float(loss_a.detach())}
         if not math.isfinite(metrics["loss/flow_state"]) or not math.isfinite(metrics["loss/flow_action"]):
             return metrics  # the trainer's NaN guard stops the run before anything is saved
-        self.flow_opt.zero_grad(set_to_none=True)
-        flow_loss.backward()
-        metrics["flow/grad_norm"] = float(nn.utils.clip_grad_norm_(self.model.parameters(), cfg.flow_grad_clip))
-        self.flow_opt.step()
+        metrics["flow/grad_norm"] = float(self.step("model", flow_loss, cfg.flow_grad_clip))
         if step <= cfg.burnin:
             return metrics
         # Policy (lines 10–14): β_π log π(ā|s̄) on demo pairs + β_d log π(a|s), (s, a) ~ B(·|s̄).
-        demo = torch.as_tensor(self.rng.choice(self.demo_rows, cfg.batch_size), device=self.device)
+        demo = self.expert_rows(cfg.batch_size)
         targets = torch.as_tensor(self.rng.choice(self.start_rows, cfg.batch_size), device=self.device)
         state, action = self.model.sample(self.expert.features[targets])
         if not (torch.isfinite(state).all() and torch.isfinite(action).all()):
             raise UserError(f"step {step}: the predecessor flows produced non-finite samples; training stopped "
                             "(the last checkpoint is intact); lower flow_lr or raise flow_noise/std_floor")
-        log_demo = actor_log_prob(self.actor, self.expert.features[demo], self.expert.action[demo]).mean()
-        log_pred = actor_log_prob(self.actor, state, action).mean()
+        log_demo = self.actor.log_prob(self.expert.features[demo], self.expert.action[demo]).mean()
+        log_pred = self.actor.log_prob(state, action).mean()
         policy_loss = -(cfg.beta_pi * log_demo + cfg.beta_d * log_pred)
-        self.actor_opt.zero_grad(set_to_none=True)
-        policy_loss.backward()
-        metrics["actor/grad_norm"] = float(nn.utils.clip_grad_norm_(self.actor.parameters(), cfg.grad_clip))
-        self.actor_opt.step()
+        metrics["actor/grad_norm"] = float(self.step("actor", policy_loss, cfg.grad_clip))
         metrics.update({"loss/policy": float(policy_loss.detach()), "loss/policy_demo": float(-log_demo.detach()),
                         "loss/policy_predecessor": float(-log_pred.detach())})
         return metrics
@@ -387,34 +336,10 @@ class Gpril:
         return float(log_s.mean()), float(log_a.mean())
 
     def evaluate(self) -> dict:
-        """Offline metrics: the flows' held-out log-likelihood, latent distance of imagined
-        rollouts from expert starts, and expert action prediction."""
+        """Offline metrics: the flows' held-out log-likelihood, and the latent learners' (latent
+        distance of imagined rollouts from expert starts, expert action prediction)."""
         log_s, log_a = self.heldout_log_likelihood()
-        out = {"eval/flow_log_prob_state": log_s, "eval/flow_log_prob_action": log_a,
-               "eval/latent_distance": latent_distance(self.world_model, self.actor, self.expert, self.eval_rows,
-                                                       self.config.horizon)}
-        out.update(action_agreement(self.actor, self.expert, self.spec))
-        return out
-
-    def training_state(self) -> dict:
-        return {"modules": nn.ModuleDict({"actor": self.actor, "model": self.model}).state_dict(),
-                "flow_opt": self.flow_opt.state_dict(), "actor_opt": self.actor_opt.state_dict(),
-                "rng": self.rng.bit_generator.state}
-
-    def load_training_state(self, state: dict) -> None:
-        nn.ModuleDict({"actor": self.actor, "model": self.model}).load_state_dict(state["modules"])
-        self.flow_opt.load_state_dict(state["flow_opt"])
-        self.actor_opt.load_state_dict(state["actor_opt"])
-        self.rng.bit_generator.state = state["rng"]
-
-    def policy(self) -> LatentPolicy:
-        return LatentPolicy(self.world_model, self.actor, self.spec)
-
-    @staticmethod
-    def deployable(world_model, config: GprilConfig, state: dict, spec: DataSpec) -> LatentPolicy:
-        actor = Actor(world_model.feature_dim, spec, config)  # type: ignore[arg-type]
-        return LatentPolicy.from_checkpoint(world_model, actor, state["modules"], spec)
+        return {"eval/flow_log_prob_state": log_s, "eval/flow_log_prob_action": log_a, **super().evaluate()}
 
 
-__all__ = ["GprilConfig", "Gpril", "PredecessorModel", "Triples", "geometric_offsets", "actor_log_prob",
-           "encode_world_data", "PRESETS"]
+__all__ = ["GprilConfig", "Gpril", "PredecessorModel", "Triples", "geometric_offsets", "encode_world_data"]

@@ -42,71 +42,53 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
+from typing import ClassVar
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from wmil.algos.base import LatentLearner
+from wmil.config import CriticConfig, DiscountConfig, EntropyConfig, LatentConfig, NonNegFloat, PosInt, TargetConfig
 from wmil.data.dataset import Dataset
-from wmil.errors import UserError
-from wmil.imagination.actor_critic import Actor, imagine
-from wmil.imagination.expert import ExpertLatents, check_latent_model
-from wmil.imagination.metrics import action_agreement, eval_rows, latent_distance
-from wmil.nets import MLP
-from wmil.policy import LatentPolicy
+from wmil.imagination.actor_critic import imagine
+from wmil.nets import MLP, ActionHead, categorical, update_target
 from wmil.types import DataSpec
+from wmil.world_models.base import feature_size
 
 Tensor = torch.Tensor
 
 
 @dataclass(frozen=True)
-class SqilConfig:
-    """SQIL in imagination: loss ½(Q − y)² on demo (r = 1) and imagined (r = 0) transitions."""
+class SqilConfig(CriticConfig, EntropyConfig, TargetConfig, DiscountConfig, LatentConfig):
+    """SQIL in imagination: loss ½(Q − y)² on demo (r = 1) and imagined (r = 0) transitions.
+    ``batch_size`` demo transitions per update (the imagined half carries the same total
+    weight); ``horizon`` is the length of each imagined rollout; the entropy weights are the
+    temperatures α of the soft value (discrete) and of soft actor-critic (continuous); the
+    critic block's learning rate is the Q-networks'; the actor's is the continuous actor's."""
 
-    batch_size: int = 256
-    """Demo transitions per update (the imagined half carries the same total weight)."""
-    rollout_starts: int = 64
+    rollout_starts: PosInt = 64
     """Imagined rollouts of the current policy per update (the agent's zero-reward half)."""
-    horizon: int = 10
-    """Steps of each imagined rollout (also the horizon of the offline latent-distance metric)."""
-    gamma: float = 0.99
-    """Discount γ (the paper's soft Q-learning used 0.99)."""
-    reward: float = 1.0
+    demo_reward: float = 1.0
     """Reward r of a demonstrated transition (the agent's own transitions get 0)."""
     terminal_bonus: bool = True
     """Demo transitions into a terminal state get r/(1−γ) instead of r (paper, section 3.3)."""
-    lambda_samp: float = 1.0
+    lambda_samp: NonNegFloat = 1.0
     """Weight λ_samp of the imagined (zero-reward) half of the loss."""
-    alpha_discrete: float = 1.0
-    """Temperature α of the soft value and Boltzmann policy for discrete actions (paper: 1)."""
-    alpha_continuous: float = 0.1
-    """Entropy temperature α of soft actor-critic for continuous actions."""
-    lr: float = 3e-4
-    """Adam learning rate of the Q-network(s)."""
-    actor_lr: float = 3e-4
-    """Adam learning rate of the tanh-Gaussian actor (continuous actions only)."""
-    tau: float = 0.005
-    """Polyak rate of the target Q-network(s)."""
-    layers: int = 2
-    """Hidden layers of the Q-network(s) and the actor."""
-    units: int = 256
-    """Units per hidden layer."""
-    act: str = "elu"
-    """Activation of the Q-network(s) and the actor."""
-    min_std: float = 0.1
-    """Lower bound of the continuous actor's pre-tanh std."""
-    grad_clip: float = 100.0
-    """Global gradient-norm clip."""
-    eval_starts: int = 256
-    """Expert start states used for the offline metrics."""
 
-
-PRESETS = {
-    "tiny": dict(batch_size=16, rollout_starts=8, horizon=4, layers=1, units=32, eval_starts=16),
-    "small": dict(),
-    "paper": dict(units=400, layers=3),
-}
+    DEFAULTS: ClassVar = dict(
+        units=256,                # a soft Q-network of SAC's width
+        horizon=10,
+        gamma=0.99,               # the paper's soft Q-learning
+        entropy_discrete=1.0,     # the paper's temperature α = 1 (Boltzmann policy exp(Q))
+        entropy_continuous=0.1,   # soft actor-critic's α on tanh-Gaussian actions
+        critic_lr=3e-4, actor_lr=3e-4,
+        target_every=0, target_tau=0.005,  # SAC-style Polyak target Q-networks
+    )
+    PRESETS: ClassVar = {
+        "tiny": dict(batch_size=16, rollout_starts=8, horizon=4, layers=1, units=32, eval_starts=16),
+        "small": dict(),
+        "paper": dict(units=400, layers=3),
+    }
 
 
 # ------------------------------------------------------------------------- pure functions
@@ -133,27 +115,20 @@ def sqil_targets(reward: Tensor | float, next_value: Tensor, done: Tensor, gamma
 class SoftQActor(nn.Module):
     """Q(z, ·) over discrete actions, acting as the Boltzmann policy π(a|z) ∝ exp(Q(z, a)/α).
 
-    Its ``forward`` matches :class:`Actor` (one-hot action, log-prob, entropy), so
-    :func:`imagine`, the offline metrics and :class:`LatentPolicy` run it like any actor.
+    Its ``forward`` matches :class:`~wmil.nets.ActionHead` (one-hot action, log-prob, entropy),
+    so :func:`imagine`, the offline metrics and :class:`LatentPolicy` run it like any actor.
     """
 
     def __init__(self, feature_dim: int, spec: DataSpec, config: SqilConfig):
         super().__init__()
-        self.action_dim = spec.action_dim
-        self.alpha = config.alpha_discrete
+        self.alpha = config.entropy_discrete
         self.q = MLP(feature_dim, spec.action_dim, config.layers, config.units, config.act)
 
     def q_values(self, features: Tensor) -> Tensor:  # (..., F) -> (..., A)
         return self.q(features)
 
     def forward(self, features: Tensor, deterministic: bool = False) -> tuple[Tensor, Tensor, Tensor]:
-        logits = self.q(features) / self.alpha
-        log_probs = F.log_softmax(logits, -1)
-        index = logits.argmax(-1) if deterministic else torch.distributions.Categorical(logits=logits).sample()
-        action = F.one_hot(index, self.action_dim).to(features.dtype)
-        log_prob = log_probs.gather(-1, index.unsqueeze(-1)).squeeze(-1)
-        entropy = -(log_probs.exp() * log_probs).sum(-1)
-        return action, log_prob, entropy
+        return categorical(self.q(features) / self.alpha, deterministic)
 
 
 class TwinQ(nn.Module):
@@ -169,61 +144,45 @@ class TwinQ(nn.Module):
         return self.q1(x).squeeze(-1), self.q2(x).squeeze(-1)
 
 
-def _polyak(target: nn.Module, source: nn.Module, tau: float) -> None:
-    with torch.no_grad():
-        for t, s in zip(target.parameters(), source.parameters()):
-            t.lerp_(s, tau)
-
-
 # -------------------------------------------------------------------------------- learner
 
 
-class Sqil:
+class Sqil(LatentLearner):
     """SQIL trainer: demo transitions from expert latents, agent transitions from imagination."""
 
     name = "sqil"
     config_cls = SqilConfig
-    presets = PRESETS
     progress_keys = ("loss/q", "q/demo_minus_samp")
+    metric_keys = ("loss/q", "loss/q_demo", "loss/q_samp", "q/demo", "q/samp")
 
     def __init__(self, world_model, expert: Dataset, config: SqilConfig, device: torch.device):
-        spec = check_latent_model("sqil", world_model, expert)
-        if not 0.0 <= config.gamma < 1.0:
-            raise UserError(f"sqil: gamma={config.gamma} must be in [0, 1) (terminal targets use r/(1-gamma))")
-        if config.batch_size < 1 or config.rollout_starts < 1 or config.horizon < 1:
-            raise UserError("sqil: batch_size, rollout_starts and horizon must be at least 1")
-        self.world_model, self.config, self.device, self.spec = world_model, config, device, spec
-        self.expert = ExpertLatents.encode(world_model, expert, device)
-        arrays = expert.aligned
-        # Demo transitions (z_t, a_t, z_t+1): rows with a logged action; row + 1 is z_t+1 in the
-        # same episode (wmil.types alignment), terminal when the episode ended there.
-        self.demo_rows = np.flatnonzero(arrays.action_mask)
-        if len(self.demo_rows) == 0:
-            raise UserError(f"sqil: the expert dataset {expert.name} has no transitions")
-        self.next_terminal = torch.from_numpy(arrays.is_terminal).to(device)  # (N,)
+        if config.gamma >= 1.0:
+            raise config.invalid("gamma", "must be below 1 (terminal targets use r/(1-gamma))")
+        if min(config.entropy_discrete, config.entropy_continuous) <= 0:
+            raise config.invalid("entropy_discrete" if config.entropy_discrete <= 0 else "entropy_continuous",
+                                 "must be greater than 0 (it is SQIL's temperature α)")
+        super().__init__(world_model, expert, config, device)
+        #: Rows that start the imagined rollouts: every expert latent.
         self.start_rows = self.expert.starts(0)
-        F_ = world_model.feature_dim
-        if spec.discrete:
-            self.alpha = config.alpha_discrete
-            self.actor: nn.Module = SoftQActor(F_, spec, config).to(device)
-            self.target = copy.deepcopy(self.actor.q).requires_grad_(False)
-            self.q_opt = torch.optim.Adam(self.actor.parameters(), lr=config.lr)
+        F_ = self.feature_dim
+        if self.spec.discrete:
+            self.alpha = config.entropy_discrete
+            self.add_network("actor", SoftQActor(F_, self.spec, config), lr=config.critic_lr)
+            self.target = self.add_network("target", copy.deepcopy(self.actor.q).requires_grad_(False))
         else:
-            self.alpha = config.alpha_continuous
-            self.actor = Actor(F_, spec, config).to(device)  # type: ignore[arg-type]
-            self.critic = TwinQ(F_, spec.action_dim, config).to(device)
-            self.target = copy.deepcopy(self.critic).requires_grad_(False)
-            self.q_opt = torch.optim.Adam(self.critic.parameters(), lr=config.lr)
-            self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=config.actor_lr)
-        self.rng = np.random.default_rng(int(torch.randint(2**62, (1,))))
-        self.eval_rows = eval_rows(self.expert, config.horizon, config.eval_starts)
+            self.alpha = config.entropy_continuous
+            self.add_network("actor", ActionHead(F_, self.spec, config), lr=config.actor_lr)
+            self.critic = self.add_network("critic", TwinQ(F_, self.spec.action_dim, config), lr=config.critic_lr)
+            self.target = self.add_network("target", copy.deepcopy(self.critic).requires_grad_(False))
+        self.seed_rng()
+        self.eval_rows = self.metric_rows()
 
     # ---- batches -----------------------------------------------------------------------
     def demo_batch(self, size: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """(z (B, F), a (B, A), z' (B, F), done (B,)) demonstrated transitions."""
-        rows = torch.as_tensor(self.rng.choice(self.demo_rows, size), device=self.device)
+        rows, next_rows = self.expert.transitions(self.expert_rows(size))
         e = self.expert
-        return e.features[rows], e.action[rows], e.features[rows + 1], self.next_terminal[rows + 1]
+        return e.features[rows], e.action[rows], e.features[next_rows], e.is_terminal[next_rows]
 
     @torch.no_grad()
     def imagined_batch(self) -> tuple[Tensor, Tensor, Tensor]:
@@ -231,13 +190,10 @@ class Sqil:
         ``(H·B_roll, F), (H·B_roll, A), (H·B_roll, F)``."""
         rows = self.rng.choice(self.start_rows, self.config.rollout_starts)
         start = self.expert.states[torch.as_tensor(rows, device=self.device)]
-        imagined = imagine(self.world_model, self.actor, start, self.config.horizon)
+        imagined = imagine(self.world_model, self.actor, start, self.config.horizon, self.config.features)
         F_ = imagined.features.shape[-1]
         return (imagined.features[:-1].reshape(-1, F_), imagined.actions.reshape(-1, self.spec.action_dim),
                 imagined.features[1:].reshape(-1, F_))
-
-    def _scaled(self, action: Tensor) -> Tensor:
-        return (action - self.actor.center) / self.actor.half_range
 
     # ---- update ------------------------------------------------------------------------
     def update(self, step: int) -> dict:
@@ -245,8 +201,12 @@ class Sqil:
         z_d, a_d, next_d, done_d = self.demo_batch(cfg.batch_size)
         z_s, a_s, next_s = self.imagined_batch()
         if self.spec.discrete:
-            return self._update_discrete(z_d, a_d, next_d, done_d, z_s, a_s, next_s)
-        return self._update_continuous(z_d, a_d, next_d, done_d, z_s, a_s, next_s)
+            metrics = self._update_discrete(z_d, a_d, next_d, done_d, z_s, a_s, next_s)
+            update_target(self.target, self.actor.q, step, cfg.target_every, cfg.target_tau)
+        else:
+            metrics = self._update_continuous(z_d, a_d, next_d, done_d, z_s, a_s, next_s)
+            update_target(self.target, self.critic, step, cfg.target_every, cfg.target_tau)
+        return metrics
 
     def _loss(self, q_d: Tensor, y_d: Tensor, q_s: Tensor, y_s: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         demo = 0.5 * ((q_d - y_d) ** 2).mean()
@@ -256,52 +216,42 @@ class Sqil:
     def _update_discrete(self, z_d, a_d, next_d, done_d, z_s, a_s, next_s) -> dict:
         cfg = self.config
         with torch.no_grad():
-            y_d = sqil_targets(cfg.reward, soft_value(self.target(next_d), self.alpha), done_d, cfg.gamma,
+            y_d = sqil_targets(cfg.demo_reward, soft_value(self.target(next_d), self.alpha), done_d, cfg.gamma,
                                cfg.terminal_bonus)
             y_s = sqil_targets(0.0, soft_value(self.target(next_s), self.alpha),
                                torch.zeros_like(next_s[:, 0], dtype=torch.bool), cfg.gamma)
         q_d = (self.actor.q_values(z_d) * a_d).sum(-1)
         q_s = (self.actor.q_values(z_s) * a_s).sum(-1)
         loss, demo, samp = self._loss(q_d, y_d, q_s, y_s)
-        self.q_opt.zero_grad(set_to_none=True)
-        loss.backward()
-        norm = nn.utils.clip_grad_norm_(self.actor.parameters(), cfg.grad_clip)
-        self.q_opt.step()
-        _polyak(self.target, self.actor.q, cfg.tau)
+        norm = self.step("actor", loss, cfg.grad_clip)
         return self._metrics(loss, demo, samp, q_d, q_s, norm)
 
     def _update_continuous(self, z_d, a_d, next_d, done_d, z_s, a_s, next_s) -> dict:
         cfg = self.config
+        scaled = self.actor.bounds.to_unit
         with torch.no_grad():
             next_all = torch.cat([next_d, next_s])
             a_next, logp_next, _ = self.actor(next_all)
-            v = torch.minimum(*self.target(next_all, self._scaled(a_next))) - self.alpha * logp_next
+            v = torch.minimum(*self.target(next_all, scaled(a_next))) - self.alpha * logp_next
             v_d, v_s = v[:len(next_d)], v[len(next_d):]
-            y_d = sqil_targets(cfg.reward, v_d, done_d, cfg.gamma, cfg.terminal_bonus)
+            y_d = sqil_targets(cfg.demo_reward, v_d, done_d, cfg.gamma, cfg.terminal_bonus)
             y_s = sqil_targets(0.0, v_s, torch.zeros_like(v_s, dtype=torch.bool), cfg.gamma)
-        q1_d, q2_d = self.critic(z_d, self._scaled(a_d))
-        q1_s, q2_s = self.critic(z_s, self._scaled(a_s))
+        q1_d, q2_d = self.critic(z_d, scaled(a_d))
+        q1_s, q2_s = self.critic(z_s, scaled(a_s))
         loss1, demo1, samp1 = self._loss(q1_d, y_d, q1_s, y_s)
         loss2, demo2, samp2 = self._loss(q2_d, y_d, q2_s, y_s)
         loss = loss1 + loss2
-        self.q_opt.zero_grad(set_to_none=True)
-        loss.backward()
-        norm = nn.utils.clip_grad_norm_(self.critic.parameters(), cfg.grad_clip)
-        self.q_opt.step()
+        norm = self.step("critic", loss, cfg.grad_clip)
 
         # SAC actor step on the states of both halves, each half weighted equally.
         actor_losses = []
         for z in (z_d, z_s):
             action, logp, _ = self.actor(z)
-            q = torch.minimum(*self.critic(z, self._scaled(action)))
+            q = torch.minimum(*self.critic(z, scaled(action)))
             actor_losses.append((self.alpha * logp - q).mean())
         actor_loss = 0.5 * (actor_losses[0] + actor_losses[1])
-        self.actor_opt.zero_grad(set_to_none=True)
-        actor_loss.backward()
-        actor_norm = nn.utils.clip_grad_norm_(self.actor.parameters(), cfg.grad_clip)
-        self.actor_opt.step()
+        actor_norm = self.step("actor", actor_loss, cfg.grad_clip)
         self.critic.zero_grad(set_to_none=True)  # the actor loss reached the critic's parameters
-        _polyak(self.target, self.critic, cfg.tau)
         metrics = self._metrics(loss, demo1 + demo2, samp1 + samp2, q1_d, q1_s, norm)
         metrics.update({"loss/actor": float(actor_loss.detach()), "actor/grad_norm": float(actor_norm),
                         "actor/entropy": float(-logp.detach().mean())})
@@ -314,50 +264,18 @@ class Sqil:
                 "q/demo_minus_samp": float((q_d.detach().mean() - q_s.detach().mean())),
                 "q/grad_norm": float(norm)}
 
-    # ---- evaluation and state ----------------------------------------------------------
+    # ---- evaluation and deployment -------------------------------------------------------
     @torch.no_grad()
     def q_on_demo(self) -> Tensor:
         """Q(z, ·) ``(N_demo, A)`` on every demonstrated state (discrete actions)."""
         assert self.spec.discrete, "q_on_demo is for discrete actions"
-        rows = torch.as_tensor(self.demo_rows, device=self.device)
+        rows = torch.as_tensor(self.action_rows, device=self.device)
         return self.actor.q_values(self.expert.features[rows])
 
-    def evaluate(self) -> dict:
-        """Offline metrics: latent distance of imagined rollouts from expert starts, and
-        expert action prediction (argmax Q for discrete actions; the actor's mean otherwise)."""
-        out = {"eval/latent_distance": latent_distance(self.world_model, self.actor, self.expert, self.eval_rows,
-                                                       self.config.horizon)}
-        out.update(action_agreement(self.actor, self.expert, self.spec))
-        return out
-
-    def _modules(self) -> nn.ModuleDict:
-        modules = {"actor": self.actor, "target": self.target}
-        if not self.spec.discrete:
-            modules["critic"] = self.critic
-        return nn.ModuleDict(modules)
-
-    def training_state(self) -> dict:
-        state = {"modules": self._modules().state_dict(), "q_opt": self.q_opt.state_dict(),
-                 "rng": self.rng.bit_generator.state}
-        if not self.spec.discrete:
-            state["actor_opt"] = self.actor_opt.state_dict()
-        return state
-
-    def load_training_state(self, state: dict) -> None:
-        self._modules().load_state_dict(state["modules"])
-        self.q_opt.load_state_dict(state["q_opt"])
-        if not self.spec.discrete:
-            self.actor_opt.load_state_dict(state["actor_opt"])
-        self.rng.bit_generator.state = state["rng"]
-
-    def policy(self) -> LatentPolicy:
-        return LatentPolicy(self.world_model, self.actor, self.spec)
-
-    @staticmethod
-    def deployable(world_model, config: SqilConfig, state: dict, spec: DataSpec) -> LatentPolicy:
-        F_ = world_model.feature_dim
-        actor: nn.Module = SoftQActor(F_, spec, config) if spec.discrete else Actor(F_, spec, config)  # type: ignore[arg-type]
-        return LatentPolicy.from_checkpoint(world_model, actor, state["modules"], spec)
+    @classmethod
+    def policy_networks(cls, world_model, spec: DataSpec, config: SqilConfig) -> dict[str, nn.Module]:
+        F_ = feature_size(world_model, config.features)
+        return {"actor": SoftQActor(F_, spec, config) if spec.discrete else ActionHead(F_, spec, config)}
 
 
-__all__ = ["SqilConfig", "Sqil", "SoftQActor", "TwinQ", "soft_value", "sqil_targets", "PRESETS"]
+__all__ = ["SqilConfig", "Sqil", "SoftQActor", "TwinQ", "soft_value", "sqil_targets"]

@@ -47,85 +47,86 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass
-from typing import Optional
+from typing import ClassVar, Literal, Optional
 
 import numpy as np
 import torch
 from torch import nn
 
-from wmil.algos.bc import BCConfig, BCNet, BCTrainer, Demos, demo_pairs, split_demos
+from wmil.algos.base import Learner, Selection
+from wmil.algos.supervised import BCConfig, BCNet, BCTrainer, Demos, demo_pairs, split_demos
+from wmil.config import Activation, DiscountConfig, NonNegFloat, NonNegInt, PosFloat, PosInt, TargetConfig
 from wmil.data.dataset import Dataset
 from wmil.errors import UserError
-from wmil.nets import MLP
-from wmil.policy import DeployedPolicy, expert_view
-from wmil.types import DataSpec
-from wmil.world_models.base import State
+from wmil.imagination.expert import ExpertLatents
+from wmil.nets import MLP, Standardizer, update_target
+from wmil.policy import DeployedPolicy
+from wmil.types import DataSpec, State
 
 Tensor = torch.Tensor
 
 #: The paper's sparse reward: −1 for every step before the goal.
 STEP_REWARD = -1.0
-TERMINAL_RULES = ("auto", "dataset", "success", "last", "none")
 
 
 @dataclass(frozen=True)
-class VINSConfig(BCConfig):
+class VINSConfig(TargetConfig, DiscountConfig, BCConfig):
     """VINS = the BC fields (its π_BC) + value learning with negative sampling + shooting."""
 
-    value_layers: int = 2
+    value_layers: NonNegInt = 2
     """Hidden layers of V (VINS paper: 1; 2 ranks held-out FetchPush successors better: eval/expert_preferred 0.51 → 0.58)."""
-    value_units: int = 512
+    value_units: PosInt = 512
     """Units per hidden layer of V (VINS paper: 256)."""
     value_norm: bool = True
     """LayerNorm in V's hidden layers (VINS paper: yes)."""
-    value_act: str = "relu"
+    value_act: Activation = "relu"
     """Activation of V's hidden layers."""
-    value_lr: float = 3e-4
+    value_lr: PosFloat = 3e-4
     """Adam learning rate of V (VINS paper: 3e-4)."""
-    value_std_floor: float = 0.1
+    value_std_floor: NonNegFloat = 0.1
     """Lower bound of the std that normalises each of V's inputs, as a fraction of the median std of V's coordinates (0: only 1e-3)."""
-    gamma: float = 0.99
-    """Discount of the TD target."""
-    target_tau: float = 0.01
-    """Polyak rate τ of the target value network (φ̄ ← φ̄ + τ(φ − φ̄))."""
-    ns_weight: float = 1.0
+    ns_weight: NonNegFloat = 1.0
     """μ: weight of the negative-sampling loss."""
-    goal_weight: float = 1.0
+    goal_weight: NonNegFloat = 1.0
     """Weight of L_goal = E V(s_goal)² on the demos' goal observations (their value is 0 by definition; 0 turns it off)."""
-    ns_lambda: float = 1.0
+    ns_lambda: NonNegFloat = 1.0
     """λ: value lost per unit of distance from the demo state."""
-    ns_rho: float = 0.1
+    ns_rho: PosFloat = 0.1
     """ρ: perturbation covariance ρΣ, Σ the per-coordinate variance of the demo states."""
     ns_normalized_distance: bool = True
     """Measure ‖s − s̃‖ in units of each coordinate's demo std (False: the raw norm)."""
     interpolate: bool = True
     """Augment V's transitions by linear interpolation between consecutive demo states."""
-    terminal: str = "auto"
+    terminal: Literal["auto", "dataset", "success", "last", "none"] = "auto"
     """Where the goal (a terminal of value 0) is: 'dataset' terminations, first 'success' (info is_success; later steps dropped), 'last' observation of every demo, 'none', or 'auto' (success if recorded, else dataset)."""
     state_indices: str = ""
     """Observation coordinates V sees, e.g. '3,4,5' or '3:9' (empty: all)."""
     perturb_indices: str = ""
     """Observation coordinates negative sampling perturbs, within state_indices (empty: all of them)."""
-    shooting_samples: int = 100
+    shooting_samples: PosInt = 100
     """k: random-shooting candidates per action (continuous actions)."""
-    shooting_alpha: float = 0.2
+    shooting_alpha: NonNegFloat = 0.2
     """α: candidate spread, in half-ranges of the action space."""
-    shooting_center: str = "bc"
+    shooting_center: Literal["bc", "zero"] = "bc"
     """'bc': search around π_BC(s) (the paper's option 1); 'zero': around a = 0 (option 2)."""
-    eval_states: int = 256
+    eval_states: PosInt = 256
     """Demo states used for the offline value and action metrics."""
-    value_selection: str = "preference"
+    value_selection: Literal["preference", "last"] = "preference"
     """Which V the policy keeps: 'preference' (the highest eval/expert_preferred on held-out demo episodes, model selection as for π_BC) or 'last'."""
-    selection_states: int = 1024
+    selection_states: PosInt = 1024
     """Held-out demo states that score eval/expert_preferred."""
 
-
-PRESETS = {
-    "tiny": dict(layers=1, units=32, batch_size=32, cnn_depth=4, value_units=32, shooting_samples=8,
-                 eval_states=32),
-    "small": dict(),
-    "paper": dict(layers=3, units=256, continuous_loss="mse", value_layers=1, value_units=256),
-}
+    DEFAULTS: ClassVar = dict(
+        **BCConfig.DEFAULTS,
+        gamma=0.99,                       # the TD target's discount (the paper's sparse −1 reward)
+        target_every=0, target_tau=0.01,  # a Polyak target V, as the paper's
+    )
+    PRESETS: ClassVar = {
+        "tiny": dict(layers=1, units=32, batch_size=32, cnn_depth=4, value_units=32, shooting_samples=8,
+                     eval_states=32),
+        "small": dict(),
+        "paper": dict(layers=3, units=256, continuous_loss="mse", value_layers=1, value_units=256),
+    }
 
 
 # ------------------------------------------------------------------------------ pure functions
@@ -192,7 +193,8 @@ def value_transitions(n_obs: np.ndarray, offsets: np.ndarray, is_terminal: np.nd
             if len(hits):
                 end, goal = int(hits[0]) + 1, True
         elif rule != "none":
-            raise UserError(f"config field 'terminal' is {rule!r}; choose one of {list(TERMINAL_RULES)}")
+            raise UserError(f"config field 'terminal' is {rule!r}; choose one of "
+                            "['auto', 'dataset', 'success', 'last', 'none']")
         if end <= 0:
             continue
         rows.append(np.arange(start, start + end))
@@ -261,13 +263,12 @@ def parse_indices(text: str, dim: int, field: str) -> list[int]:
 
 
 class ValueNet(nn.Module):
-    """V(s) on the coordinates ``indices`` of its input, normalised by the demo statistics."""
+    """V(s) on the coordinates ``indices`` of its input, standardised by the demo statistics."""
 
     def __init__(self, in_dim: int, indices: list[int], config: VINSConfig):
         super().__init__()
         self.register_buffer("indices", torch.tensor(indices, dtype=torch.long))
-        self.register_buffer("mean", torch.zeros(len(indices)))
-        self.register_buffer("std", torch.ones(len(indices)))
+        self.standardize = Standardizer(len(indices))
         self.net = MLP(len(indices), 1, config.value_layers, config.value_units, config.value_act, config.value_norm)
         self.in_dim = in_dim
 
@@ -277,14 +278,62 @@ class ValueNet(nn.Module):
 
     def forward(self, selected: Tensor) -> Tensor:
         """``(..., d)`` (already selected) → ``(...)``."""
-        return self.net((selected - self.mean) / self.std).squeeze(-1)
+        return self.net(self.standardize(selected)).squeeze(-1)
 
     def forward_full(self, x: Tensor) -> Tensor:
         return self(self.select(x))
 
 
+# ------------------------------------------------------------------------------ what V and π_BC read
+
+
+class ObservationInputs:
+    """With the ``dynamics`` model (the paper): V and π_BC read raw observations, and a
+    successor predicted by M is decoded back to an observation for V."""
+
+    latent = False
+
+    def __init__(self, world_model, spec: DataSpec):
+        if spec.pixels:
+            raise UserError(f"vins on pixel observations {spec.obs_shape} needs a latent world model: pass --model "
+                            "from 'wmil train-model --model rssm' (or gaussian_rssm)")
+        self.world_model, self.in_shape = world_model, spec.obs_shape
+
+    def demo_inputs(self, expert: Dataset, latents: ExpertLatents) -> Tensor:
+        """``(N, D)``: every expert observation, episodes laid end to end."""
+        return torch.from_numpy(expert.aligned.obs).to(latents.features.device)
+
+    def of_state(self, state: State, obs: Optional[Tensor] = None) -> Tensor:
+        """What V and π_BC read of a model state (the observation itself when it is at hand)."""
+        return obs if obs is not None else self.world_model.decode(self.world_model.features(state))
+
+
+class LatentInputs:
+    """With an ``rssm``/``gaussian_rssm`` model (negative sampling in the representation
+    space): V and π_BC read the model's features [h, z] of posterior or predicted states."""
+
+    latent = True
+
+    def __init__(self, world_model, spec: DataSpec):
+        self.world_model, self.in_shape = world_model, (world_model.feature_dim,)
+
+    def demo_inputs(self, expert: Dataset, latents: ExpertLatents) -> Tensor:
+        return latents.features
+
+    def of_state(self, state: State, obs: Optional[Tensor] = None) -> Tensor:
+        return self.world_model.features(state)
+
+
+def vins_inputs(world_model, spec: DataSpec) -> ObservationInputs | LatentInputs:
+    """What V and π_BC read, chosen once from the kind of world model."""
+    from wmil.world_models.dynamics import Dynamics
+
+    return ObservationInputs(world_model, spec) if isinstance(world_model, Dynamics) else LatentInputs(world_model, spec)
+
+
 def vins_actions(world_model, bc: BCNet, value: ValueNet, state: State, bc_input: Tensor, spec: DataSpec,
-                 config: VINSConfig, latent: bool, deterministic: bool = True) -> tuple[Tensor, Tensor]:
+                 config: VINSConfig, inputs: ObservationInputs | LatentInputs,
+                 deterministic: bool = True) -> tuple[Tensor, Tensor]:
     """The VINS policy for a batch: ``state (B,)`` is the world model's state of the current
     observation, ``bc_input (B, ...)`` what π_BC reads. Returns ``(action (B, A), value (B,))``:
     the candidate with the largest V(M(s, a)) and that value."""
@@ -295,21 +344,16 @@ def vins_actions(world_model, bc: BCNet, value: ValueNet, state: State, bc_input
     else:
         if config.shooting_center == "bc":
             center = bc.act(bc_input, deterministic)
-        elif config.shooting_center == "zero":
-            center = torch.zeros(B, A, device=bc_input.device)
         else:
-            raise UserError(f"config field 'shooting_center' is {config.shooting_center!r}; choose 'bc' or 'zero'")
-        head = bc.head
-        low, high = head.center - head.half_range, head.center + head.half_range
-        if not head.bounded:
-            low, high = torch.full_like(low, -math.inf), torch.full_like(high, math.inf)
+            center = torch.zeros(B, A, device=bc_input.device)
+        bounds = bc.head.bounds
         noise = torch.rand(B, config.shooting_samples, A, device=bc_input.device) * 2 - 1
-        candidates = shooting_candidates(center, noise, config.shooting_alpha * head.half_range, low, high)
+        candidates = shooting_candidates(center, noise, config.shooting_alpha * bounds.half_range, bounds.low,
+                                         bounds.high)
     k = candidates.shape[1]
     repeated = state.map(lambda x: x.unsqueeze(1).expand(B, k, x.shape[-1]).reshape(B * k, x.shape[-1]))
     following = world_model.imagine_step(repeated, candidates.reshape(B * k, A))
-    features = world_model.features(following)
-    values = value.forward_full(features if latent else world_model.decode(features)).reshape(B, k)
+    values = value.forward_full(inputs.of_state(following)).reshape(B, k)
     return select_best(candidates, values), values.max(-1).values
 
 
@@ -320,10 +364,11 @@ class VINSPolicy(DeployedPolicy):
     """Acts by random shooting on V(M(s, a)) around π_BC(s); keeps the world model's state
     (the posterior filter for latent models; the normalised observation for ``dynamics``)."""
 
-    def __init__(self, world_model, bc: BCNet, value: ValueNet, spec: DataSpec, config: VINSConfig, latent: bool):
+    def __init__(self, world_model, bc: BCNet, value: ValueNet, spec: DataSpec, config: VINSConfig):
         super().__init__(spec)
         self.world_model, self.bc, self.value = world_model, bc, value
-        self.config, self.latent = config, latent
+        self.config = config
+        self.inputs = vins_inputs(world_model, spec)
         self.state: Optional[State] = None
 
     def reset(self) -> None:
@@ -341,87 +386,48 @@ class VINSPolicy(DeployedPolicy):
         is_first = torch.tensor([self._first], device=self.device)
         self.state = self.world_model.obs_step(self.state, self.prev_action, obs_t, is_first)
         self._first = False
-        bc_input = self.world_model.features(self.state) if self.latent else obs_t
-        action, _ = vins_actions(self.world_model, self.bc, self.value, self.state, bc_input, self.spec,
-                                 self.config, self.latent, deterministic)
+        action, _ = vins_actions(self.world_model, self.bc, self.value, self.state,
+                                 self.inputs.of_state(self.state, obs_t), self.spec, self.config, self.inputs,
+                                 deterministic)
         self.prev_action = action
         return self._to_env(action)
 
-    @torch.no_grad()
-    def offline_metrics(self) -> dict:
-        """Expert action accuracy / MSE of the VINS policy on the run's expert episodes."""
-        data = DemoStates.build(self.world_model, expert_view(self.run_config), self.latent, self.device)
-        return shooting_agreement(self.world_model, self.bc, self.value, data, self.spec, self.config, self.latent)
 
-
-# ------------------------------------------------------------------------------ demo data
-
-
-@dataclass
-class DemoStates:
-    """Every expert observation as V and π_BC see it, plus the world model's state of it."""
-
-    states: State          # (N,) world-model state of each observation (posterior / normalised obs)
-    inputs: Tensor         # (N, F) latent features, or (N, D) raw observations
-    action: Tensor         # (N, A) the expert's action (zeros at an episode's last observation)
-    action_mask: Tensor    # (N,) bool
-    offsets: np.ndarray    # (E,) first row of each episode
-    n_obs: np.ndarray      # (E,)
-    is_terminal: np.ndarray  # (N,) bool
-
-    @staticmethod
-    @torch.no_grad()
-    def build(world_model, dataset: Dataset, latent: bool, device) -> "DemoStates":
-        from wmil.imagination.expert import ExpertLatents
-
-        arrays = dataset.aligned
-        latents = ExpertLatents.encode(world_model, dataset, device)
-        if latent:
-            inputs = latents.features
-        else:
-            inputs = torch.from_numpy(arrays.obs).to(device)
-        return DemoStates(latents.states, inputs, latents.action, latents.action_mask, arrays.offsets.copy(),
-                          arrays.n_obs.copy(), arrays.is_terminal.copy())
-
-    def rows_of(self, positions) -> np.ndarray:
-        """Rows holding a real action in the episodes at ``positions``."""
-        mask = self.action_mask.cpu().numpy()
-        rows = [np.arange(self.offsets[p], self.offsets[p] + self.n_obs[p]) for p in positions]
-        rows = np.concatenate(rows) if rows else np.zeros(0, np.int64)
-        return rows[mask[rows]]
+# ------------------------------------------------------------------------------ offline metrics
 
 
 @torch.no_grad()
-def shooting_agreement(world_model, bc: BCNet, value: ValueNet, data: DemoStates, spec: DataSpec,
-                       config: VINSConfig, latent: bool, rows: Optional[np.ndarray] = None) -> dict:
+def shooting_agreement(world_model, bc: BCNet, value: ValueNet, expert: ExpertLatents, demo_inputs: Tensor,
+                       spec: DataSpec, config: VINSConfig, inputs: ObservationInputs | LatentInputs,
+                       rows: Optional[np.ndarray] = None) -> dict:
     """How well the VINS policy reproduces the expert's actions on demo states (repeatable:
     it draws its shooting noise from a fixed seed and leaves the global RNG untouched)."""
     if rows is None:
-        rows = np.flatnonzero(data.action_mask.cpu().numpy())
-        rows = np.random.default_rng(0).permutation(rows)[:config.eval_states]
+        rows = np.random.default_rng(0).permutation(expert.action_rows)[:config.eval_states]
     if len(rows) == 0:
         return {}
-    index = torch.as_tensor(rows, device=data.inputs.device)
+    index = torch.as_tensor(rows, device=demo_inputs.device)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        action, _ = vins_actions(world_model, bc, value, data.states[index], data.inputs[index], spec, config, latent)
-    target = data.action[index]
+        action, _ = vins_actions(world_model, bc, value, expert.states[index], demo_inputs[index], spec, config,
+                                 inputs)
+    target = expert.action[index]
     if spec.discrete:
         return {"eval/vins_action_accuracy": float((action.argmax(-1) == target.argmax(-1)).float().mean())}
     return {"eval/vins_action_mse": float((action - target).pow(2).mean())}
 
 
 @torch.no_grad()
-def expert_preference(world_model, value: ValueNet, data: DemoStates, spec: DataSpec, config: VINSConfig,
-                      latent: bool, rows: np.ndarray) -> dict:
+def expert_preference(world_model, value: ValueNet, expert: ExpertLatents, spec: DataSpec, config: VINSConfig,
+                      inputs: ObservationInputs | LatentInputs, rows: np.ndarray) -> dict:
     """``eval/expert_preferred``: how often V(M(s, a_E)) > V(M(s, a')) on demo states, with a'
     the expert action moved by α·ξ (continuous; the shooting spread) or another action
     (discrete). 0.5 is chance: the shooting step can only improve on π_BC where V ranks the
     expert's successor above its neighbours' (repeatable: fixed noise seed)."""
     if len(rows) == 0:
         return {}
-    index = torch.as_tensor(rows, device=data.inputs.device)
-    state, action = data.states[index], data.action[index]
+    index = torch.as_tensor(rows, device=expert.features.device)
+    state, action = expert.states[index], expert.action[index]
     generator = torch.Generator(device="cpu").manual_seed(1)
     if spec.discrete:
         shift = torch.randint(1, spec.action_dim, (len(rows),), generator=generator).to(action.device)
@@ -435,8 +441,7 @@ def expert_preference(world_model, value: ValueNet, data: DemoStates, spec: Data
         other = action + config.shooting_alpha * half * noise
 
     def successor_value(a: Tensor) -> Tensor:
-        features = world_model.features(world_model.imagine_step(state, a))
-        return value.forward_full(features if latent else world_model.decode(features))
+        return value.forward_full(inputs.of_state(world_model.imagine_step(state, a)))
 
     return {"eval/expert_preferred": float((successor_value(action) > successor_value(other)).float().mean())}
 
@@ -444,36 +449,27 @@ def expert_preference(world_model, value: ValueNet, data: DemoStates, spec: Data
 # ------------------------------------------------------------------------------ algorithm
 
 
-class VINS:
+class VINS(Learner):
     """VINS trainer: π_BC, V_φ with TD + negative sampling, M from the world model."""
 
     name = "vins"
     config_cls = VINSConfig
-    presets = PRESETS
     progress_keys = ("loss/td", "loss/ns", "eval/ns_rank", "eval/expert_preferred")
-    needs_world_model = True
+    metric_keys = ("loss/td", "loss/ns", "loss/value", "loss/bc")
 
     def __init__(self, world_model, expert: Dataset, config: VINSConfig, device: torch.device):
-        from wmil.world_models.dynamics import Dynamics
-
-        spec = expert.spec
         if world_model is None:
             raise UserError("--algo vins needs --model RUN: a 'dynamics' world model (vector observations) or an "
                             "'rssm'/'gaussian_rssm' one (wmil train-model --model ...)")
-        self.latent = not isinstance(world_model, Dynamics)
-        if spec.pixels and not self.latent:
-            raise UserError(f"vins on pixel observations {spec.obs_shape} needs a latent world model: pass --model "
-                            "from 'wmil train-model --model rssm' (or gaussian_rssm)")
-        if self.latent and (config.state_indices.strip() or config.perturb_indices.strip()):
+        super().__init__(world_model, expert, config, device)
+        self.spec = expert.spec
+        self.inputs = vins_inputs(world_model, self.spec)
+        if self.inputs.latent and (config.state_indices.strip() or config.perturb_indices.strip()):
             raise UserError("config fields 'state_indices'/'perturb_indices' select observation coordinates; with a "
                             f"latent world model ({type(world_model).__name__}) V reads its features: leave them empty")
-        if config.terminal not in TERMINAL_RULES:
-            raise UserError(f"config field 'terminal' is {config.terminal!r}; choose one of {list(TERMINAL_RULES)}")
-        if config.shooting_center not in ("bc", "zero"):
-            raise UserError(f"config field 'shooting_center' is {config.shooting_center!r}; choose 'bc' or 'zero'")
-        self.world_model, self.config, self.spec, self.device = world_model, config, spec, device
-        self.data = DemoStates.build(world_model, expert, self.latent, device)
-        full_dim = self.data.inputs.shape[-1]
+        self.expert = ExpertLatents.encode(world_model, expert, device)
+        self.demo_inputs = self.inputs.demo_inputs(expert, self.expert)
+        full_dim = self.demo_inputs.shape[-1]
 
         # --- V's transitions and statistics.
         indices = parse_indices(config.state_indices, full_dim, "state_indices")
@@ -484,48 +480,43 @@ class VINS:
                             f"state_indices {indices}")
         self.terminal = self._terminal_rule(expert)
         successes = _successes(expert) if self.terminal == "success" else None
-        rows, done = value_transitions(self.data.n_obs, self.data.offsets, self.data.is_terminal, self.terminal, successes)
+        is_terminal = self.expert.is_terminal.cpu().numpy()
+        rows, done = value_transitions(self.expert.n_obs, self.expert.offsets, is_terminal, self.terminal, successes)
         self.rows, self.done = rows, torch.as_tensor(done, device=device)
-        self.goals = goal_rows(self.data.n_obs, self.data.offsets, self.data.is_terminal, self.terminal, successes)
-        self.value = ValueNet(full_dim, indices, config).to(device)
-        self.value_states = self.value.select(self.data.inputs.float())             # (N, d)
-        demo = self.value_states[torch.as_tensor(np.flatnonzero(self.data.action_mask.cpu().numpy()), device=device)]
+        self.goals = goal_rows(self.expert.n_obs, self.expert.offsets, is_terminal, self.terminal, successes)
+        self.value = self.add_network("value", ValueNet(full_dim, indices, config), lr=config.value_lr)
+        self.value_states = self.value.select(self.demo_inputs.float())              # (N, d)
+        demo = self.value_states[torch.as_tensor(self.expert.action_rows, device=device)]
         std = demo.std(0, unbiased=False) if len(demo) > 1 else torch.ones(len(indices), device=device)
-        self.value.mean.copy_(demo.mean(0))
-        self.value.std.copy_(value_input_scale(std, config.value_std_floor))
+        self.value.standardize.set(demo.mean(0), value_input_scale(std, config.value_std_floor))
         mask = torch.tensor([i in set(perturbed) for i in indices], dtype=torch.float32, device=device)
         self.noise_std = math.sqrt(config.ns_rho) * std * mask                          # √ρ·σ on perturbed coords
         self.distance_scale = std.clamp(min=1e-6) if config.ns_normalized_distance else torch.ones_like(std)
-        self.target = copy.deepcopy(self.value).requires_grad_(False)
-        self.value_opt = torch.optim.Adam(self.value.parameters(), lr=config.value_lr)
+        self.target = self.add_network("target", copy.deepcopy(self.value).requires_grad_(False))
+        if config.value_selection == "preference":
+            self.add_selection("value", Selection({"value": self.value}, higher_is_better=True))
 
         # --- π_BC: observations (dynamics) or features (latent), held-out episodes for selection.
         train, val = split_demos(expert, config)
         position = {int(e): p for p, e in enumerate(expert.episode_ids)}
 
         def feature_pairs(view: Dataset) -> Demos:
-            rows = torch.as_tensor(self.data.rows_of([position[int(e)] for e in view.episode_ids]), device=device)
-            return Demos(self.data.inputs[rows], self.data.action[rows])
+            rows = torch.as_tensor(self.expert.rows_of([position[int(e)] for e in view.episode_ids]), device=device)
+            return Demos(self.demo_inputs[rows], self.expert.action[rows])
 
-        if self.latent:
+        if self.inputs.latent:
             bc_train, bc_val = feature_pairs(train), feature_pairs(val)
         else:
             bc_train = demo_pairs(train)
             bc_val = demo_pairs(val) if len(val) else Demos(bc_train.inputs[:0], bc_train.action[:0])
-        in_shape = (full_dim,) if self.latent else spec.obs_shape
-        self.bc = BCTrainer(BCNet(in_shape, spec, config), bc_train, bc_val, config, spec, device)
+        self.bc = self.add_component("bc", BCTrainer(BCNet(self.inputs.in_shape, self.spec, config), bc_train, bc_val,
+                                                     config, self.spec, device, name="bc"))
         held_out = [position[int(e)] for e in val.episode_ids]
-        self.eval_rows = np.random.default_rng(0).permutation(self.data.rows_of(held_out) if held_out else
-                                                              np.flatnonzero(self.data.action_mask.cpu().numpy()))
+        self.eval_rows = np.random.default_rng(0).permutation(self.expert.rows_of(held_out) if held_out else
+                                                              self.expert.action_rows)
         self.selection_rows = self.eval_rows[:config.selection_states]
         self.eval_rows = self.eval_rows[:config.eval_states]
-        if config.value_selection not in ("preference", "last"):
-            raise UserError(f"config field 'value_selection' is {config.value_selection!r}; choose 'preference' or 'last'")
-        self.best_value: Optional[dict] = None
-        self.best_preference = -math.inf
-        self.rng = np.random.default_rng(int(torch.randint(2**62, (1,))))
-        self.step = 0
-        self.updates = 0
+        self.seed_rng()
 
     def _terminal_rule(self, expert: Dataset) -> str:
         if self.config.terminal != "auto":
@@ -558,7 +549,6 @@ class VINS:
 
     def update(self, step: int) -> dict:
         cfg = self.config
-        self.step = step
         metrics = self.bc.update(self.rng)
         pick = self.rng.integers(len(self.rows), size=cfg.batch_size)
         rows = torch.as_tensor(self.rows[pick], device=self.device)
@@ -572,13 +562,8 @@ class VINS:
             goals = torch.as_tensor(self.goals[self.rng.integers(len(self.goals), size=cfg.batch_size)], device=self.device)
             losses["goal"] = self.value(self.value_states[goals]).pow(2).mean()
             loss = loss + cfg.goal_weight * losses["goal"]
-        self.value_opt.zero_grad(set_to_none=True)
-        loss.backward()
-        self.value_opt.step()
-        with torch.no_grad():
-            for target, source in zip(self.target.parameters(), self.value.parameters()):
-                target.lerp_(source, cfg.target_tau)
-        self.updates += 1
+        self.step("value", loss)
+        update_target(self.target, self.value, step, cfg.target_every, cfg.target_tau)
         metrics.update({f"loss/{k}": float(v.detach()) for k, v in losses.items()})
         metrics.update({"loss/value": float(loss.detach()), **value_metrics})
         return metrics
@@ -602,52 +587,29 @@ class VINS:
                 "eval/value_demo": float(value.mean())}
 
     def evaluate(self) -> dict:
-        out = self.bc.evaluate(self.step)
+        out = self.bc.evaluate(self.steps_done)
         out.update(self.value_ranking())
-        out.update(shooting_agreement(self.world_model, self.bc.net, self.value, self.data, self.spec,
-                                      self.config, self.latent, self.eval_rows))
-        out.update(expert_preference(self.world_model, self.value, self.data, self.spec, self.config, self.latent,
+        out.update(shooting_agreement(self.world_model, self.bc.net, self.value, self.expert, self.demo_inputs,
+                                      self.spec, self.config, self.inputs, self.eval_rows))
+        out.update(expert_preference(self.world_model, self.value, self.expert, self.spec, self.config, self.inputs,
                                      self.selection_rows))
-        preferred = out.get("eval/expert_preferred", math.nan)
-        if self.config.value_selection == "preference" and preferred > self.best_preference:
-            self.best_preference = preferred
-            self.best_value = {k: v.detach().clone() for k, v in self.value.state_dict().items()}
-        if self.best_value is not None:
-            out["eval/best_expert_preferred"] = self.best_preference
+        selection = self.selections.get("value")
+        if selection is not None and "eval/expert_preferred" in out:
+            selection.offer(out["eval/expert_preferred"], self.steps_done)
+            out["eval/best_expert_preferred"] = selection.best_score
         return out
 
-    # ---------------------------------------------------------------- state and deployment
-    def training_state(self) -> dict:
-        return {"bc": self.bc.state(), "value": self.value.state_dict(), "target": self.target.state_dict(),
-                "value_opt": self.value_opt.state_dict(), "rng": self.rng.bit_generator.state, "step": self.step,
-                "updates": self.updates, "best_value": self.best_value, "best_preference": self.best_preference}
+    # ---------------------------------------------------------------- deployment
+    @classmethod
+    def policy_networks(cls, world_model, spec: DataSpec, config: VINSConfig) -> dict[str, nn.Module]:
+        inputs = vins_inputs(world_model, spec)
+        full_dim = inputs.in_shape[0]
+        return {"bc": BCNet(inputs.in_shape, spec, config),
+                "value": ValueNet(full_dim, parse_indices(config.state_indices, full_dim, "state_indices"), config)}
 
-    def load_training_state(self, state: dict) -> None:
-        self.bc.load_state(state["bc"])
-        self.value.load_state_dict(state["value"])
-        self.target.load_state_dict(state["target"])
-        self.value_opt.load_state_dict(state["value_opt"])
-        self.rng.bit_generator.state = state["rng"]
-        self.step, self.updates = int(state["step"]), int(state["updates"])
-        self.best_value, self.best_preference = state.get("best_value"), float(state.get("best_preference", -math.inf))
-
-    def policy(self) -> VINSPolicy:
-        value = copy.deepcopy(self.value)
-        if self.best_value is not None:
-            value.load_state_dict(self.best_value)
-        return VINSPolicy(self.world_model, self.bc.best_net(), value.eval(), self.spec, self.config, self.latent)
-
-    @staticmethod
-    def deployable(world_model, config: VINSConfig, state: dict, spec: DataSpec) -> VINSPolicy:
-        from wmil.world_models.dynamics import Dynamics
-
-        latent = not isinstance(world_model, Dynamics)
-        full_dim = world_model.feature_dim if latent else spec.obs_shape[0]
-        bc = BCNet((full_dim,) if latent else spec.obs_shape, spec, config)
-        bc.load_state_dict(BCTrainer.deployed_params(state["bc"]))
-        value = ValueNet(full_dim, parse_indices(config.state_indices, full_dim, "state_indices"), config)
-        value.load_state_dict(state.get("best_value") or state["value"])
-        return VINSPolicy(world_model, bc.eval(), value.eval(), spec, config, latent)
+    @classmethod
+    def make_policy(cls, world_model, networks: dict[str, nn.Module], spec: DataSpec, config: VINSConfig) -> VINSPolicy:
+        return VINSPolicy(world_model, networks["bc"], networks["value"], spec, config)
 
 
 def _successes(expert: Dataset) -> Optional[list[np.ndarray]]:
@@ -663,4 +625,4 @@ def _successes(expert: Dataset) -> Optional[list[np.ndarray]]:
 
 __all__ = ["VINS", "VINSConfig", "VINSPolicy", "ValueNet", "td_target", "interpolate_transitions", "perturb",
            "negative_sampling_loss", "shooting_candidates", "select_best", "value_transitions", "parse_indices",
-           "value_input_scale", "goal_rows", "expert_preference"]
+           "value_input_scale", "goal_rows", "expert_preference", "vins_actions", "vins_inputs"]

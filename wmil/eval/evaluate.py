@@ -61,8 +61,9 @@ def evaluate_policy(run_dir: str | os.PathLike, env_id: Optional[str] = None, ep
                     seed: int = EVAL_SEED, video: bool = False, video_episodes: int = 1,
                     deterministic: bool = True, offline: bool = True, progress: bool = True,
                     out: Optional[str | os.PathLike] = None) -> dict:
-    from wmil.algos.base import load_policy
     from wmil.envs import make_env
+    from wmil.eval.offline import offline_metrics
+    from wmil.train.policy import load_policy
 
     if episodes < 1:
         raise UserError(f"--episodes {episodes}: must be at least 1")
@@ -104,8 +105,8 @@ def evaluate_policy(run_dir: str | os.PathLike, env_id: Optional[str] = None, ep
     report = summarize(returns, lengths, successes, policy.run_config, ever)
     report.update({"run": str(run_dir), "env": config.env_id, "episodes": episodes, "seed": seed,
                    "deterministic": deterministic, "algo": policy.run_config.get("algo")})
-    if offline and hasattr(policy, "offline_metrics"):
-        report.update(policy.offline_metrics())
+    if offline:
+        report.update(offline_metrics(policy))
     out_dir = Path(out) if out else Path(run_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     if frames_by_episode:

@@ -1,7 +1,7 @@
-"""The actor, the critic, the one imagination rollout, and the shared actor-critic update.
+"""The critic, the one imagination rollout, and the shared actor-critic update.
 
-Every imagination learner (DITTO, D-GAIL/VMIL, model-based SQIL/GPRIL variants that imagine)
-calls :func:`imagine` to roll the actor out in the world model's prior and, where it learns by
+Every imagination learner (DITTO, D-GAIL/VMIL, SQIL, GPRIL) calls :func:`imagine` to roll its
+policy (a :class:`wmil.nets.ActionHead` on world-model features) out in the world model's prior and, where it learns by
 RL, :meth:`ActorCritic.update` with its own reward. Algorithms differ only in the reward.
 
 Actor-critic (DITTO appendix; Dreamer): the critic regresses λ-returns bootstrapped from a
@@ -14,145 +14,42 @@ running percentile range (DreamerV3) so one entropy weight serves every reward s
 from __future__ import annotations
 
 import copy
-import math
 from dataclasses import dataclass
-from typing import Optional
+from typing import Literal, Optional
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from wmil.errors import UserError
+from wmil.config import (ActorConfig, CriticConfig, DiscountConfig, EntropyConfig, Prob, TargetConfig)
 from wmil.imagination.returns import ReturnNormalizer, cumulative_discount, lambda_return
-from wmil.nets import MLP
-from wmil.types import DataSpec
-from wmil.world_models.base import State
+from wmil.nets import MLP, ActionHead, apply_gradients, update_target
+from wmil.types import DataSpec, Imagined, State
 
 Tensor = torch.Tensor
 
 
 @dataclass(frozen=True)
-class ActorCriticConfig:
-    """Actor-critic in imagination (defaults from the DITTO paper and code)."""
+class ActorCriticConfig(CriticConfig, EntropyConfig, TargetConfig, DiscountConfig, ActorConfig):
+    """Actor-critic in imagination (defaults from the DITTO paper and code; the actor, discount,
+    target, entropy and critic blocks are :mod:`wmil.config`'s)."""
 
-    horizon: int = 15
-    """Imagined steps per rollout (H)."""
-    gamma: float = 0.95
-    """Discount γ (DITTO: 0.95)."""
-    lam: float = 0.95
+    lam: Prob = 0.95
     """λ of the λ-returns."""
-    layers: int = 2
-    """Hidden layers of the actor and critic MLPs."""
-    units: int = 200
-    """Units per hidden layer."""
-    act: str = "elu"
-    """Activation of the actor and critic."""
-    actor_lr: float = 8e-5
-    """Adam learning rate of the actor."""
-    critic_lr: float = 8e-5
-    """Adam learning rate of the critic."""
-    grad_clip: float = 100.0
-    """Global gradient-norm clip of actor and critic."""
-    entropy_discrete: float = 0.05
-    """Entropy bonus weight for categorical actors (DITTO code: 0.05)."""
-    entropy_continuous: float = 3e-4
-    """Entropy bonus weight for tanh-Gaussian actors (their entropy is on another scale)."""
-    target_every: int = 100
-    """Hard copy of the critic into the target critic every this many updates (0: Polyak)."""
-    target_tau: float = 0.02
-    """Polyak rate when target_every is 0."""
     normalize_returns: bool = True
     """Scale advantages/returns by the running 5–95 % range of the λ-returns (never below 1)."""
-    min_std: float = 0.1
-    """Lower bound of the continuous actor's pre-tanh std."""
-    features: str = "sample"
-    """Latent features the actor, critic and reward read: 'sample' [h, z], 'mean' [h, E z], 'deter' h."""
-    actor_grad: str = "auto"
+    actor_grad: Literal["auto", "reinforce", "dynamics", "mix"] = "auto"
     """Actor gradient: 'reinforce' (score function, critic baseline), 'dynamics' (backpropagate the
     λ-return through the world model; discrete actions pass as straight-through one-hots), 'mix'
     (``actor_grad_mix`` of REINFORCE plus the rest of dynamics), or 'auto': REINFORCE for discrete,
     dynamics for continuous actions (DreamerV2, DITTO)."""
-    actor_grad_mix: float = 0.1
+    actor_grad_mix: Prob = 0.1
     """Weight ρ of the REINFORCE term when ``actor_grad='mix'`` (DreamerV2's actor_grad_mix)."""
 
 
-ACTOR_GRADS = ("auto", "reinforce", "dynamics", "mix")
-
-
-class Actor(nn.Module):
-    """π(a | features): categorical over one-hot actions, or a tanh-squashed Gaussian scaled to
-    the action bounds."""
-
-    def __init__(self, feature_dim: int, spec: DataSpec, config: ActorCriticConfig):
-        super().__init__()
-        self.discrete = spec.discrete
-        #: Discrete samples carry straight-through gradients (one_hot + p − sg(p)), for dynamics backprop.
-        self.straight_through = False
-        self.action_dim = spec.action_dim
-        out = spec.action_dim if spec.discrete else 2 * spec.action_dim
-        self.net = MLP(feature_dim, out, config.layers, config.units, config.act)
-        self.min_std = config.min_std
-        if not spec.discrete:
-            low = torch.tensor(spec.action_low, dtype=torch.float32)
-            high = torch.tensor(spec.action_high, dtype=torch.float32)
-            self.register_buffer("center", (high + low) / 2)
-            self.register_buffer("half_range", (high - low) / 2)
-
-    def forward(self, features: Tensor, deterministic: bool = False) -> tuple[Tensor, Tensor, Tensor]:
-        """``features (..., F)`` → ``(action (..., A), log_prob (...), entropy (...))``.
-
-        Discrete actions are one-hot samples (no gradient, for REINFORCE; with
-        ``straight_through`` the gradient of the class probabilities, for dynamics backprop);
-        continuous actions are reparameterised samples (gradients flow into the model). The
-        continuous entropy is the single-sample estimate −log π(a), which accounts for the tanh
-        squashing.
-        """
-        out = self.net(features)
-        if self.discrete:
-            logits = out
-            log_probs = F.log_softmax(logits, -1)
-            index = logits.argmax(-1) if deterministic else torch.distributions.Categorical(logits=logits).sample()
-            action = F.one_hot(index, self.action_dim).to(features.dtype)
-            if self.straight_through:
-                probs = log_probs.exp()
-                action = action + probs - probs.detach()
-            log_prob = log_probs.gather(-1, index.unsqueeze(-1)).squeeze(-1)
-            entropy = -(log_probs.exp() * log_probs).sum(-1)
-            return action, log_prob, entropy
-        mean, std = self._gaussian(out)
-        pre = mean if deterministic else mean + std * torch.randn_like(mean)
-        log_prob = self._squashed_log_prob(pre, mean, std)
-        return self.center + self.half_range * torch.tanh(pre), log_prob, -log_prob
-
-    def log_prob(self, features: Tensor, action: Tensor, eps: float = 1e-4) -> Tensor:
-        """log π(action | features) of a given (e.g. expert) action: ``(..., F), (..., A) -> (...)``.
-
-        Categorical: ``action`` one-hot (or a distribution over actions: the cross-entropy). Tanh-Gaussian: the action is mapped back
-        through the affine scaling and atanh (clamped ``eps`` inside the bounds) and scored with
-        the same density as :meth:`forward`.
-        """
-        out = self.net(features)
-        if self.discrete:
-            return (F.log_softmax(out, -1) * action).sum(-1)
-        mean, std = self._gaussian(out)
-        pre = torch.atanh(((action - self.center) / self.half_range).clamp(-1 + eps, 1 - eps))
-        return self._squashed_log_prob(pre, mean, std)
-
-    def _gaussian(self, out: Tensor) -> tuple[Tensor, Tensor]:
-        mean, raw_std = out.chunk(2, -1)
-        return mean, F.softplus(raw_std) + self.min_std
-
-    def _squashed_log_prob(self, pre: Tensor, mean: Tensor, std: Tensor) -> Tensor:
-        normal = -0.5 * ((pre - mean) / std) ** 2 - std.log() - 0.5 * math.log(2 * math.pi)
-        # log|d tanh/dx| = log(1 - tanh²) computed stably; the affine scaling adds log half_range.
-        log_det = 2 * (math.log(2) - pre - F.softplus(-2 * pre)) + self.half_range.log()
-        return (normal - log_det).sum(-1)
-
-
 class Critic(nn.Module):
-    """v(features): expected λ-return of the actor from a latent state."""
+    """v(features): expected λ-return of the actor from a latent state (the actor's MLP sizes)."""
 
-    def __init__(self, feature_dim: int, config: ActorCriticConfig):
+    def __init__(self, feature_dim: int, config: ActorConfig):
         super().__init__()
         self.net = MLP(feature_dim, 1, config.layers, config.units, config.act)
 
@@ -160,18 +57,7 @@ class Critic(nn.Module):
         return self.net(features).squeeze(-1)
 
 
-@dataclass(frozen=True)
-class Imagined:
-    """An H-step rollout of the actor in the world model's prior from start states."""
-
-    states: State        # (H+1, B)
-    features: Tensor     # (H+1, B, F); differentiable w.r.t. actions for continuous actors
-    actions: Tensor      # (H, B, A): action k is taken at state k
-    log_prob: Tensor     # (H, B)
-    entropy: Tensor      # (H, B)
-
-
-def imagine(world_model, actor: Actor, start: State, horizon: int, features: str = "sample") -> Imagined:
+def imagine(world_model, actor: ActionHead, start: State, horizon: int, features: str = "sample") -> Imagined:
     """Roll ``actor`` out for ``horizon`` steps from ``start (B,)`` in ``world_model``; the actor
     reads, and ``Imagined.features`` holds, ``world_model.features(state, features)``.
 
@@ -179,13 +65,12 @@ def imagine(world_model, actor: Actor, start: State, horizon: int, features: str
     their gradients, so continuous actors learn by backpropagation through the dynamics.
     """
     state = start
-    mode = features
-    states, feature_list, actions, log_probs, entropies = [start], [world_model.features(start, mode)], [], [], []
+    states, feature_list, actions, log_probs, entropies = [start], [world_model.features(start, features)], [], [], []
     for _ in range(horizon):
         action, log_prob, entropy = actor(feature_list[-1].detach())
         state = world_model.imagine_step(state, action)
         states.append(state)
-        feature_list.append(world_model.features(state, mode))
+        feature_list.append(world_model.features(state, features))
         actions.append(action)
         log_probs.append(log_prob)
         entropies.append(entropy)
@@ -193,18 +78,15 @@ def imagine(world_model, actor: Actor, start: State, horizon: int, features: str
                     torch.stack(entropies))
 
 
-class ActorCritic(nn.Module):
-    """Actor, critic, target critic and their optimisers; ``update`` takes the rewards."""
+class ActorCritic:
+    """Actor, critic, target critic, their optimisers and the return scale; :meth:`update`
+    takes the rewards of an imagined rollout. A learner registers :meth:`networks`,
+    :meth:`optimizers` and the object itself (its :meth:`state_dict`) for checkpoints."""
 
     def __init__(self, feature_dim: int, spec: DataSpec, config: ActorCriticConfig):
-        super().__init__()
-        if config.actor_grad not in ACTOR_GRADS:
-            raise UserError(f"-o actor_grad={config.actor_grad!r} is not one of {list(ACTOR_GRADS)}")
-        if not 0.0 <= config.actor_grad_mix <= 1.0:
-            raise UserError(f"-o actor_grad_mix={config.actor_grad_mix} must be in [0, 1]")
         if config.actor_grad == "reinforce" and not spec.discrete:
-            raise UserError("-o actor_grad=reinforce needs discrete actions (continuous actors learn by dynamics "
-                            "backprop); use 'auto', 'dynamics' or 'mix'")
+            raise config.invalid("actor_grad", "needs discrete actions (continuous actors learn by dynamics "
+                                               "backprop); use 'auto', 'dynamics' or 'mix'")
         self.config = config
         self.discrete = spec.discrete
         grad = config.actor_grad if config.actor_grad != "auto" else "reinforce" if spec.discrete else "dynamics"
@@ -212,7 +94,7 @@ class ActorCritic(nn.Module):
         self.reinforce_weight = {"reinforce": 1.0, "dynamics": 0.0, "mix": config.actor_grad_mix}[grad]
         if not spec.discrete:
             self.reinforce_weight = 0.0  # no score-function term for reparameterised actors
-        self.actor = Actor(feature_dim, spec, config)
+        self.actor = ActionHead(feature_dim, spec, config)
         self.actor.straight_through = self.backprop and spec.discrete
         self.critic = Critic(feature_dim, config)
         self.target_critic = copy.deepcopy(self.critic).requires_grad_(False)
@@ -220,6 +102,25 @@ class ActorCritic(nn.Module):
         self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=config.critic_lr, eps=1e-5)
         self.returns = ReturnNormalizer()
         self.updates = 0
+
+    def networks(self) -> dict[str, nn.Module]:
+        return {"actor": self.actor, "critic": self.critic, "target_critic": self.target_critic}
+
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return {"actor": self.actor_opt, "critic": self.critic_opt}
+
+    def to(self, device) -> "ActorCritic":
+        for module in self.networks().values():
+            module.to(device)
+        return self
+
+    def state_dict(self) -> dict:
+        """What is not a network or an optimiser: the return scale and the update count."""
+        return {"returns": self.returns.state_dict(), "updates": self.updates}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.returns.load_state_dict(state["returns"])
+        self.updates = int(state["updates"])
 
     @property
     def backprop(self) -> bool:
@@ -263,18 +164,13 @@ class ActorCritic(nn.Module):
         actor_loss = policy_loss + self.entropy_weight * entropy_loss
         if actor_extra is not None:
             actor_loss = actor_loss + actor_extra
-        self.actor_opt.zero_grad(set_to_none=True)
-        actor_loss.backward()
-        actor_norm = nn.utils.clip_grad_norm_(self.actor.parameters(), cfg.grad_clip)
-        self.actor_opt.step()
+        actor_norm = apply_gradients(self.actor_opt, actor_loss, cfg.grad_clip)
 
         value = self.critic(features[:-1].detach())
         critic_loss = 0.5 * (weight * (value - returns.detach()) ** 2).mean()
-        self.critic_opt.zero_grad(set_to_none=True)
-        critic_loss.backward()
-        critic_norm = nn.utils.clip_grad_norm_(self.critic.parameters(), cfg.grad_clip)
-        self.critic_opt.step()
-        self._update_target()
+        critic_norm = apply_gradients(self.critic_opt, critic_loss, cfg.grad_clip)
+        self.updates += 1
+        update_target(self.target_critic, self.critic, self.updates, cfg.target_every, cfg.target_tau)
         return {
             "loss/actor": float(actor_loss.detach()), "loss/policy": float(policy_loss.detach()),
             "loss/critic": float(critic_loss.detach()),
@@ -283,26 +179,3 @@ class ActorCritic(nn.Module):
             "critic/value": float(value.detach().mean()), "critic/lambda_return": float(returns.detach().mean()),
             "reward/mean": float(reward.detach().mean()), "imagine/horizon": float(H),
         }
-
-    def _update_target(self) -> None:
-        self.updates += 1
-        cfg = self.config
-        if cfg.target_every > 0:
-            if self.updates % cfg.target_every == 0:
-                self.target_critic.load_state_dict(self.critic.state_dict())
-        else:
-            with torch.no_grad():
-                for target, source in zip(self.target_critic.parameters(), self.critic.parameters()):
-                    target.lerp_(source, cfg.target_tau)
-
-    def training_state(self) -> dict:
-        return {"modules": self.state_dict(), "actor_opt": self.actor_opt.state_dict(),
-                "critic_opt": self.critic_opt.state_dict(), "returns": self.returns.state_dict(),
-                "updates": self.updates}
-
-    def load_training_state(self, state: dict) -> None:
-        self.load_state_dict(state["modules"])
-        self.actor_opt.load_state_dict(state["actor_opt"])
-        self.critic_opt.load_state_dict(state["critic_opt"])
-        self.returns.load_state_dict(state["returns"])
-        self.updates = int(state["updates"])

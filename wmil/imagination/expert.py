@@ -16,8 +16,7 @@ import torch
 
 from wmil.data.dataset import Dataset
 from wmil.errors import UserError
-from wmil.types import DataSpec, SequenceBatch
-from wmil.world_models.base import State
+from wmil.types import State
 
 Tensor = torch.Tensor
 
@@ -30,6 +29,7 @@ class ExpertLatents:
     features: Tensor       # (N, F) in the ``features`` mode the latents were encoded with
     action: Tensor         # (N, A) the expert's action at each observation (zeros at the last)
     action_mask: Tensor    # (N,) bool: a real action was taken there
+    is_terminal: Tensor    # (N,) bool: the observation is terminal (the episode ended there)
     offsets: np.ndarray    # (E,) first row of each episode
     n_obs: np.ndarray      # (E,) observations per episode
 
@@ -62,7 +62,22 @@ class ExpertLatents:
         return ExpertLatents(states=states, features=world_model.features(states, features),
                              action=torch.from_numpy(arrays.action).to(device),
                              action_mask=torch.from_numpy(arrays.action_mask).to(device),
+                             is_terminal=torch.from_numpy(arrays.is_terminal).to(device),
                              offsets=arrays.offsets.copy(), n_obs=arrays.n_obs.copy())
+
+    @staticmethod
+    def concat(parts: list["ExpertLatents"]) -> "ExpertLatents":
+        """Several encodings laid end to end (episode offsets shifted accordingly)."""
+        if len(parts) == 1:
+            return parts[0]
+        shift = np.cumsum([0] + [int(p.n_obs.sum()) for p in parts[:-1]])
+        return ExpertLatents(states=State.cat([p.states for p in parts]),
+                             features=torch.cat([p.features for p in parts]),
+                             action=torch.cat([p.action for p in parts]),
+                             action_mask=torch.cat([p.action_mask for p in parts]),
+                             is_terminal=torch.cat([p.is_terminal for p in parts]),
+                             offsets=np.concatenate([p.offsets + s for p, s in zip(parts, shift)]),
+                             n_obs=np.concatenate([p.n_obs for p in parts]))
 
     def starts(self, horizon: int) -> np.ndarray:
         """Rows from which ``horizon`` expert steps follow inside the same episode."""
@@ -78,23 +93,26 @@ class ExpertLatents:
         index = torch.as_tensor(rows[None, :] + np.arange(horizon + 1)[:, None], device=device)
         return self.states[torch.as_tensor(rows, device=device)], self.states[index]
 
-def check_latent_model(algo: str, world_model, expert: Dataset) -> DataSpec:
-    """The world model's spec, after checking an algorithm that trains inside one got one whose
-    action space matches the expert data (one-line UserErrors otherwise)."""
-    if world_model is None:
-        raise UserError(f"--algo {algo} trains inside a world model: pass --model RUN_DIR")
-    spec: DataSpec = world_model.spec
-    if expert.spec.discrete != spec.discrete:
-        raise UserError(f"{algo}: the expert dataset {expert.name} has {expert.spec.describe()} but the world model "
-                        f"has {spec.describe()}; use data of the same action space")
-    return spec
+    @property
+    def action_rows(self) -> np.ndarray:
+        """Rows with a logged action: every observation but each episode's last. Each is the
+        first row of a transition (see :meth:`transitions`)."""
+        return np.flatnonzero(self.action_mask.cpu().numpy())
+
+    def rows_of(self, episodes) -> np.ndarray:
+        """Rows holding a logged action in the episodes at positions ``episodes``."""
+        rows = [np.arange(self.offsets[e], self.offsets[e] + self.n_obs[e]) for e in episodes]
+        rows = np.concatenate(rows) if rows else np.zeros(0, np.int64)
+        return rows[self.action_mask.cpu().numpy()[rows]]
+
+    def transitions(self, rows: np.ndarray | Tensor) -> tuple[Tensor, Tensor]:
+        """``(rows, next_rows)`` as index tensors: the expert's transition from row t (one of
+        :attr:`action_rows`) arrives at row t + 1 of the same episode (the time alignment of
+        :mod:`wmil.types`), so (features[t], action[t], features[t + 1]) is one logged step."""
+        rows = torch.as_tensor(rows, device=self.features.device)
+        return rows, rows + 1
 
 
 def _read_obs(dataset: Dataset, episode: int, n: int) -> Tensor:
     group = dataset._group(dataset.episode_ids[episode])
     return torch.from_numpy(group["observations"][:n])
-
-
-def expert_batch(dataset: Dataset, batch_size: int, length: int, seed: int) -> SequenceBatch:
-    """A fixed batch of expert windows (for offline metrics such as action accuracy)."""
-    return dataset.sequences(batch_size, length, seed=seed, pad=True).sample()

@@ -12,7 +12,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from wmil.imagination.actor_critic import Actor, imagine
+from wmil.imagination.actor_critic import imagine
+from wmil.nets import ActionHead
 from wmil.imagination.expert import ExpertLatents
 from wmil.types import DataSpec
 
@@ -30,7 +31,7 @@ def ditto_similarity(expert: Tensor, agent: Tensor, eps: float = 1e-8) -> Tensor
 
 
 @torch.no_grad()
-def latent_distance(world_model, actor: Actor, expert: ExpertLatents, rows: np.ndarray, horizon: int,
+def latent_distance(world_model, actor: ActionHead, expert: ExpertLatents, rows: np.ndarray, horizon: int,
                     seed: int = 0, features: str = "sample") -> float:
     """Mean ``1 − similarity`` over imagined steps 1…H, on the ``features`` mode the actor reads."""
     cpu_state = torch.get_rng_state()
@@ -45,7 +46,7 @@ def latent_distance(world_model, actor: Actor, expert: ExpertLatents, rows: np.n
 
 
 @torch.no_grad()
-def action_agreement(actor: Actor, expert: ExpertLatents, spec: DataSpec) -> dict:
+def action_agreement(actor: ActionHead, expert: ExpertLatents, spec: DataSpec) -> dict:
     mask = expert.action_mask
     action, _, _ = actor(expert.features[mask], deterministic=True)
     target = expert.action[mask]

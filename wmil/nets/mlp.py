@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import typing
+
 import torch
 from torch import nn
+
+from wmil.config import Activation
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {
     "elu": nn.ELU,
@@ -11,6 +15,7 @@ ACTIVATIONS: dict[str, type[nn.Module]] = {
     "silu": nn.SiLU,
     "tanh": nn.Tanh,
 }
+assert tuple(ACTIVATIONS) == typing.get_args(Activation), "wmil.config.Activation lists the activations"
 
 
 def activation(name: str, inplace: bool = False) -> nn.Module:

@@ -9,22 +9,12 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
 from typing import Callable, Optional
 
+from wmil.config import LoopConfig
 from wmil.errors import UserError
 from wmil.progress import progress_bar
 from wmil.runs import RunDir
-
-
-@dataclass
-class LoopConfig:
-    steps: int
-    log_every: int
-    eval_every: int
-    checkpoint_every: int
-    frames_per_update: int = 0
-    """Frames (B×T) per update, for the frames/s figure; 0 to report updates/s only."""
 
 
 def check_finite(step: int, losses: dict, run: RunDir) -> None:
@@ -40,8 +30,9 @@ def check_finite(step: int, losses: dict, run: RunDir) -> None:
 def run_loop(run: RunDir, config: LoopConfig, start_step: int,
              update: Callable[[int], dict], evaluate: Optional[Callable[[int], dict]],
              checkpoint: Callable[[], dict], progress: bool = True, desc: str = "training",
-             postfix_keys: tuple[str, ...] = ()) -> dict:
-    """Run updates ``start_step+1 … steps``; returns the last logged metrics."""
+             postfix_keys: tuple[str, ...] = (), frames_per_update: int = 0) -> dict:
+    """Run updates ``start_step+1 … steps`` at the cadence of ``config``; returns the last logged
+    metrics. ``frames_per_update`` (B×T) adds a frames/s figure (0: updates/s only)."""
     bar = progress_bar(config.steps, desc, progress, unit="upd", initial=start_step)
     last: dict = {}
     window_started, window_updates = time.perf_counter(), 0
@@ -53,15 +44,15 @@ def run_loop(run: RunDir, config: LoopConfig, start_step: int,
                 elapsed = max(time.perf_counter() - window_started, 1e-9)
                 rate = window_updates / elapsed
                 metrics = dict(metrics, **{"perf/updates_per_s": rate})
-                if config.frames_per_update:
-                    metrics["perf/frames_per_s"] = rate * config.frames_per_update
+                if frames_per_update:
+                    metrics["perf/frames_per_s"] = rate * frames_per_update
                 if evaluate is not None and (step % config.eval_every == 0 or step == config.steps):
                     metrics.update(evaluate(step))
                 run.log(step, metrics)
                 last = metrics
                 window_started, window_updates = time.perf_counter(), 0
                 shown = {k.split("/")[-1]: f"{metrics[k]:.3g}" for k in postfix_keys if k in metrics}
-                if config.frames_per_update:
+                if frames_per_update:
                     shown["fps"] = f"{metrics['perf/frames_per_s']:.0f}"
                 else:
                     shown["upd/s"] = f"{rate:.1f}"

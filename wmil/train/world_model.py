@@ -12,54 +12,45 @@ import dataclasses
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import ClassVar, Optional, Sequence
 
 import numpy as np
 import torch
 
-from wmil.config import override, split_overrides, to_dict
+from wmil.config import LoopConfig, PosInt, Prob, build_config, split_overrides, to_dict
 from wmil.data.dataset import Dataset, SequenceSampler, load
 from wmil.errors import UserError
 from wmil.runs import RunDir, resolve_device, rng_state, seed_everything, set_rng_state
-from wmil.train.loop import LoopConfig, check_finite, run_loop
+from wmil.train.loop import check_finite, run_loop
 from wmil.types import DataSpec, SequenceBatch
 from wmil.world_models.base import total_loss
-from wmil.world_models.registry import WORLD_MODELS, config_for, make_world_model
+from wmil.world_models.registry import config_for, make_world_model, model_class
 
 
 @dataclass(frozen=True)
-class WorldModelTrainConfig:
-    """How a world model is fitted (DESIGN.md: batch 50×50). The optimiser settings (lr,
+class WorldModelTrainConfig(LoopConfig):
+    """How a world model is fitted (the DITTO code: batch 50×50). The optimiser settings (lr,
     adam_eps, grad_clip) belong to each model's config, since they differ between models."""
 
-    steps: int = 5000
-    """Number of optimiser updates."""
-    batch_size: int = 50
+    batch_size: PosInt = 50
     """Sequences per batch (B)."""
-    seq_len: int = 50
+    seq_len: PosInt = 50
     """Steps per sequence (T); shorter episodes are right-padded and masked."""
-    validation_fraction: float = 0.1
+    validation_fraction: Prob = 0.1
     """Fraction of each dataset's episodes held out for validation."""
-    seed: int = 0
-    """Seeds model initialisation, sampling and the split."""
-    log_every: int = 50
-    """Updates between metric records."""
-    eval_every: int = 500
-    """Updates between validation (loss and open-loop error) evaluations."""
-    checkpoint_every: int = 1000
-    """Updates between checkpoints (the last step is always saved)."""
-    eval_batches: int = 4
+    eval_batches: PosInt = 4
     """Validation batches per evaluation."""
-    open_loop_context: int = 10
+    open_loop_context: PosInt = 10
     """Observed steps before open-loop prediction."""
 
+    DEFAULTS: ClassVar = dict(steps=5000, log_every=50, eval_every=500, checkpoint_every=1000)
+    PRESETS: ClassVar = {
+        "tiny": dict(steps=200, batch_size=8, seq_len=16, log_every=20, eval_every=100, checkpoint_every=100,
+                     eval_batches=1, open_loop_context=5),
+        "small": dict(),
+        "paper": dict(steps=100_000, checkpoint_every=5000, eval_every=2500),
+    }
 
-TRAIN_PRESETS: dict[str, dict[str, Any]] = {
-    "tiny": dict(steps=200, batch_size=8, seq_len=16, log_every=20, eval_every=100, checkpoint_every=100,
-                 eval_batches=1, open_loop_context=5),
-    "small": dict(),
-    "paper": dict(steps=100_000, checkpoint_every=5000, eval_every=2500),
-}
 
 HORIZONS = (1, 5, 15)
 
@@ -137,17 +128,12 @@ def open_loop_errors(model, batch: SequenceBatch, context: int, horizons=HORIZON
     return out
 
 
-def _resolve(model: str, preset: str, overrides: dict[str, str], train_overrides: dict[str, Any]):
-    if model not in WORLD_MODELS:
-        raise UserError(f"unknown world model {model!r}; choose one of {sorted(WORLD_MODELS)}")
-    if preset not in TRAIN_PRESETS:
-        raise UserError(f"unknown preset {preset!r}; choose one of {sorted(TRAIN_PRESETS)}")
-    train = WorldModelTrainConfig(**TRAIN_PRESETS[preset])
-    model_cfg = config_for(model, preset)
-    routed = split_overrides(overrides, {"train": train, "model": model_cfg})
-    train = override(train, {**routed["train"], **train_overrides}, "train")
-    model_cfg = config_for(model, preset, **routed["model"])
-    return train, model_cfg
+def _resolve(model: str, preset: str, overrides: dict[str, str], train_overrides: dict):
+    """(trainer config, model config) of a run: ``train.x``/``model.x`` or bare field names."""
+    model_cfg_cls = model_class(model).config_cls
+    routed = split_overrides(overrides, {"train": WorldModelTrainConfig, "model": model_cfg_cls})
+    train = build_config(WorldModelTrainConfig, preset, {**routed["train"], **train_overrides}, "train-model")
+    return train, build_config(model_cfg_cls, preset, routed["model"], model)
 
 
 def train_world_model(dataset: str | Dataset | Sequence[str | Dataset], model: str = "rssm", preset: str = "small",
@@ -216,11 +202,10 @@ def train_world_model(dataset: str | Dataset | Sequence[str | Dataset], model: s
         return {"model": world_model.state_dict(), "optimizer": optimizer.state_dict(), "sampler": sampler.state(),
                 "rng": rng_state()}
 
-    loop = LoopConfig(train_cfg.steps, train_cfg.log_every, train_cfg.eval_every, train_cfg.checkpoint_every,
-                      frames_per_update=train_cfg.batch_size * train_cfg.seq_len)
     if start < train_cfg.steps:
-        run_loop(run, loop, start, update, evaluate, checkpoint, progress, desc=f"train {model}",
-                 postfix_keys=("loss/total", "open_loop/ratio_h15"))
+        run_loop(run, train_cfg, start, update, evaluate, checkpoint, progress, desc=f"train {model}",
+                 postfix_keys=("loss/total", "open_loop/ratio_h15"),
+                 frames_per_update=train_cfg.batch_size * train_cfg.seq_len)
     world_model.eval()
     return world_model
 

@@ -13,100 +13,17 @@ so the prior of step t is a function of the state at t-1 and ``prev_action[t]``.
 
 from __future__ import annotations
 
-import ast
-import inspect
-import textwrap
-from dataclasses import dataclass, fields
-from typing import Any, Callable, Iterable, Mapping, Optional, Protocol, runtime_checkable
+import typing
+from typing import Mapping, Optional, Protocol, runtime_checkable
 
 import torch
 from torch import nn
 
+from wmil.config import Features
 from wmil.errors import UserError
-from wmil.types import DataSpec, SequenceBatch
+from wmil.types import DataSpec, SequenceBatch, State
 
 Tensor = torch.Tensor
-
-
-@dataclass(frozen=True)
-class State:
-    """A batch of latent states with any leading shape (``(B,)``, ``(B, T)``, ``(H, B)``...).
-
-    ``deter`` is the deterministic part (the GRU state h; the normalised observation for
-    ``dynamics``), ``stoch`` the sampled stochastic part (flat one-hots for categorical latents,
-    a Gaussian sample, or width 0). The distribution parameters that produced ``stoch`` are kept
-    for the KL terms: ``logits`` (categorical) or ``mean``/``std`` (Gaussian); None otherwise.
-    """
-
-    deter: Tensor                    # (*batch, D)
-    stoch: Tensor                    # (*batch, S)
-    logits: Optional[Tensor] = None  # (*batch, S) flat categorical logits (rssm)
-    mean: Optional[Tensor] = None    # (*batch, S) Gaussian mean (gaussian_rssm)
-    std: Optional[Tensor] = None     # (*batch, S) Gaussian std (gaussian_rssm)
-
-    def tensors(self) -> dict[str, Tensor]:
-        """The fields that hold a tensor, by name."""
-        return {f.name: getattr(self, f.name) for f in fields(self)
-                if getattr(self, f.name) is not None}
-
-    def map(self, fn: Callable[[Tensor], Tensor]) -> "State":
-        """Apply ``fn`` to every tensor field (e.g. ``state.map(lambda x: x[:, -1])``)."""
-        return State(**{name: fn(value) for name, value in self.tensors().items()})
-
-    @property
-    def batch_shape(self) -> tuple[int, ...]:
-        """The leading shape shared by all fields, e.g. ``(B, T)``."""
-        return tuple(self.deter.shape[:-1])
-
-    def __getitem__(self, index) -> "State":
-        """Index the leading (batch/time) dimensions: ``state[:, t]``, ``state[mask]``."""
-        # The feature axis is last, so any index of the leading axes leaves it untouched.
-        return self.map(lambda x: x[index])
-
-    def detach(self) -> "State":
-        return self.map(lambda x: x.detach())
-
-    def to(self, device) -> "State":
-        return self.map(lambda x: x.to(device))
-
-    def reshape(self, *batch_shape: int) -> "State":
-        """Give the leading dimensions a new shape, e.g. ``(B, T) -> (B * T,)`` with ``-1``."""
-        return self.map(lambda x: x.reshape(*batch_shape, x.shape[-1]))
-
-    def flatten(self) -> "State":
-        """Merge all leading dimensions into one: ``(B, T, .) -> (B*T, .)``."""
-        return self.reshape(-1)
-
-    def where(self, mask: Tensor, other: "State") -> "State":
-        """Per element of the batch shape: this state where ``mask`` is True, else ``other``."""
-        other_tensors = other.tensors()
-        return State(**{name: torch.where(mask.unsqueeze(-1), value, other_tensors[name])
-                        for name, value in self.tensors().items()})
-
-    @staticmethod
-    def stack(states: Iterable["State"], dim: int = 0) -> "State":
-        """Stack states of equal batch shape along a new leading dimension ``dim``
-        (``dim`` counts batch dimensions only; it must not be negative)."""
-        states = list(states)
-        assert states, "State.stack needs at least one state"
-        assert dim >= 0, "State.stack: give a non-negative dim (feature axes come last)"
-        names = states[0].tensors().keys()
-        return State(**{name: torch.stack([getattr(s, name) for s in states], dim)
-                        for name in names})
-
-    @staticmethod
-    def cat(states: Iterable["State"], dim: int = 0) -> "State":
-        """Concatenate states along an existing leading dimension ``dim`` (non-negative)."""
-        states = list(states)
-        assert states, "State.cat needs at least one state"
-        assert dim >= 0, "State.cat: give a non-negative dim (feature axes come last)"
-        names = states[0].tensors().keys()
-        return State(**{name: torch.cat([getattr(s, name) for s in states], dim)
-                        for name in names})
-
-    def __repr__(self) -> str:
-        parts = ", ".join(f"{name}={tuple(value.shape)}" for name, value in self.tensors().items())
-        return f"State({parts})"
 
 
 @runtime_checkable
@@ -169,7 +86,7 @@ class WorldModel(Protocol):
 #: a deterministic function of the filter's history; 'deter' = h only (the DITTO reference
 #: code's reward input). Models without a stochastic part (``dynamics``) return the same
 #: features for every mode.
-FEATURES = ("sample", "mean", "deter")
+FEATURES: tuple[str, ...] = typing.get_args(Features)
 
 
 def check_features(mode: str, field: str = "features") -> str:
@@ -232,74 +149,3 @@ class WorldModelBase(nn.Module):
             state = self.imagine_step(state, batch.prev_action[:, context + k])  # type: ignore[attr-defined]
             predictions.append(self.decode(self.features(state)))  # type: ignore[attr-defined]
         return torch.stack(predictions, 1)  # (B, horizon, *O)
-
-
-# ---------------------------------------------------------------------------------- configs
-
-
-@dataclass(frozen=True)
-class Registration:
-    """A registry entry: the model class, its config dataclass and its named presets."""
-
-    model: type
-    config: type
-    presets: Mapping[str, Mapping[str, Any]]
-    """Preset name -> field overrides of the config defaults ('tiny', 'small', 'paper')."""
-
-
-def field_docs(config_cls: type) -> dict[str, str]:
-    """The one-line docstring under each field of a config dataclass (for ``--help``)."""
-    docs: dict[str, str] = {}
-    for klass in reversed(config_cls.__mro__):
-        if klass is object or not hasattr(klass, "__dataclass_fields__"):
-            continue
-        try:
-            tree = ast.parse(textwrap.dedent(inspect.getsource(klass)))
-        except (OSError, TypeError):
-            continue
-        body = tree.body[0].body  # type: ignore[attr-defined]
-        for node, following in zip(body, body[1:]):
-            if (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)
-                    and isinstance(following, ast.Expr)
-                    and isinstance(following.value, ast.Constant)
-                    and isinstance(following.value.value, str)):
-                docs[node.target.id] = following.value.value.strip()
-    return docs
-
-
-def _coerce(value: Any, current: Any, name: str) -> Any:
-    """Turn a string from the command line into the type of the field's current value."""
-    if not isinstance(value, str) or isinstance(current, str):
-        return value
-    text = value.strip()
-    if text.lower() in ("none", "null"):
-        return None
-    try:
-        if isinstance(current, bool):
-            if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
-                raise ValueError
-            return text.lower() in ("true", "1", "yes")
-        if isinstance(current, int):
-            return int(text)
-        if isinstance(current, float) or current is None:
-            return float(text)
-    except ValueError:
-        raise UserError(f"config field {name!r}: cannot read {value!r} as "
-                        f"{type(current).__name__}") from None
-    return value
-
-
-def build_config(registration: Registration, preset: str, overrides: Mapping[str, Any]):
-    """Defaults, then the preset's fields, then ``overrides`` (strings are coerced)."""
-    if preset not in registration.presets:
-        raise UserError(f"unknown preset {preset!r}; choose one of {sorted(registration.presets)}")
-    config = registration.config(**registration.presets[preset])
-    valid = {f.name for f in fields(config)}
-    unknown = sorted(set(overrides) - valid)
-    if unknown:
-        raise UserError(f"unknown config field(s) {unknown} for {registration.config.__name__}; "
-                        f"valid fields: {sorted(valid)}")
-    values = {name: _coerce(value, getattr(config, name), name)
-              for name, value in overrides.items()}
-    return registration.config(**{**{f.name: getattr(config, f.name) for f in fields(config)},
-                                  **values})

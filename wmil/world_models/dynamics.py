@@ -16,54 +16,52 @@ statistics of the whole dataset.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import ClassVar, Optional
 
 import numpy as np
 import torch
 
 from wmil.errors import UserError
+from wmil.config import Activation, NonNegInt, OptimizerConfig, PosFloat, PosInt
 from wmil.nets import MLP
 from wmil.types import DataSpec, SequenceBatch
-from wmil.world_models.base import State, WorldModelBase, check_features
+from wmil.types import State
+from wmil.world_models.base import WorldModelBase, check_features
 
 Tensor = torch.Tensor
 
 
 @dataclass(frozen=True)
-class DynamicsConfig:
+class DynamicsConfig(OptimizerConfig):
     """VINS dynamics model M(s, a), loss ``‖M(s, a) − s'‖₂`` in normalised units."""
 
-    layers: int = 2
+    layers: NonNegInt = 2
     """Hidden layers of the MLP (VINS: 2)."""
-    units: int = 200
+    units: PosInt = 200
     """Units per hidden layer (VINS: 500)."""
-    act: str = "relu"
+    act: Activation = "relu"
     """Activation of the hidden layers (VINS: ReLU)."""
     norm: bool = False
     """LayerNorm after each hidden layer."""
     running_normalizer: bool = True
     """Update the input statistics from each training batch until set_normalizer() is called."""
-    std_floor: float = 1e-3
+    std_floor: PosFloat = 1e-3
     """Lower bound of the per-coordinate std used to normalise (constant coordinates)."""
-    dynamics_scale: float = 1.0
+    dynamics_scale: PosFloat = 1.0
     """Weight of the L2-norm prediction loss."""
-    lr: float = 3e-4
-    """Adam learning rate for the trainer (VINS: 3e-4)."""
-    adam_eps: float = 1e-8
-    """Adam epsilon for the trainer."""
-    grad_clip: float = 200.0
-    """Global gradient-norm clip for the trainer."""
 
-
-DYNAMICS_PRESETS = {
-    "tiny": dict(layers=2, units=32),
-    "small": dict(),
-    "paper": dict(layers=2, units=500),
-}
+    DEFAULTS: ClassVar = dict(adam_eps=1e-8)  # VINS: Adam with its default epsilon, lr 3e-4
+    PRESETS: ClassVar = {
+        "tiny": dict(layers=2, units=32),
+        "small": dict(),
+        "paper": dict(layers=2, units=500),
+    }
 
 
 class Dynamics(WorldModelBase):
     """VINS dynamics model behind the world-model protocol (see the module docstring)."""
+
+    config_cls = DynamicsConfig
 
     def __init__(self, spec: DataSpec, config: DynamicsConfig):
         super().__init__()
@@ -191,4 +189,4 @@ class Dynamics(WorldModelBase):
         return losses, metrics, self._wrap(normalized)
 
 
-__all__ = ["DynamicsConfig", "Dynamics", "DYNAMICS_PRESETS"]
+__all__ = ["DynamicsConfig", "Dynamics"]

@@ -7,17 +7,18 @@ Gaussian with ``std = softplus(x) + min_std`` sampled by reparameterisation. The
 objective (eq. 1) is the ELBO ``Σ_t log p(o_t | h_t, z_t) − KL(q ‖ p)``; as in PlaNet/Dreamer
 the batch-mean KL is clamped below at ``free_nats`` (3) and not balanced by default. The CPU
 presets ('tiny', 'small') balance the KL (α = 0.8) and free 1 nat instead; see the note on
-``GAUSSIAN_RSSM_PRESETS``.
+``GaussianRSSMConfig.PRESETS``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import ClassVar
 
 import torch
 
-from wmil.world_models.base import State
+from wmil.config import PosFloat
+from wmil.types import State
 from wmil.world_models.latent import gaussian_entropy, gaussian_kl, std_from_raw
 from wmil.world_models.rssm import RSSM, RecurrentConfig
 
@@ -28,32 +29,27 @@ Tensor = torch.Tensor
 class GaussianRSSMConfig(RecurrentConfig):
     """Gaussian RSSM (PlaNet / Dreamer v1 / VMIL): ELBO with free nats, no KL balancing."""
 
-    stoch: int = 30
-    """Dimension of the diagonal Gaussian latent z."""
-    min_std: float = 0.1
+    min_std: PosFloat = 0.1
     """Lower bound added to softplus for the latent standard deviation."""
-    kl_scale: float = 1.0
-    """Weight of the KL term (PlaNet/Dreamer: 1)."""
-    kl_balance: Optional[float] = None
-    """α of KL balancing; None (default) is the plain KL(q ‖ p) of the ELBO."""
-    free_nats: float = 3.0
-    """The batch-mean KL is clamped below at this many nats (PlaNet/Dreamer: 3)."""
 
-
-# The CPU presets balance the KL and free only 1 nat: on low-dimensional vector observations
-# the batch-mean KL stays below 3 nats, so with the paper's objective the prior gets no
-# gradient at all and imagination is useless (measured on the 2-D point-mass test: 5-step
-# open-loop MSE 1.21 with free_nats=3, unbalanced; 0.015 with these settings; repeating the
-# last observation gives 0.22). 'paper' keeps the published objective.
-_CPU_OBJECTIVE = dict(kl_balance=0.8, free_nats=1.0)
-GAUSSIAN_RSSM_PRESETS = {
-    "tiny": dict(deter=32, hidden=32, stoch=8, mlp_layers=1, mlp_units=32, cnn_depth=4,
-                 **_CPU_OBJECTIVE),
-    "small": dict(**_CPU_OBJECTIVE),
-    # Dreamer v1 sizes and objective, which VMIL builds on.
-    "paper": dict(deter=200, hidden=200, stoch=30, mlp_layers=2, mlp_units=400, cnn_depth=32,
-                  kl_balance=None, free_nats=3.0, kl_scale=1.0),
-}
+    DEFAULTS: ClassVar = dict(
+        stoch=30,           # a 30-dimensional Gaussian z (PlaNet / Dreamer v1)
+        kl_scale=1.0,       # the ELBO's KL at full weight (PlaNet / Dreamer)
+        kl_balance=None,    # the plain KL(q ‖ p) of the ELBO
+        free_nats=3.0,      # PlaNet / Dreamer free nats
+    )
+    # The CPU presets balance the KL and free only 1 nat: on low-dimensional vector observations
+    # the batch-mean KL stays below 3 nats, so with the paper's objective the prior gets no
+    # gradient at all and imagination is useless (measured on the 2-D point-mass test: 5-step
+    # open-loop MSE 1.21 with free_nats=3, unbalanced; 0.015 with these settings; repeating the
+    # last observation gives 0.22). 'paper' keeps the published objective.
+    PRESETS: ClassVar = {
+        "tiny": dict(deter=32, hidden=32, stoch=8, mlp_layers=1, mlp_units=32, cnn_depth=4,
+                     kl_balance=0.8, free_nats=1.0),
+        "small": dict(kl_balance=0.8, free_nats=1.0),
+        # Dreamer v1 sizes and objective, which VMIL builds on.
+        "paper": dict(deter=200, hidden=200, stoch=30, mlp_layers=2, mlp_units=400, cnn_depth=32),
+    }
 
 
 class GaussianRSSM(RSSM):
@@ -64,6 +60,7 @@ class GaussianRSSM(RSSM):
     """
 
     config: GaussianRSSMConfig
+    config_cls = GaussianRSSMConfig
 
     def _stoch_size(self) -> int:
         return self.config.stoch
@@ -102,4 +99,4 @@ class GaussianRSSM(RSSM):
         return gaussian_entropy(params[..., self.config.stoch:])
 
 
-__all__ = ["GaussianRSSMConfig", "GaussianRSSM", "GAUSSIAN_RSSM_PRESETS"]
+__all__ = ["GaussianRSSMConfig", "GaussianRSSM"]

@@ -4,42 +4,44 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
+from wmil.config import PRESETS, build_config
 from wmil.errors import UserError
 from wmil.types import DataSpec
-from wmil.world_models.base import Registration, WorldModel, build_config
-from wmil.world_models.dynamics import DYNAMICS_PRESETS, Dynamics, DynamicsConfig
-from wmil.world_models.gaussian_rssm import GAUSSIAN_RSSM_PRESETS, GaussianRSSM, GaussianRSSMConfig
-from wmil.world_models.rssm import RSSM, RSSM_PRESETS, RSSMConfig
+from wmil.world_models.base import WorldModel
+from wmil.world_models.dynamics import Dynamics
+from wmil.world_models.gaussian_rssm import GaussianRSSM
+from wmil.world_models.rssm import RSSM
 
-WORLD_MODELS: dict[str, Registration] = {
-    "rssm": Registration(RSSM, RSSMConfig, RSSM_PRESETS),
-    "gaussian_rssm": Registration(GaussianRSSM, GaussianRSSMConfig, GAUSSIAN_RSSM_PRESETS),
-    "dynamics": Registration(Dynamics, DynamicsConfig, DYNAMICS_PRESETS),
+#: name -> model class (its ``config_cls`` holds the config, defaults and presets).
+WORLD_MODELS: dict[str, type] = {
+    "rssm": RSSM,
+    "gaussian_rssm": GaussianRSSM,
+    "dynamics": Dynamics,
 }
 
-PRESETS = ("tiny", "small", "paper")
+__all__ = ["WORLD_MODELS", "PRESETS", "model_class", "config_for", "make_world_model"]
 
 
-def _registration(name: str) -> Registration:
+def model_class(name: str) -> type:
+    """The class of world model ``name`` (a one-line UserError for an unknown name)."""
     if name not in WORLD_MODELS:
         raise UserError(f"unknown world model {name!r}; choose one of {sorted(WORLD_MODELS)}")
     return WORLD_MODELS[name]
 
 
 def config_for(name: str, preset: str = "small", **overrides: Any):
-    """The config dataclass of world model ``name``: its defaults, then the preset ('tiny' for
-    tests, 'small' for a 2-core CPU, 'paper' for the published sizes), then ``overrides``
-    (strings such as ``'0.5'`` from ``-o key=value`` are converted to the field's type)."""
-    return build_config(_registration(name), preset, overrides)
+    """The config of world model ``name``: its defaults, then the preset ('tiny' for tests,
+    'small' for a 2-core CPU, 'paper' for the published sizes), then ``overrides`` (strings
+    such as ``'0.5'`` from ``-o key=value`` are converted to the field's type)."""
+    return build_config(model_class(name).config_cls, preset, overrides)
 
 
 def make_world_model(name: str, spec: DataSpec, config: Optional[Any] = None) -> WorldModel:
     """Build world model ``name`` for data described by ``spec`` (``config`` defaults to the
     'small' preset)."""
-    registration = _registration(name)
+    cls = model_class(name)
     if config is None:
         config = config_for(name, "small")
-    if not isinstance(config, registration.config):
-        raise UserError(f"world model {name!r} takes a {registration.config.__name__}, got "
-                        f"{type(config).__name__}")
-    return registration.model(spec, config)
+    if not isinstance(config, cls.config_cls):
+        raise UserError(f"world model {name!r} takes a {cls.config_cls.__name__}, got {type(config).__name__}")
+    return cls(spec, config)

@@ -29,15 +29,18 @@ diagonal Gaussian ``z``.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Annotated, ClassVar, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from wmil.config import (Activation, NonNegFloat, NonNegInt, OptimizerConfig, PosFloat, PosInt, Prob,
+                         Range)
 from wmil.nets import MLP, ConvDecoder, ConvEncoder, LayerNormGRUCell, preprocess_pixels
 from wmil.types import DataSpec, SequenceBatch
-from wmil.world_models.base import State, WorldModelBase, check_features
+from wmil.types import State
+from wmil.world_models.base import WorldModelBase, check_features
 from wmil.world_models.latent import (categorical_entropy, categorical_kl, gumbel_noise,
                                       kl_balance, masked_mean, straight_through_sample, unimix_logits)
 
@@ -47,77 +50,70 @@ _FUNCTIONAL_ACT = {"elu": F.elu, "relu": F.relu, "silu": F.silu, "tanh": torch.t
 
 
 @dataclass(frozen=True)
-class RecurrentConfig:
+class RecurrentConfig(OptimizerConfig):
     """Fields shared by the recurrent world models (``rssm``, ``gaussian_rssm``)."""
 
-    deter: int = 200
+    deter: PosInt = 200
     """Size of the deterministic GRU state h."""
-    hidden: int = 200
+    hidden: PosInt = 200
     """Width of the layers around the GRU (input layer, prior and posterior heads)."""
-    mlp_layers: int = 2
+    stoch: PosInt = 32
+    """Size of the stochastic state z: categorical variables (rssm) or Gaussian dimensions (gaussian_rssm)."""
+    mlp_layers: NonNegInt = 2
     """Hidden layers of the vector encoder/decoder MLPs and of the reward/continue heads."""
-    mlp_units: int = 200
+    mlp_units: PosInt = 200
     """Units per hidden layer of those MLPs."""
-    cnn_depth: int = 16
+    cnn_depth: PosInt = 16
     """Channel multiplier of the pixel encoder/decoder (DreamerV2 uses 48)."""
-    act: str = "elu"
+    act: Activation = "elu"
     """Activation everywhere: 'elu' (DreamerV2), 'relu', 'silu' or 'tanh'."""
     norm: bool = False
     """LayerNorm after each hidden layer of the encoder/decoder MLPs."""
     normalize_obs: bool = True
     """Standardise vector observations per coordinate (training-data mean/std) for the encoder and the reconstruction loss."""
-    std_floor: float = 1e-3
+    std_floor: PosFloat = 1e-3
     """Lower bound of the per-coordinate std used to standardise (constant coordinates)."""
-    kl_scale: float = 0.1
+    kl_scale: NonNegFloat = 0.1
     """Weight of the KL term (DITTO code: 0.1)."""
-    kl_balance: Optional[float] = 0.8
+    kl_balance: Optional[Prob] = 0.8
     """α of KL balancing (weight of the prior side); None for the plain KL(q ‖ p)."""
-    free_nats: float = 0.0
+    free_nats: NonNegFloat = 0.0
     """The batch-mean KL is clamped below at this many nats (0 disables)."""
-    obs_scale: float = 1.0
+    obs_scale: NonNegFloat = 1.0
     """Weight of the observation reconstruction term."""
     reward_head: bool = False
     """Also predict the logged reward from the features (off for imitation)."""
-    reward_scale: float = 1.0
+    reward_scale: NonNegFloat = 1.0
     """Weight of the reward term (when reward_head)."""
     continue_head: bool = False
     """Also predict 1 - is_terminal from the features (off by default)."""
-    continue_scale: float = 1.0
+    continue_scale: NonNegFloat = 1.0
     """Weight of the continue term (when continue_head)."""
-    lr: float = 3e-4
-    """Adam learning rate for the trainer (DITTO: 3e-4)."""
-    adam_eps: float = 1e-5
-    """Adam epsilon for the trainer (DreamerV2: 1e-5)."""
-    grad_clip: float = 200.0
-    """Global gradient-norm clip for the trainer (DITTO: 200)."""
 
 
 @dataclass(frozen=True)
 class RSSMConfig(RecurrentConfig):
     """DreamerV2 RSSM with categorical latents (see the module docstring for the loss)."""
 
-    stoch: int = 32
-    """Number of categorical latent variables in z."""
-    classes: int = 32
+    classes: Annotated[int, Range(ge=2)] = 32
     """Classes per categorical latent variable."""
-    unimix: float = 0.0
+    unimix: Prob = 0.0
     """Fraction of the uniform distribution mixed into every categorical (DreamerV3: 0.01)."""
 
-
-RSSM_PRESETS = {
-    "tiny": dict(deter=32, hidden=32, stoch=4, classes=4, mlp_layers=1, mlp_units=32,
-                 cnn_depth=4),
-    "small": dict(),
-    # DreamerV2 / DITTO sizes.
-    "paper": dict(deter=1024, hidden=1000, stoch=32, classes=32, mlp_layers=4, mlp_units=400,
-                  cnn_depth=48),
-}
+    PRESETS: ClassVar = {
+        "tiny": dict(deter=32, hidden=32, stoch=4, classes=4, mlp_layers=1, mlp_units=32, cnn_depth=4),
+        "small": dict(),
+        # DreamerV2 / DITTO sizes.
+        "paper": dict(deter=1024, hidden=1000, stoch=32, classes=32, mlp_layers=4, mlp_units=400, cnn_depth=48),
+    }
 
 
 class RSSM(WorldModelBase):
     """DreamerV2 RSSM; subclasses change the stochastic latent through the ``_latent`` hooks
     (``_noise``, ``_sample``, ``_params_from_raw``, ``_state``, ``_params``, ``_stoch_mean``,
     ``_kl``, ``_entropy``)."""
+
+    config_cls = RSSMConfig
 
     config: RecurrentConfig
 
@@ -357,4 +353,4 @@ class RSSM(WorldModelBase):
         return losses, metrics, posterior
 
 
-__all__ = ["RecurrentConfig", "RSSMConfig", "RSSM", "RSSM_PRESETS"]
+__all__ = ["RecurrentConfig", "RSSMConfig", "RSSM"]

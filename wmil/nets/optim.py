@@ -1,0 +1,39 @@
+"""Optimiser steps and target networks: written once, used by every trainer."""
+
+from __future__ import annotations
+
+from typing import Iterable, Optional
+
+import torch
+from torch import nn
+
+
+def apply_gradients(optimizer: torch.optim.Optimizer, loss: torch.Tensor,
+                    clip: Optional[float] = None) -> Optional[float]:
+    """One step of ``optimizer`` on ``loss``: zero the gradients, backpropagate, clip the global
+    gradient norm of the optimizer's parameters at ``clip`` (None: no clipping) and step.
+    Returns the gradient norm before clipping (None without clipping)."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    norm = None
+    if clip is not None:
+        norm = float(nn.utils.clip_grad_norm_(_parameters(optimizer), clip))
+    optimizer.step()
+    return norm
+
+
+def _parameters(optimizer: torch.optim.Optimizer) -> Iterable[torch.Tensor]:
+    return [p for group in optimizer.param_groups for p in group["params"]]
+
+
+@torch.no_grad()
+def update_target(target: nn.Module, source: nn.Module, step: int, every: int, tau: float) -> None:
+    """Move a target network toward ``source`` after update number ``step`` (1, 2, …): a hard
+    copy every ``every`` updates, or, with ``every`` = 0, Polyak averaging at rate ``tau``
+    (θ̄ ← θ̄ + τ(θ − θ̄)) after every update."""
+    if every > 0:
+        if step % every == 0:
+            target.load_state_dict(source.state_dict())
+    else:
+        for t, s in zip(target.parameters(), source.parameters()):
+            t.lerp_(s, tau)

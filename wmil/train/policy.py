@@ -1,0 +1,143 @@
+"""``wmil imagine``: train an imitation policy (inside a world model where the algorithm uses one).
+
+The trainer owns the run: it loads the world model and the expert data, checks that they fit,
+writes the run directory, resumes exactly from its newest checkpoint, logs and checkpoints at
+the cadence of :class:`ImagineTrainConfig`; the algorithm (a :class:`~wmil.algos.base.Learner`)
+supplies its updates, its offline evaluation, its training state and its deployable policy.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar, Optional
+
+from wmil.algos.base import algorithm_class
+from wmil.config import LoopConfig, PosInt, build_config, split_overrides, to_dict
+from wmil.data.dataset import Dataset, load
+from wmil.errors import UserError
+from wmil.runs import RunDir, resolve_device, rng_state, seed_everything, set_rng_state
+from wmil.train.loop import check_finite, run_loop
+from wmil.train.world_model import load_world_model
+from wmil.types import DataSpec
+from wmil.world_models.registry import config_for, make_world_model
+
+
+@dataclass(frozen=True)
+class ImagineTrainConfig(LoopConfig):
+    """Cadence of an imitation run (the algorithm's own config holds its hyperparameters)."""
+
+    expert_episodes: Optional[PosInt] = None
+    """Use only the first K expert episodes (None: all)."""
+
+    PRESETS: ClassVar = {
+        "tiny": dict(steps=30, log_every=5, eval_every=10, checkpoint_every=10),
+        "small": dict(),
+        "paper": dict(steps=50_000, eval_every=2500, checkpoint_every=5000),
+    }
+
+
+def _world_model_from_run(model_run: str | os.PathLike, device: str):
+    run = RunDir(model_run, "world_model")
+    config = run.read_config() if run.exists() else None
+    if config is None:
+        raise UserError(f"--model {model_run}: not a world-model run directory (no config.yaml); "
+                        "train one with 'wmil train-model'")
+    if config.get("kind") != "world_model":
+        raise UserError(f"--model {model_run}: holds a {config.get('kind')} run, not a world model")
+    return load_world_model(model_run, device)
+
+
+def train_policy(algo: str, model: Optional[str | os.PathLike], expert: str | Dataset,
+                 out: Optional[str | os.PathLike] = None, preset: str = "small", steps: Optional[int] = None,
+                 expert_episodes: Optional[int] = None, seed: Optional[int] = None, device: str = "auto",
+                 overrides: Optional[dict[str, str]] = None, progress: bool = True):
+    """Train (or resume) an imitation policy, inside the world model of run ``model`` when the
+    algorithm uses one (``model`` may be None for model-free ones such as BC).
+
+    Returns the deployable policy. ``expert`` is a dataset name/path/object; ``overrides``
+    are ``-o`` pairs for the run (``steps``…) or the algorithm (``gamma``…).
+    """
+    cls = algorithm_class(algo)
+    routed = split_overrides(overrides or {}, {"train": ImagineTrainConfig, "algo": cls.config_cls})
+    explicit = {k: v for k, v in (("steps", steps), ("seed", seed), ("expert_episodes", expert_episodes))
+                if v is not None}
+    train_cfg = build_config(ImagineTrainConfig, preset, {**routed["train"], **explicit}, "the run")
+    algo_cfg = build_config(cls.config_cls, preset, routed["algo"], algo)
+    dev = resolve_device(device)
+    if cls.world_models is not None and model is None:
+        raise UserError(f"--algo {algo} trains inside a world model: pass --model RUN_DIR (from wmil train-model)")
+    world_model = _world_model_from_run(model, str(dev)) if model is not None and cls.world_models is not None else None
+    expert_ds = expert if isinstance(expert, Dataset) else load(expert)
+    if world_model is not None and expert_ds.spec != world_model.spec:
+        raise UserError(f"expert dataset {expert_ds.name} has {expert_ds.spec.describe()} but the world model in "
+                        f"{model} was trained on {world_model.spec.describe()}; use an expert dataset of the same "
+                        "environment and observation settings")
+    if train_cfg.expert_episodes is not None:
+        if not 1 <= train_cfg.expert_episodes <= len(expert_ds):
+            raise UserError(f"--expert-episodes {train_cfg.expert_episodes}: the expert dataset {expert_ds.name} "
+                            f"has {len(expert_ds)} episodes")
+        expert_ds = expert_ds.head(train_cfg.expert_episodes)
+
+    run = RunDir(out or Path("runs") / f"{algo}-{expert_ds.name.replace('/', '-')}", "policy")
+    wm_config = world_model.run_config if world_model is not None else None
+    config = {
+        "algo": algo, "preset": preset,
+        "world_model_run": str(Path(model).resolve()) if world_model is not None else None,
+        "world_model": {k: wm_config[k] for k in ("model", "preset", "spec", "model_config")} if wm_config else None,
+        "spec": expert_ds.spec.to_dict(), "expert": expert_ds.name,
+        "expert_episode_ids": [int(i) for i in expert_ds.episode_ids],
+        "env": expert_ds.wmil_metadata.get("env"),
+        "ref_min_score": expert_ds.ref_min_score, "ref_max_score": expert_ds.ref_max_score,
+        "train": to_dict(train_cfg), "algo_config": to_dict(algo_cfg),
+    }
+    resume = run.start_or_resume(config, ("algo", "world_model", "expert", "expert_episode_ids", "algo_config"))
+    seed_everything(train_cfg.seed)
+    if world_model is not None:
+        for parameter in world_model.parameters():
+            parameter.requires_grad_(False)  # the model is fixed; gradients still flow through it
+    learner = cls(world_model, expert_ds, algo_cfg, dev)
+    start = 0
+    if resume is not None:
+        learner.load_training_state(resume["algo"])
+        set_rng_state(resume["rng"])
+        start = int(resume["step"])
+        run.truncate_metrics(start)
+
+    def update(step: int) -> dict:
+        metrics = learner.train_step(step)
+        check_finite(step, {k: v for k, v in metrics.items() if k.startswith("loss/")}, run)
+        return metrics
+
+    def checkpoint() -> dict:
+        return {"algo": learner.training_state(), "rng": rng_state(),
+                "world_model": world_model.state_dict() if world_model is not None else None}
+
+    if start < train_cfg.steps:
+        run_loop(run, train_cfg, start, update, lambda step: learner.evaluate(), checkpoint, progress,
+                 desc=f"imagine {algo}", postfix_keys=learner.progress_keys)
+    return learner.policy()
+
+
+def load_policy(run_dir: str | os.PathLike, device: str = "cpu"):
+    """The deployable policy of a ``wmil imagine`` run (``reset()``, ``act(obs)``); its
+    ``run_config`` holds the run's config."""
+    run = RunDir(run_dir, "policy")
+    config = run.read_config()
+    run.check_kind(config)
+    checkpoint = run.load_checkpoint()
+    if checkpoint is None:
+        raise UserError(f"{run.path}: no checkpoint yet; train the policy first")
+    cls = algorithm_class(config["algo"])
+    algo_cfg = build_config(cls.config_cls, "small", config["algo_config"], f"{run.config_path} (algo_config)")
+    world_model = None
+    if config.get("world_model"):  # BC acts on observations and has none
+        wm = config["world_model"]
+        world_model = make_world_model(wm["model"], DataSpec.from_dict(wm["spec"]),
+                                       config_for(wm["model"], wm.get("preset", "small"), **wm["model_config"]))
+        world_model.load_state_dict(checkpoint["world_model"])
+        world_model.eval()
+    policy = cls.deployable(world_model, algo_cfg, checkpoint["algo"], DataSpec.from_dict(config["spec"]))
+    policy.run_config = config
+    return policy.to(resolve_device(device))

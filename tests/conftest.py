@@ -111,3 +111,44 @@ def env_worlds(tmp_path_factory):
         return cache[discrete]
 
     return get
+
+
+@pytest.fixture(scope="session")
+def synthetic_worlds(tmp_path_factory):
+    """``synthetic_worlds(model, discrete)`` → (world-model run dir, expert dataset, frozen world
+    model): one tiny world model (1 update) on an expert whose action is a function of the
+    observation (:func:`helpers.function_expert`), built once per session."""
+    from helpers import function_expert
+
+    from wmil.train.world_model import train_world_model
+
+    root = tmp_path_factory.mktemp("synthetic")
+    cache = {}
+
+    def get(model, discrete):
+        key = (model, discrete)
+        if key not in cache:
+            with pytest.MonkeyPatch.context() as mp:
+                mp.setenv("MINARI_DATASETS_PATH", str(root / "minari"))
+                kind = "disc" if discrete else "cont"
+                dataset = function_expert(f"syn/{kind}-{model.replace('_', '-')}-v0", discrete, [10, 13, 8], seed=1)
+                out = root / f"wm-{model}-{kind}"
+                world_model = train_world_model(dataset, model=model, preset="tiny", out=out, steps=1, device="cpu",
+                                                overrides={**WORLD_MODEL_TINY, "batch_size": "2", "seq_len": "6",
+                                                           "open_loop_context": "2"}, progress=False)
+            for parameter in world_model.parameters():
+                parameter.requires_grad_(False)
+            cache[key] = (out, dataset, world_model)
+        return cache[key]
+
+    return get
+
+
+@pytest.fixture
+def reach(minari_root):
+    """(expert, world) datasets of a 2-D point reaching the origin (:func:`helpers.reach_episodes`)."""
+    from helpers import ACT2, BOX2, reach_episodes, write_episodes
+
+    expert = write_episodes("tt/reach-expert-v0", reach_episodes(8, 0), BOX2, ACT2)
+    world = write_episodes("tt/reach-world-v0", reach_episodes(30, 1, epsilon=0.5), BOX2, ACT2)
+    return expert, world

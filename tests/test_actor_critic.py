@@ -7,7 +7,7 @@ import torch
 from wmil.errors import UserError
 from wmil.imagination.actor_critic import ActorCritic, ActorCriticConfig, imagine
 from wmil.types import DataSpec
-from wmil.world_models.base import State
+from wmil.types import State
 
 SPEC = DataSpec(obs_shape=(3,), obs_dtype="float32", action_dim=3, discrete=True)
 
@@ -27,7 +27,7 @@ def _start(batch):
 
 
 def _config(**kw):
-    return ActorCriticConfig(**{"horizon": 3, "layers": 1, "units": 16, "actor_lr": 3e-3, "critic_lr": 3e-3,
+    return ActorCriticConfig(**{"layers": 1, "units": 16, "actor_lr": 3e-3, "critic_lr": 3e-3,
                                 "entropy_discrete": 1e-3, "target_every": 10, **kw})
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from wmil.algos.base import train_policy
+from wmil.train.policy import train_policy
 from wmil.data.build import BuildConfig, build_dataset
 from wmil.eval.evaluate import evaluate_policy, summarize
 

@@ -56,3 +56,121 @@ def test_layer_norm_gru_cell_matches_dreamerv2_equations():
     cand = torch.tanh(reset * cand)
     expected = update * cand + (1 - update) * h
     assert torch.allclose(cell(x, h), expected, atol=1e-6)
+
+
+# ------------------------------------------------------------------ action heads and helpers
+
+import math  # noqa: E402
+
+from wmil.config import ActorConfig  # noqa: E402
+from wmil.nets import ActionBounds, ActionHead, Standardizer, apply_gradients, categorical, update_target  # noqa: E402
+from wmil.types import DataSpec  # noqa: E402
+
+
+def _continuous_head(low=-2.0, high=2.0):
+    spec = DataSpec((3,), "float32", 1, False, (low,), (high,))
+    return ActionHead(3, spec, ActorConfig(layers=1, units=8))
+
+
+def test_squashed_gaussian_log_prob_by_hand():
+    head = _continuous_head()
+    last = head.net.net[-1]
+    assert isinstance(last, torch.nn.Linear)
+    with torch.no_grad():
+        last.weight.zero_()
+        # mean 0, std = softplus(raw) + 0.1 = 1
+        last.bias.copy_(torch.tensor([0.0, math.log(math.expm1(0.9))]))
+    features = torch.randn(2, 3)
+    # a = 0 → u = 0: log N(0; 0, 1) − log(half_range · (1 − tanh² 0)) = −½ log 2π − log 2.
+    log_prob = head.log_prob(features, torch.zeros(2, 1))
+    torch.testing.assert_close(log_prob, torch.full((2,), -0.5 * math.log(2 * math.pi) - math.log(2)))
+    # a = 2·tanh(0.5) → u = 0.5: extra −½·0.25 − log(1 − tanh² 0.5).
+    a = torch.full((2, 1), 2 * math.tanh(0.5))
+    expected = -0.5 * math.log(2 * math.pi) - 0.125 - math.log(2) - math.log(1 - math.tanh(0.5) ** 2)
+    torch.testing.assert_close(head.log_prob(features, a), torch.full((2,), expected))
+    # Actions on (or beyond) the bound are clamped inside it: finite.
+    assert torch.isfinite(head.log_prob(features, torch.tensor([[2.0], [-2.5]]))).all()
+
+
+@pytest.mark.parametrize("discrete", [True, False])
+def test_action_head_log_prob_matches_its_samples(discrete):
+    torch.manual_seed(0)
+    if discrete:
+        spec = DataSpec((3,), "float32", 4, True)
+    else:
+        spec = DataSpec((3,), "float32", 2, False, (-1.0, 0.0), (1.0, 3.0))
+    head = ActionHead(3, spec, ActorConfig(layers=1, units=16))
+    features = torch.randn(64, 3)
+    action, log_prob, entropy = head(features)
+    torch.testing.assert_close(head.log_prob(features, action, eps=1e-7), log_prob, rtol=1e-3, atol=1e-3)
+    if discrete:
+        assert set(action.sum(-1).tolist()) == {1.0}
+        torch.testing.assert_close(entropy, -(torch.softmax(head.net(features), -1)
+                                              * torch.log_softmax(head.net(features), -1)).sum(-1))
+    else:
+        low, high = torch.tensor([-1.0, 0.0]), torch.tensor([1.0, 3.0])
+        assert ((action >= low) & (action <= high)).all()
+        torch.testing.assert_close(entropy, -log_prob)
+
+
+def test_action_head_on_an_unbounded_space_is_a_plain_gaussian():
+    spec = DataSpec((3,), "float32", 1, False, (-math.inf,), (math.inf,))
+    head = ActionHead(3, spec, ActorConfig(layers=0))
+    with torch.no_grad():
+        head.net.net[-1].weight.zero_()
+        head.net.net[-1].bias.copy_(torch.tensor([5.0, math.log(math.expm1(0.9))]))  # mean 5, std 1
+    action, _, _ = head(torch.zeros(1, 3), deterministic=True)
+    assert float(action.detach()) == 5.0  # no squashing
+    torch.testing.assert_close(head.log_prob(torch.zeros(1, 3), torch.tensor([[6.0]])),
+                               torch.tensor([-0.5 - 0.5 * math.log(2 * math.pi)]))
+
+
+def test_categorical_samples_and_straight_through_gradients():
+    logits = torch.tensor([[0.0, math.log(3.0)]], requires_grad=True)
+    action, log_prob, entropy = categorical(logits, deterministic=True)
+    assert action.tolist() == [[0.0, 1.0]] and not action.requires_grad
+    torch.testing.assert_close(log_prob, torch.tensor([math.log(0.75)]))
+    torch.testing.assert_close(entropy, torch.tensor([-(0.25 * math.log(0.25) + 0.75 * math.log(0.75))]))
+    through, _, _ = categorical(logits, deterministic=True, straight_through=True)
+    torch.testing.assert_close(through.detach(), torch.tensor([[0.0, 1.0]]))  # one-hot in value
+    through[0, 1].backward()                 # ∂p₁/∂l = p₁(δ − p)
+    torch.testing.assert_close(logits.grad, torch.tensor([[-0.1875, 0.1875]]))
+    torch.manual_seed(0)
+    draws = torch.stack([categorical(torch.log(torch.tensor([0.2, 0.8])))[0] for _ in range(2000)])
+    assert abs(float(draws[:, 1].mean()) - 0.8) < 0.03
+
+
+def test_action_bounds_and_standardizer():
+    bounds = ActionBounds(DataSpec((1,), "float32", 2, False, (-1.0, 0.0), (3.0, 1.0)))
+    assert bounds.bounded
+    torch.testing.assert_close(bounds.center, torch.tensor([1.0, 0.5]))
+    torch.testing.assert_close(bounds.to_unit(torch.tensor([3.0, 0.0])), torch.tensor([1.0, -1.0]))
+    torch.testing.assert_close(bounds.from_unit(torch.tensor([0.0, 1.0])), torch.tensor([1.0, 1.0]))
+    torch.testing.assert_close(bounds.clip(torch.tensor([5.0, -2.0])), torch.tensor([3.0, 0.0]))
+    identity = ActionBounds(DataSpec((1,), "float32", 3, True))
+    assert not identity.bounded and torch.equal(identity.to_unit(torch.eye(3)), torch.eye(3))
+    standardize = Standardizer(2)
+    data = torch.tensor([[1.0, 5.0], [3.0, 5.0]])
+    standardize.fit(data, floor=0.1)
+    torch.testing.assert_close(standardize.std, torch.tensor([1.0, 0.1]))   # constant coordinate: the floor
+    torch.testing.assert_close(standardize(data), torch.tensor([[-1.0, 0.0], [1.0, 0.0]]))
+    torch.testing.assert_close(standardize.inverse(standardize(data)), data)
+
+
+def test_apply_gradients_and_target_updates():
+    net = torch.nn.Linear(1, 1, bias=False)
+    with torch.no_grad():
+        net.weight.fill_(1.0)
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    norm = apply_gradients(opt, (net(torch.tensor([[3.0]])) ** 2).sum() * 10, clip=1.0)
+    assert norm == pytest.approx(180.0)                      # d/dw 10 (3w)² = 180 w, at w = 1
+    assert float(net.weight.detach()) == pytest.approx(1.0 - 0.1)     # clipped to norm 1
+    target = torch.nn.Linear(1, 1, bias=False)
+    with torch.no_grad():
+        target.weight.fill_(0.0)
+    update_target(target, net, step=1, every=0, tau=0.5)     # Polyak: halfway
+    assert float(target.weight.detach()) == pytest.approx(0.45)
+    update_target(target, net, step=3, every=2, tau=0.5)     # hard copy only every 2nd update
+    assert float(target.weight.detach()) == pytest.approx(0.45)
+    update_target(target, net, step=4, every=2, tau=0.5)
+    assert float(target.weight.detach()) == pytest.approx(0.9)

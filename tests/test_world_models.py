@@ -279,10 +279,10 @@ def test_recurrent_models_standardise_vector_observations(name):
 
 def test_registry_and_configs():
     assert set(WORLD_MODELS) == {"rssm", "gaussian_rssm", "dynamics"}
-    for name, registration in WORLD_MODELS.items():
-        assert set(registration.presets) == set(PRESETS)
-        docs = field_docs(registration.config)
-        for field in dataclasses.fields(registration.config):
+    for name, model_cls in WORLD_MODELS.items():
+        assert set(model_cls.config_cls.PRESETS) == set(PRESETS)
+        docs = field_docs(model_cls.config_cls)
+        for field in dataclasses.fields(model_cls.config_cls):
             assert docs.get(field.name), f"{name}: field {field.name} has no docstring"
     config = config_for("rssm", "small", kl_scale="0.5", unimix="0.01", kl_balance="none")
     assert config.kl_scale == 0.5 and config.unimix == 0.01 and config.kl_balance is None

@@ -1,0 +1,78 @@
+"""GPRIL in the world model: geometric offsets, the offline-data predecessors, the NaN guard of
+its flows, and a learning check that can fail (fixed seeds)."""
+
+import numpy as np
+import pytest
+import torch
+from helpers import RUN_TINY, frozen, tiny_world_model
+
+from wmil.algos.gpril import Gpril, GprilConfig, PredecessorModel, geometric_offsets
+from wmil.errors import UserError
+from wmil.runs import seed_everything
+from wmil.train.policy import load_policy, train_policy
+
+
+def _world(write_dataset, tmp_path, discrete):
+    data = write_dataset(f"wm/{'d' if discrete else 'c'}-v0", [9, 12, 8, 10], discrete=discrete)
+    return data, tiny_world_model(data, tmp_path / f"wm-{discrete}", steps=2,
+                                  overrides={"seq_len": "6", "open_loop_context": "2"})
+
+
+def test_geometric_offsets_stay_inside_episodes():
+    rng = np.random.default_rng(0)
+    offsets, n_actions = np.array([0, 4, 10, 11]), np.array([3, 5, 0, 40])  # the third episode has no action
+    start, target = geometric_offsets(rng, offsets, n_actions, 5000, gamma=0.8)
+    episode = np.searchsorted(offsets, start, side="right") - 1
+    episode = np.where(n_actions[episode] == 0, episode - 1, episode)  # never sampled; guards the lookup
+    assert (n_actions[episode] > 0).all()
+    assert (start >= offsets[episode]).all() and (start < offsets[episode] + n_actions[episode]).all()
+    assert (target > start).all() and (target <= offsets[episode] + n_actions[episode]).all()
+    # γ = 0: s̄ is always the next state; a long episode shows the geometric mean γ/(1−γ)
+    start, target = geometric_offsets(rng, offsets, n_actions, 100, gamma=0.0)
+    assert (target == start + 1).all()
+    start, target = geometric_offsets(rng, np.array([0]), np.array([10_000]), 20_000, gamma=0.5)
+    assert abs((target - start - 1).mean() - 1.0) < 0.05
+    assert abs((target - start - 1 == 0).mean() - 0.5) < 0.02
+
+
+def test_gpril_from_offline_data(write_dataset, tmp_path):
+    data, wm = _world(write_dataset, tmp_path, discrete=True)
+    out = tmp_path / "policy"
+    train_policy("gpril", wm, data, out=out, preset="tiny", steps=3, progress=False, device="cpu",
+                 overrides={"predecessors": "data"})
+    policy = load_policy(out)
+    policy.reset()
+    assert 0 <= policy.act(np.zeros(3, np.float32)) < 3
+
+
+def test_gpril_nan_flows_stop_training(write_dataset, tmp_path, monkeypatch):
+    data, wm = _world(write_dataset, tmp_path, discrete=True)
+    original = PredecessorModel.log_prob
+    calls = {"n": 0}
+
+    def poisoned(self, *args, **kwargs):
+        log_s, log_a = original(self, *args, **kwargs)
+        calls["n"] += 1
+        return (log_s * float("nan"), log_a) if calls["n"] >= 3 else (log_s, log_a)
+
+    monkeypatch.setattr(PredecessorModel, "log_prob", poisoned)
+    with pytest.raises(UserError, match="loss/flow_state' is nan"):
+        train_policy("gpril", wm, data, out=tmp_path / "nan", preset="tiny", steps=6, progress=False)
+    monkeypatch.setattr(PredecessorModel, "log_prob", original)
+    monkeypatch.setattr(PredecessorModel, "sample",
+                        lambda self, target: (target * float("nan"), torch.zeros(len(target), 3)))
+    with pytest.raises(UserError, match="non-finite samples"):
+        train_policy("gpril", wm, data, out=tmp_path / "nan2", preset="tiny", steps=6, progress=False)
+
+
+def test_gpril_heldout_flow_likelihood_rises(write_dataset, tmp_path):
+    data, wm = _world(write_dataset, tmp_path, discrete=False)
+    seed_everything(0)
+    config = GprilConfig.preset("tiny", {"batch_size": 64, "flow_lr": 3e-3})
+    learner = Gpril(frozen(wm), data, config, torch.device("cpu"))
+    before_s, before_a = learner.heldout_log_likelihood()
+    for step in range(1, 31):
+        learner.update(step)
+    after_s, after_a = learner.heldout_log_likelihood()
+    assert after_s > before_s + 10.0, (before_s, after_s)
+    assert after_a > before_a, (before_a, after_a)

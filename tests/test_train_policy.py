@@ -1,0 +1,59 @@
+"""``wmil imagine`` / ``train_policy`` and ``load_policy``: the CLI path to a scored policy, and
+bad input (wrong data, wrong run directories, unknown algorithms, impossible horizons)."""
+
+import json
+
+import pytest
+from helpers import tiny_world_model
+
+from cli.main import main as wmil_main
+from wmil.data.build import BuildConfig, build_dataset
+from wmil.errors import UserError
+from wmil.train.policy import train_policy
+
+AC = {"log_every": "2", "eval_every": "4", "checkpoint_every": "3", "batch_size": "8", "horizon": "3",
+      "eval_starts": "8"}
+
+
+def test_evaluate_cli_reports_scores_and_rejects_wrong_env(tmp_path, capsys):
+    world = build_dataset(BuildConfig(name="im/cp-v0", env="CartPole-v1", policy="expert", epsilon=[0.0, 1.0],
+                                      episodes=4, max_episode_steps=40, ref_episodes=1), progress=False)
+    wm = tiny_world_model(world, tmp_path / "wm", steps=3)
+    out = tmp_path / "cp-ditto"
+    assert wmil_main(["imagine", "--algo", "ditto", "--model", str(wm), "--expert", "im/cp-v0", "--expert-episodes", "2",
+                      "--preset", "tiny", "--steps", "2", "--out", str(out), "--quiet", "--device", "cpu"]
+                     + [a for k, v in AC.items() for a in ("-o", f"{k}={v}")]) == 0
+    assert wmil_main(["evaluate", str(out), "--episodes", "2", "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    assert "normalized_score" in printed and "eval/action_accuracy" in printed
+    report = json.loads((out / "evaluation.json").read_text())
+    assert len(report["returns"]) == 2 and report["ref_max_score"] > report["ref_min_score"]
+    assert wmil_main(["evaluate", str(out), "--env", "Pendulum-v1", "--episodes", "1"]) == 2
+    assert "the policy expects" in capsys.readouterr().err
+    assert wmil_main(["plot", str(out), str(wm), "--out", str(tmp_path / "c.png")]) == 0
+    assert (tmp_path / "c.png").stat().st_size > 1000
+
+
+def test_imagine_bad_inputs(tmp_path, write_dataset):
+    world = write_dataset("im/world-v0", [12, 14, 16, 11])
+    expert = write_dataset("im/expert-v0", [10, 9])
+    wm = tiny_world_model(world, tmp_path / "wm", steps=3)
+    other = write_dataset("im/cont-v0", [10, 9], discrete=False)
+    with pytest.raises(UserError, match="expert dataset im/cont-v0 has .* but the world model"):
+        train_policy("ditto", wm, other, out=tmp_path / "a", preset="tiny", progress=False)
+    with pytest.raises(UserError, match="--expert-episodes 5.*has 2 episodes"):
+        train_policy("ditto", wm, expert, out=tmp_path / "b", preset="tiny", expert_episodes=5, progress=False)
+    with pytest.raises(UserError, match="not a world-model run"):
+        train_policy("ditto", tmp_path / "nothing", expert, out=tmp_path / "c", preset="tiny", progress=False)
+    policy_run = tmp_path / "d"
+    train_policy("ditto", wm, expert, out=policy_run, preset="tiny", steps=1, overrides=AC, progress=False)
+    with pytest.raises(UserError, match="holds a policy run, not a world model"):
+        train_policy("ditto", policy_run, expert, out=tmp_path / "e", preset="tiny", progress=False)
+    with pytest.raises(UserError, match="unknown algorithm"):
+        train_policy("dreamer", wm, expert, out=tmp_path / "f", preset="tiny", progress=False)
+    with pytest.raises(UserError, match="shorter than the imagination horizon"):
+        train_policy("ditto", wm, expert, out=tmp_path / "g", preset="tiny", overrides={"horizon": "30"}, progress=False)
+    with pytest.raises(UserError, match="needs --model|trains inside a world model"):
+        train_policy("ditto", None, expert, out=tmp_path / "h", preset="tiny", progress=False)
+    with pytest.raises(UserError, match="is not a config field"):
+        train_policy("ditto", wm, expert, out=tmp_path / "i", preset="tiny", overrides={"nope": "1"}, progress=False)

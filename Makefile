@@ -37,7 +37,7 @@ test-all: install
 	$(PYTHON) -m pytest -q -m "slow or not slow"
 
 bench-collect: install
-	$(PYTHON) benchmarks/collect.py
+	$(PYTHON) -m benchmarks.collect
 
 clean:
 	rm -rf $(DEMO_DIR) .pytest_cache build *.egg-info

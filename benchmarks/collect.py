@@ -9,7 +9,7 @@ Targets: ≥ 0.8 (CartPole, LunarLander), ≥ 0.9 (MuJoCo).
 Sampling: SequenceBatch (B=50, T=50) and TransitionBatch (B=256) per second from datasets on
 disk: a vector dataset held in RAM and a pixel dataset read out of core from HDF5.
 
-    python benchmarks/collect.py [--steps 20000] [--repeats 3]
+    python -m benchmarks.collect [--steps 20000] [--repeats 3]
 """
 
 from __future__ import annotations
@@ -17,13 +17,11 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import sys
 import tempfile
 import time
 
 
-sys.path.insert(0, os.path.dirname(__file__))
-from common import table, write  # noqa: E402
+from benchmarks.common import table, write
 
 
 def bare_rate(make, steps: int) -> float:

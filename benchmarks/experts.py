@@ -4,7 +4,7 @@ Each expert and the random policy play ``--episodes`` episodes with seeds 0..N-1
 ``make_env(EnvConfig(env_id))`` (vector observations; ALE games produce 64x64 pixels, the
 expert reads the RAM in ``info["state"]``). Writes ``benchmarks/results/experts.md``.
 
-    python benchmarks/experts.py [--envs CartPole-v1 ALE/Pong-v5 ...] [--episodes 20] [--workers 2]
+    python -m benchmarks.experts [--envs CartPole-v1 ALE/Pong-v5 ...] [--episodes 20] [--workers 2]
 """
 
 from __future__ import annotations
@@ -23,8 +23,7 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, os.path.dirname(__file__))
-from common import cpu_model  # noqa: E402
+from benchmarks.common import cpu_model
 
 from wmil.data.experts import EXPERT_ENV_IDS, make_expert  # noqa: E402
 from wmil.envs import EnvConfig, make_env  # noqa: E402

@@ -5,20 +5,17 @@ the chosen preset, then observe 10 steps of held-out episodes and imagine 15 wit
 actions: MSE at horizons 1, 5, 15 and its ratio to the naive baseline (lower is better; the
 target is "well below 1" at h=15 on cartpole and lunar with the small preset).
 
-    python benchmarks/open_loop.py [--tasks cartpole lunar] [--models rssm gaussian_rssm dynamics] [--steps 1000]
+    python -m benchmarks.open_loop [--tasks cartpole lunar] [--models rssm gaussian_rssm dynamics] [--steps 1000]
 """
 
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, os.path.dirname(__file__))
-from common import table, write  # noqa: E402
+from benchmarks.common import table, write
 
 ROOT = Path(__file__).resolve().parent.parent
 RECIPES = {"cartpole": "cartpole-world.yaml", "lunar": "lunar-world.yaml", "pendulum": "pendulum-world.yaml"}
@@ -38,7 +35,7 @@ def main():
     from wmil.config import parse_overrides
     from wmil.data import names
     from wmil.data.build import build_dataset, load_recipe
-    from wmil.eval.world_model import evaluate_model_run
+    from wmil.eval.world_model import evaluate_world_model
     from wmil.train.world_model import train_world_model
 
     overrides = parse_overrides(args.overrides)
@@ -55,7 +52,7 @@ def main():
                 train_world_model(config.name, model=model, preset=args.preset, out=out, steps=args.steps,
                                   seed=args.seed, overrides=overrides, progress=False)
                 minutes = (time.perf_counter() - started) / 60
-                report = evaluate_model_run(out, batches=8)
+                report = evaluate_world_model(out, batches=8)
                 rows.append([task, model, args.steps, f"{minutes:.1f}"] +
                             [f"{report[f'open_loop/ratio_h{h}']:.3f}" for h in (1, 5, 15)] +
                             [f"{report['open_loop/mse_h15']:.4f}", f"{report['open_loop/naive_mse_h15']:.4f}"])

@@ -7,8 +7,8 @@ episodes (seeds far from the data's). Score = (R − R_random)/(R_expert − R_r
 reference returns stored in the expert dataset (success rate for Fetch). Mean ± standard
 error over seeds. One world model per task and seed is shared by the algorithms.
 
-    python benchmarks/quality.py --tasks cartpole --algos ditto bc --seeds 0 1 2 --demos 4
-    python benchmarks/quality.py --tasks fetch-push --algos bc vins --demos 100 -o vins.ns_rho=0.05
+    python -m benchmarks.quality --tasks cartpole --algos ditto bc --seeds 0 1 2 --demos 4
+    python -m benchmarks.quality --tasks fetch-push --algos bc vins --demos 100 -o vins.ns_rho=0.05
 
 Results merge into ``results/quality-<tasks>.md`` / ``.jsonl`` (a rerun of a cell and seed
 replaces it; ``--fresh`` starts over).
@@ -18,15 +18,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(__file__))
-from common import RESULTS, table, write  # noqa: E402
+from benchmarks.common import RESULTS, table, write
 
 ROOT = Path(__file__).resolve().parent.parent
 

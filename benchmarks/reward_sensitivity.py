@@ -11,7 +11,7 @@ expert's own latents, mean over steps 1…H and at step H, averaged over a few p
   the imagination learner can see of that class;
 * optionally, trained policies (run dirs of ``wmil imagine``), sampled and deterministic.
 
-    python benchmarks/reward_sensitivity.py --task lunar --model runs/quality/lunar/wm-rssm-s0 \
+    python -m benchmarks.reward_sensitivity --task lunar --model runs/quality/lunar/wm-rssm-s0 \
         --demos 4 --features mean --replace 1:0 3:0 2:0 --policies runs/quality/lunar/dbc-rssm-k4-s0
 """
 
@@ -19,14 +19,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, os.path.dirname(__file__))
-from common import table, write  # noqa: E402
+from benchmarks.common import table, write
 
 EXPERTS = {"cartpole": "cartpole/expert-v0", "lunar": "lunar/expert-v0", "pendulum": "pendulum/expert-v0",
            "pixel-cartpole": "pixel-cartpole/expert-v0"}

@@ -13,8 +13,8 @@ noise hits both alike:
 
 Usage::
 
-    python benchmarks/world_model.py                      # vector-small and pixel-small
-    python benchmarks/world_model.py --configs pixel-paper --rounds 2 --no-reference
+    python -m benchmarks.world_model                      # vector-small and pixel-small
+    python -m benchmarks.world_model --configs pixel-paper --rounds 2 --no-reference
 
 Writes ``benchmarks/results/world_model.md``.
 """
@@ -338,7 +338,7 @@ def main(argv=None) -> None:
         print(line, flush=True)
 
     command = "python " + " ".join([os.path.relpath(__file__, ROOT)] + sys.argv[1:]) \
-        if argv is None else "python benchmarks/world_model.py " + " ".join(argv)
+        if argv is None else "python -m benchmarks.world_model " + " ".join(argv)
     lines = [
         "# World-model update throughput (CPU)",
         "",

@@ -194,7 +194,8 @@ def datasets_delete(name, yes):
 @click.option("--seed", type=int, help="Seed for initialisation, sampling and the validation split.")
 @click.option("--out", type=click.Path(file_okay=False), help="Run directory (default runs/<model>-<dataset>); re-run to resume.")
 @click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda.")
-@click.option("-o", "overrides", multiple=True, help="Any config field: -o lr=1e-4, -o model.deter=256, -o train.batch_size=16.")
+@click.option("-o", "overrides", multiple=True, help="Any config field: -o lr=1e-4, -o model.deter=256, -o train.batch_size=16 "
+              "(every field: wmil config show MODEL, wmil config show train-model).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def train_model_cmd(datasets, model, preset, steps, seed, out, device, overrides, quiet):
     """Train a world model on all given datasets (mixed quality is the point)."""
@@ -222,9 +223,9 @@ def train_model_cmd(datasets, model, preset, steps, seed, out, device, overrides
 @click.option("--context", default=10, show_default=True, help="Observed steps before imagining.")
 def evaluate_model_cmd(run_dir, datasets, batches, context):
     """Open-loop prediction error at horizons 1, 5, 15 vs. repeating the last observation."""
-    from wmil.eval.world_model import evaluate_model_run
+    from wmil.eval.world_model import evaluate_world_model
 
-    report = evaluate_model_run(run_dir, list(datasets) or None, batches=batches, context=context)
+    report = evaluate_world_model(run_dir, list(datasets) or None, batches=batches, context=context)
     click.echo(f"{'horizon':>8} {'model MSE':>12} {'naive MSE':>12} {'ratio':>8}")
     for h in (1, 5, 15):
         click.echo(f"{h:>8} {report[f'open_loop/mse_h{h}']:>12.5f} {report[f'open_loop/naive_mse_h{h}']:>12.5f} "
@@ -246,7 +247,8 @@ def evaluate_model_cmd(run_dir, datasets, batches, context):
 @click.option("--seed", type=int, help="Seed.")
 @click.option("--out", type=click.Path(file_okay=False), help="Run directory (default runs/<algo>-<expert>); re-run to resume.")
 @click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda.")
-@click.option("-o", "overrides", multiple=True, help="Any config field: -o gamma=0.99, -o algo.batch_size=128, -o train.eval_every=100.")
+@click.option("-o", "overrides", multiple=True, help="Any config field: -o gamma=0.99, -o algo.batch_size=128, -o train.eval_every=100 "
+              "(every field: wmil config show ALGO, wmil config show imagine).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def imagine_cmd(algo, model_run, expert, expert_episodes, preset, steps, seed, out, device, overrides, quiet):
     """Train an imitation policy entirely inside a world model (no environment access)."""
@@ -289,6 +291,51 @@ def plot_cmd(runs, metrics, out):
 
     path = plot_runs(list(runs), list(metrics) or None, out)
     click.echo(f"wrote {path}")
+
+
+@cli.group("config")
+def config_group():
+    """Every config field of a component: value, accepted values and what it does."""
+
+
+def _config_class(name: str) -> type:
+    """The config class behind NAME: an algorithm, a world model, or a trainer."""
+    from wmil.algos.base import ALGORITHMS, algorithm_class
+    from wmil.train.policy import ImagineTrainConfig
+    from wmil.train.world_model import WorldModelTrainConfig
+    from wmil.world_models.registry import WORLD_MODELS
+
+    trainers = {"train-model": WorldModelTrainConfig, "imagine": ImagineTrainConfig}
+    if name in ALGORITHMS:
+        return algorithm_class(name).config_cls
+    if name in WORLD_MODELS:
+        return WORLD_MODELS[name].config_cls
+    if name in trainers:
+        return trainers[name]
+    raise UserError(f"config show {name!r}: name an algorithm ({', '.join(sorted(ALGORITHMS))}), a world model "
+                    f"({', '.join(sorted(WORLD_MODELS))}) or a trainer ({', '.join(trainers)})")
+
+
+@config_group.command("show")
+@click.argument("name")
+@click.option("--preset", default="small", show_default=True, help="tiny | small | paper.")
+@click.option("-o", "overrides", multiple=True, help="Show the config with these fields set (key=value).")
+def config_show(name, preset, overrides):
+    """Print every field of NAME's config (an algorithm, a world model, 'train-model' or
+    'imagine') at a preset: name, value, accepted values and docstring. Any of them can be set
+    with -o key=value on train-model / imagine."""
+    import textwrap
+
+    from wmil.config import build_config, describe, parse_overrides
+
+    cls = _config_class(name)
+    config = build_config(cls, preset, parse_overrides(overrides), name)
+    click.echo(f"{name} ({cls.__name__}), preset {preset!r}:")
+    for field, value, accepted, doc in describe(config):
+        own = "   (this component's default, not the shared block's)" if field in cls.DEFAULTS else ""
+        click.echo(f"  {field} = {value!r}   [{accepted}]{own}")
+        for line in textwrap.wrap(doc, 96):
+            click.echo(f"      {line}")
 
 
 def main(argv=None) -> int:

@@ -93,8 +93,8 @@ class EnvWorld:
             from wmil.train.world_model import train_world_model
 
             out = self.root / f"wm-{name}"
-            world_model = train_world_model(self.world, model=name, preset="tiny", steps=10, out=out, device="cpu",
-                                            overrides=WORLD_MODEL_TINY, progress=False)
+            train_world_model(self.world, model=name, preset="tiny", steps=10, out=out, device="cpu",
+                              overrides=WORLD_MODEL_TINY, progress=False)
             self._models[name] = out
         return self._models[name]
 

@@ -4,7 +4,7 @@ its flows, and a learning check that can fail (fixed seeds)."""
 import numpy as np
 import pytest
 import torch
-from helpers import RUN_TINY, frozen, tiny_world_model
+from helpers import frozen, tiny_world_model
 
 from wmil.algos.gpril import Gpril, GprilConfig, PredecessorModel, geometric_offsets
 from wmil.errors import UserError

@@ -7,7 +7,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
-from helpers import BOX4, WM_TINY, frozen, tiny_world_model, write_episodes
+from helpers import WM_TINY, frozen, tiny_world_model, write_episodes
 
 from wmil.algos.sqil import Sqil, SqilConfig, soft_value, sqil_targets
 from wmil.errors import UserError

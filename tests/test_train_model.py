@@ -139,14 +139,14 @@ def test_evaluate_model_reports_open_loop_errors(write_dataset, tmp_path, capsys
 
 def test_evaluate_model_saves_an_image_strip_for_pixels(tmp_path):
     from wmil.data.build import BuildConfig, build_dataset
-    from wmil.eval.world_model import evaluate_model_run
+    from wmil.eval.world_model import evaluate_world_model
 
     build_dataset(BuildConfig(name="wm/pixstrip-v0", env="CartPole-v1", policy="expert", episodes=3, pixels=64,
                               grayscale=True, max_episode_steps=30, ref_episodes=0), progress=False)
     out = tmp_path / "pix"
     train_world_model("wm/pixstrip-v0", model="rssm", preset="tiny", out=out, steps=2,
                       overrides={**TINY, "validation_fraction": "0.34"}, progress=False)
-    report = evaluate_model_run(out, batches=1)
+    report = evaluate_world_model(out, batches=1)
     from PIL import Image
 
     strip = Image.open(report["strip_path"])

@@ -6,6 +6,7 @@ The library API (imported lazily, so ``import wmil`` and the CLI start fast):
     wmil.build_dataset(BuildConfig(...))               record a policy into a Minari dataset
     wmil.train_world_model(dataset, model="rssm", preset="small", out=...)
     wmil.load_world_model(run_dir)
+    wmil.evaluate_world_model(run_dir)                 open-loop errors on held-out episodes
     wmil.train_policy("ditto", model_run, expert, out=...)
     wmil.load_policy(run_dir)                          deployable: reset(), act(obs)
     wmil.evaluate_policy(run_dir, episodes=...)        real-environment scores
@@ -20,6 +21,7 @@ _LAZY = {
     "BuildConfig": "wmil.data.build",
     "train_world_model": "wmil.train.world_model",
     "load_world_model": "wmil.train.world_model",
+    "evaluate_world_model": "wmil.eval.world_model",
     "train_policy": "wmil.train.policy",
     "load_policy": "wmil.train.policy",
     "evaluate_policy": "wmil.eval.evaluate",

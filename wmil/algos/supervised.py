@@ -16,7 +16,6 @@ with the best score are kept (model selection; ``patience`` also stops the updat
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import ClassVar, Literal, Optional
 

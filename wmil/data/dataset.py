@@ -17,12 +17,13 @@ by window, unless they fit the in-memory budget.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Callable, Iterator, Optional
+from typing import Callable, Iterator, Optional, Sequence
 
 import gymnasium as gym
 import h5py
@@ -418,3 +419,54 @@ class TransitionSampler:
             pair = ds._group(ds.episode_ids[e])["observations"][t:t + 2]
             out[0, b], out[1, b] = pair[0], pair[1]
         return out[0], out[1]
+
+
+def load_all(names: Sequence[str | Dataset]) -> list[Dataset]:
+    """Open several datasets (names, paths or views) that share one observation/action space."""
+    if not names:
+        raise UserError("give at least one --dataset")
+    datasets = [n if isinstance(n, Dataset) else load(n) for n in names]
+    first = datasets[0]
+    for other in datasets[1:]:
+        if other.spec != first.spec:
+            raise UserError(f"dataset {other.name} does not match {first.name}: {other.spec.describe()} vs "
+                            f"{first.spec.describe()}; train one model per observation/action space")
+    return datasets
+
+
+class MixedSampler:
+    """Sequence windows from several datasets, in proportion to their number of windows."""
+
+    def __init__(self, datasets: Sequence[Dataset], batch_size: int, length: int, seed: int, pad: bool = True):
+        self.samplers = [SequenceSampler(d, batch_size, length, seed=seed + 7919 * i, pad=pad)
+                         for i, d in enumerate(datasets)]
+        weights = np.array([s.cum_windows[-1] for s in self.samplers], dtype=np.float64)
+        self.weights = weights / weights.sum()
+        self.batch_size = batch_size
+        self.rng = np.random.default_rng(seed)
+
+    def sample(self) -> SequenceBatch:
+        if len(self.samplers) == 1:
+            return self.samplers[0].sample()
+        counts = self.rng.multinomial(self.batch_size, self.weights)
+        parts = []
+        for sampler, count in zip(self.samplers, counts):
+            if count:
+                sampler.batch_size = int(count)
+                parts.append(sampler.sample())
+        fields = [f.name for f in dataclasses.fields(SequenceBatch)]
+        merged = {}
+        for name in fields:
+            values = [getattr(p, name) for p in parts]
+            if name == "mask":
+                values = [v if v is not None else torch.ones_like(p.is_first) for v, p in zip(values, parts)]
+            merged[name] = torch.cat(values, 0)
+        return SequenceBatch(**merged)
+
+    def state(self) -> dict:
+        return {"mix": self.rng.bit_generator.state, "samplers": [s.rng.bit_generator.state for s in self.samplers]}
+
+    def set_state(self, state: dict) -> None:
+        self.rng.bit_generator.state = state["mix"]
+        for sampler, s in zip(self.samplers, state["samplers"]):
+            sampler.rng.bit_generator.state = s

@@ -18,20 +18,22 @@ import torch
 
 from wmil.errors import UserError
 from wmil.runs import RunDir
-from wmil.train.world_model import HORIZONS, MixedSampler, load_datasets, load_world_model, open_loop_errors
+from wmil.data.dataset import MixedSampler, load_all
+from wmil.train.world_model import load_world_model
+from wmil.world_models.base import HORIZONS, open_loop_errors
 
 
-def evaluate_model_run(run_dir: str | os.PathLike, datasets: Optional[Sequence[str]] = None, batches: int = 8,
+def evaluate_world_model(run_dir: str | os.PathLike, datasets: Optional[Sequence[str]] = None, batches: int = 8,
                        context: int = 10, seed: int = 0) -> dict:
     model = load_world_model(run_dir)
     config = model.run_config
     if datasets:
-        views = load_datasets(datasets)
+        views = load_all(datasets)
         if views[0].spec.to_dict() != config["spec"]:
             raise UserError(f"dataset {views[0].name} does not match the model's spaces {config['spec']}")
     else:
         views = [v for _, v in (d.split(config["train"]["validation_fraction"], seed=config["train"]["seed"])
-                                for d in load_datasets(config["datasets"])) if len(v)]
+                                for d in load_all(config["datasets"])) if len(v)]
         if not views:
             raise UserError(f"{run_dir}: the run has no held-out episodes; pass --dataset to evaluate on")
     length = context + max(HORIZONS)

@@ -8,7 +8,6 @@ directory resumes exactly (model, optimiser, step and every random state are res
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,12 +17,12 @@ import numpy as np
 import torch
 
 from wmil.config import LoopConfig, PosInt, Prob, build_config, split_overrides, to_dict
-from wmil.data.dataset import Dataset, SequenceSampler, load
+from wmil.data.dataset import Dataset, MixedSampler, load_all
 from wmil.errors import UserError
 from wmil.runs import RunDir, resolve_device, rng_state, seed_everything, set_rng_state
 from wmil.train.loop import check_finite, run_loop
-from wmil.types import DataSpec, SequenceBatch
-from wmil.world_models.base import total_loss
+from wmil.types import DataSpec
+from wmil.world_models.base import HORIZONS, open_loop_errors, total_loss
 from wmil.world_models.registry import config_for, make_world_model, model_class
 
 
@@ -52,80 +51,9 @@ class WorldModelTrainConfig(LoopConfig):
     }
 
 
-HORIZONS = (1, 5, 15)
-
-
-class MixedSampler:
-    """Sequence windows from several datasets, in proportion to their number of windows."""
-
-    def __init__(self, datasets: Sequence[Dataset], batch_size: int, length: int, seed: int, pad: bool = True):
-        self.samplers = [SequenceSampler(d, batch_size, length, seed=seed + 7919 * i, pad=pad)
-                         for i, d in enumerate(datasets)]
-        weights = np.array([s.cum_windows[-1] for s in self.samplers], dtype=np.float64)
-        self.weights = weights / weights.sum()
-        self.batch_size = batch_size
-        self.rng = np.random.default_rng(seed)
-
-    def sample(self) -> SequenceBatch:
-        if len(self.samplers) == 1:
-            return self.samplers[0].sample()
-        counts = self.rng.multinomial(self.batch_size, self.weights)
-        parts = []
-        for sampler, count in zip(self.samplers, counts):
-            if count:
-                sampler.batch_size = int(count)
-                parts.append(sampler.sample())
-        fields = [f.name for f in dataclasses.fields(SequenceBatch)]
-        merged = {}
-        for name in fields:
-            values = [getattr(p, name) for p in parts]
-            if name == "mask":
-                values = [v if v is not None else torch.ones_like(p.is_first) for v, p in zip(values, parts)]
-            merged[name] = torch.cat(values, 0)
-        return SequenceBatch(**merged)
-
-    def state(self) -> dict:
-        return {"mix": self.rng.bit_generator.state, "samplers": [s.rng.bit_generator.state for s in self.samplers]}
-
-    def set_state(self, state: dict) -> None:
-        self.rng.bit_generator.state = state["mix"]
-        for sampler, s in zip(self.samplers, state["samplers"]):
-            sampler.rng.bit_generator.state = s
-
-
-def load_datasets(names: Sequence[str | Dataset]) -> list[Dataset]:
-    if not names:
-        raise UserError("give at least one --dataset")
-    datasets = [n if isinstance(n, Dataset) else load(n) for n in names]
-    first = datasets[0]
-    for other in datasets[1:]:
-        if other.spec != first.spec:
-            raise UserError(f"dataset {other.name} does not match {first.name}: {other.spec.describe()} vs "
-                            f"{first.spec.describe()}; train one model per observation/action space")
-    return datasets
-
-
 def _obs_stats(datasets: Sequence[Dataset]) -> tuple[torch.Tensor, torch.Tensor]:
     obs = np.concatenate([d.aligned.obs for d in datasets]).astype(np.float64)
     return torch.tensor(obs.mean(0), dtype=torch.float32), torch.tensor(obs.std(0), dtype=torch.float32)
-
-
-@torch.no_grad()
-def open_loop_errors(model, batch: SequenceBatch, context: int, horizons=HORIZONS) -> dict[str, float]:
-    """MSE of open-loop predictions at each horizon vs. the naive 'repeat the last observation'."""
-    horizon = max(horizons)
-    predicted = model.open_loop(batch, context, horizon)                       # (B, H, *O)
-    truth = model.preprocess_obs(batch.obs[:, context:context + horizon])       # (B, H, *O)
-    last = model.preprocess_obs(batch.obs[:, context - 1:context])              # (B, 1, *O)
-    reduce = tuple(range(2, truth.dim()))
-    model_err = ((predicted - truth) ** 2).mean(reduce).mean(0)                 # (H,)
-    naive_err = ((last - truth) ** 2).mean(reduce).mean(0)
-    out = {}
-    for h in horizons:
-        out[f"open_loop/mse_h{h}"] = float(model_err[h - 1])
-        out[f"open_loop/naive_mse_h{h}"] = float(naive_err[h - 1])
-        out[f"open_loop/ratio_h{h}"] = float(model_err[h - 1] / naive_err[h - 1].clamp_min(1e-12))
-    return out
 
 
 def _resolve(model: str, preset: str, overrides: dict[str, str], train_overrides: dict):
@@ -145,7 +73,7 @@ def train_world_model(dataset: str | Dataset | Sequence[str | Dataset], model: s
     as ``{"lr": "1e-4", "model.deter": "256"}``.
     """
     names = [dataset] if isinstance(dataset, (str, Dataset, os.PathLike)) else list(dataset)
-    datasets = load_datasets(names)
+    datasets = load_all(names)
     spec = datasets[0].spec
     train_overrides = {k: v for k, v in (("steps", steps), ("seed", seed)) if v is not None}
     train_cfg, model_cfg = _resolve(model, preset, overrides or {}, train_overrides)
@@ -196,7 +124,7 @@ def train_world_model(dataset: str | Dataset | Sequence[str | Dataset], model: s
         return out
 
     def evaluate(step: int) -> dict:
-        return evaluate_world_model(world_model, val_sampler, train_cfg, dev)
+        return _validate(world_model, val_sampler, train_cfg, dev)
 
     def checkpoint() -> dict:
         return {"model": world_model.state_dict(), "optimizer": optimizer.state_dict(), "sampler": sampler.state(),
@@ -230,7 +158,7 @@ def _validation_sampler(datasets, cfg: WorldModelTrainConfig, length: int) -> _V
 
 
 @torch.no_grad()
-def evaluate_world_model(world_model, val: _ValidationSampler, cfg: WorldModelTrainConfig, dev) -> dict:
+def _validate(world_model, val: _ValidationSampler, cfg: WorldModelTrainConfig, dev) -> dict:
     """Validation loss terms and open-loop errors (no random state of training is touched)."""
     world_model.eval()
     cpu_state = torch.get_rng_state()

@@ -149,3 +149,25 @@ class WorldModelBase(nn.Module):
             state = self.imagine_step(state, batch.prev_action[:, context + k])  # type: ignore[attr-defined]
             predictions.append(self.decode(self.features(state)))  # type: ignore[attr-defined]
         return torch.stack(predictions, 1)  # (B, horizon, *O)
+
+
+#: Open-loop horizons every world-model evaluation reports.
+HORIZONS = (1, 5, 15)
+
+
+@torch.no_grad()
+def open_loop_errors(model, batch: SequenceBatch, context: int, horizons=HORIZONS) -> dict[str, float]:
+    """MSE of open-loop predictions at each horizon vs. the naive 'repeat the last observation'."""
+    horizon = max(horizons)
+    predicted = model.open_loop(batch, context, horizon)                       # (B, H, *O)
+    truth = model.preprocess_obs(batch.obs[:, context:context + horizon])       # (B, H, *O)
+    last = model.preprocess_obs(batch.obs[:, context - 1:context])              # (B, 1, *O)
+    reduce = tuple(range(2, truth.dim()))
+    model_err = ((predicted - truth) ** 2).mean(reduce).mean(0)                 # (H,)
+    naive_err = ((last - truth) ** 2).mean(reduce).mean(0)
+    out = {}
+    for h in horizons:
+        out[f"open_loop/mse_h{h}"] = float(model_err[h - 1])
+        out[f"open_loop/naive_mse_h{h}"] = float(naive_err[h - 1])
+        out[f"open_loop/ratio_h{h}"] = float(model_err[h - 1] / naive_err[h - 1].clamp_min(1e-12))
+    return out

@@ -1,5 +1,6 @@
 # The README's two commands: `make demo` (the main job on an embedded default) and `make test`.
-# Both install first; torch is pinned to the CPU build on disk (DESIGN.md) before the package.
+# Both install first; torch is pinned to the CPU build (an unpinned torch pulls a multi-GB CUDA build)
+# before the package.
 PYTHON ?= python3
 PIP := $(PYTHON) -m pip
 export SDL_VIDEODRIVER ?= dummy

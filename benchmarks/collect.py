@@ -1,4 +1,4 @@
-"""Collection overhead and sampler throughput (BENCHMARKS.md, issue 2).
+"""Collection overhead and sampler throughput.
 
 Collection: recorded env steps/s (``build_dataset`` end to end: policy, recording, HDF5
 writes) divided by bare steps/s of the same environment as wmil presents it (``make_env``,

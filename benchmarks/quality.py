@@ -1,4 +1,4 @@
-"""Offline imitation quality (BENCHMARKS.md): expert-normalised score per task × algorithm.
+"""Offline imitation quality: expert-normalised score per task × algorithm.
 
 Every cell: the world model is trained on the task's "world" dataset (all data, mixed
 quality), the learner on the first K episodes of the "expert" dataset, with zero environment

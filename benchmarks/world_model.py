@@ -52,8 +52,8 @@ class BenchConfig:
     batch: int
     steps: int
     preset: str
-    target: float  # frames/s wanted for the wmil rssm (BENCHMARKS.md)
-    peer: str      # the peer figure from BENCHMARKS.md, for the table
+    target: float  # frames/s wanted for the wmil rssm (the project's throughput target)
+    peer: str      # the best peer's figure measured with the peer harness, for the table
 
 
 CONFIGS = {
@@ -359,7 +359,7 @@ def main(argv=None) -> None:
         "ratio is the median of the per-round ratios (each round runs wmil and the reference "
         "back to back).",
         "",
-        "| config | B×T | wmil frames/s | reference frames/s | ratio | target | peer (BENCHMARKS.md) "
+        "| config | B×T | wmil frames/s | reference frames/s | ratio | target | best peer "
         "| GFLOP/update | wmil GFLOP/s | % of GEMM rate |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]

@@ -36,7 +36,7 @@ import math
 import textwrap
 import types
 import typing
-from dataclasses import asdict, dataclass, fields, is_dataclass, replace
+from dataclasses import asdict, dataclass, fields, is_dataclass
 from typing import Annotated, Any, ClassVar, Literal, Mapping, Optional, Union
 
 from wmil.errors import UserError
@@ -255,16 +255,6 @@ def build_config(config_cls: type, preset: str = "small", overrides: Optional[Ma
     values = {**config_cls.DEFAULTS, **presets[preset]}
     values.update({name: coerce(config_cls, name, value) for name, value in overrides.items()})
     return config_cls(**values)
-
-
-def override(config: Any, overrides: Mapping[str, Any], where: str = "") -> Any:
-    """A copy of dataclass ``config`` with ``overrides`` applied (strings coerced to field types)."""
-    valid = {f.name for f in fields(config)}
-    unknown = sorted(set(overrides) - valid)
-    if unknown:
-        raise UserError(f"unknown config field(s) {unknown}{' for ' + where if where else ''}; valid: {sorted(valid)} "
-                        "(see 'wmil config show')")
-    return replace(config, **{k: coerce(type(config), k, v) for k, v in overrides.items()})
 
 
 def parse_overrides(pairs: tuple[str, ...] | list[str]) -> dict[str, str]:

@@ -47,14 +47,13 @@ class DeployedPolicy(nn.Module):
         raise NotImplementedError
 
 
-class LatentPolicy(DeployedPolicy):
-    """Actor on world-model features, filtering real observations through the posterior."""
+class FilteringPolicy(DeployedPolicy):
+    """A policy that keeps a world model's state of the episode so far: each real observation
+    is filtered through the model (``obs_step``) together with the previous action."""
 
-    def __init__(self, world_model, actor, spec: DataSpec, features: str = "sample"):
+    def __init__(self, world_model, spec: DataSpec):
         super().__init__(spec)
         self.world_model = world_model
-        self.actor = actor
-        self.features = features  # the world model's features mode the actor was trained on
         self.state = None
         self.prev_action: Optional[torch.Tensor] = None
 
@@ -63,13 +62,32 @@ class LatentPolicy(DeployedPolicy):
         self.prev_action = torch.zeros(1, self.spec.action_dim, device=self.device)
         self._first = True
 
-    @torch.no_grad()
-    def act(self, obs, deterministic: bool = True):
+    def filter(self, obs: torch.Tensor):
+        """The model's state after observation ``obs (1, *O)``."""
         if self.state is None:
             self.reset()
         is_first = torch.tensor([self._first], device=self.device)
-        self.state = self.world_model.obs_step(self.state, self.prev_action, self._obs(obs), is_first)
+        self.state = self.world_model.obs_step(self.state, self.prev_action, obs, is_first)
         self._first = False
-        action, _, _ = self.actor(self.world_model.features(self.state, self.features), deterministic=deterministic)
+        return self.state
+
+    def taken(self, action: torch.Tensor):
+        """Record the action ``(1, A)`` taken (the next filtering step needs it); returns it in
+        the environment's format."""
         self.prev_action = action
         return self._to_env(action)
+
+
+class LatentPolicy(FilteringPolicy):
+    """Actor on world-model features, filtering real observations through the posterior."""
+
+    def __init__(self, world_model, actor, spec: DataSpec, features: str = "sample"):
+        super().__init__(world_model, spec)
+        self.actor = actor
+        self.features = features  # the world model's features mode the actor was trained on
+
+    @torch.no_grad()
+    def act(self, obs, deterministic: bool = True):
+        state = self.filter(self._obs(obs))
+        action, _, _ = self.actor(self.world_model.features(state, self.features), deterministic=deterministic)
+        return self.taken(action)

@@ -3,7 +3,7 @@
 Shape letters: B batch, T time, A action dimension, F feature dimension.
 Observation shapes are written ``O`` (``(D,)`` for vectors, ``(C, H, W)`` for pixels).
 
-Time alignment (DESIGN.md, decided once in ``wmil.data``): an episode has T actions and
+Time alignment (decided once, in ``wmil.data``): an episode has T actions and
 T+1 observations. In a sequence window, step t holds
 
     obs[t]          the observation at step t

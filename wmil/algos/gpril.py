@@ -15,7 +15,7 @@ the demonstrations (eq. 12):
 — behavioural cloning on the demo pairs plus cloning of predecessor pairs sampled from the
 flows conditioned on demonstrated states, which teaches the policy how to reach them.
 
-What changes offline, in a learned world model (DESIGN.md): there is no environment.
+What changes offline, in a learned world model: there is no environment.
 
 * States s are the world model's latent features z (``features(state)``; the normalised
   observation for ``dynamics``), standardised per dimension with the expert latents' mean

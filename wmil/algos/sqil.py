@@ -17,7 +17,7 @@ Q₁, Q₂(z, a), V̄(z') = min_i Q̄_i(z', a') − α log π(a' | z') with a' ~
 tanh-Gaussian actor (the shared :class:`~wmil.imagination.actor_critic.Actor`) minimising
 E_z[α log π(a | z) − min_i Q_i(z, a)], a ~ π(· | z), on the states of both halves.
 
-What changes offline, in a learned world model (DESIGN.md): there is no environment.
+What changes offline, in a learned world model: there is no environment.
 
 * States are the world model's latent features z (``features(state)``); the demonstrations
   are the expert episodes filtered through the posterior (:class:`ExpertLatents`): every

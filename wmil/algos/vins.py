@@ -60,7 +60,7 @@ from wmil.data.dataset import Dataset
 from wmil.errors import UserError
 from wmil.imagination.expert import ExpertLatents
 from wmil.nets import MLP, Standardizer, update_target
-from wmil.policy import DeployedPolicy
+from wmil.policy import FilteringPolicy
 from wmil.types import DataSpec, State
 
 Tensor = torch.Tensor
@@ -360,37 +360,24 @@ def vins_actions(world_model, bc: BCNet, value: ValueNet, state: State, bc_input
 # ------------------------------------------------------------------------------ deployment
 
 
-class VINSPolicy(DeployedPolicy):
+class VINSPolicy(FilteringPolicy):
     """Acts by random shooting on V(M(s, a)) around π_BC(s); keeps the world model's state
     (the posterior filter for latent models; the normalised observation for ``dynamics``)."""
 
     def __init__(self, world_model, bc: BCNet, value: ValueNet, spec: DataSpec, config: VINSConfig):
-        super().__init__(spec)
-        self.world_model, self.bc, self.value = world_model, bc, value
-        self.config = config
+        super().__init__(world_model, spec)
+        self.bc, self.value, self.config = bc, value, config
         self.inputs = vins_inputs(world_model, spec)
-        self.state: Optional[State] = None
-
-    def reset(self) -> None:
-        self.state = self.world_model.initial(1)
-        self.prev_action = torch.zeros(1, self.spec.action_dim, device=self.device)
-        self._first = True
 
     @torch.no_grad()
     def act(self, obs, deterministic: bool = True):
         """The best of the shooting candidates (random either way); ``deterministic`` centres
         them on π_BC's mean action rather than a sample of it."""
-        if self.state is None:
-            self.reset()
         obs_t = self._obs(obs)
-        is_first = torch.tensor([self._first], device=self.device)
-        self.state = self.world_model.obs_step(self.state, self.prev_action, obs_t, is_first)
-        self._first = False
-        action, _ = vins_actions(self.world_model, self.bc, self.value, self.state,
-                                 self.inputs.of_state(self.state, obs_t), self.spec, self.config, self.inputs,
-                                 deterministic)
-        self.prev_action = action
-        return self._to_env(action)
+        state = self.filter(obs_t)
+        action, _ = vins_actions(self.world_model, self.bc, self.value, state, self.inputs.of_state(state, obs_t),
+                                 self.spec, self.config, self.inputs, deterministic)
+        return self.taken(action)
 
 
 # ------------------------------------------------------------------------------ offline metrics

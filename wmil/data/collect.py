@@ -54,7 +54,6 @@ class _Recorder:
         self.policy.reset(rng)
         self.obs, self.actions, self.rewards, self.terms, self.truncs = [obs], [], [], [], []
         self.infos = {key: [info.get(key, 0.0)] for key in RECORDED_INFO_KEYS if key in info}
-        self.info_keys = tuple(self.infos) or tuple(k for k in RECORDED_INFO_KEYS if k in info)
 
     def act(self, obs, info: dict):
         return self.policy.act(obs, info.get("state") if self.policy.needs_state else None)

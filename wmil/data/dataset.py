@@ -342,7 +342,6 @@ class SequenceSampler:
                 f"dataset {dataset.name}: every episode is shorter than the window of {length} steps "
                 f"(longest has {int(n_obs.max())} observations); use a shorter sequence length or pad=True"
             )
-        self.skipped = int((windows == 0).sum())
         self.cum_windows = np.cumsum(windows)
         self.rng = np.random.default_rng(seed)
 

@@ -107,11 +107,6 @@ class EnvConfig:
             return self.is_ale
         return self.grayscale
 
-    @property
-    def is_pixels(self) -> bool:
-        """Whether observations are images (ALE always are)."""
-        return self.pixels is not None or self.is_ale
-
     def make_kwargs(self) -> dict[str, Any]:
         """The extra gym.make kwargs as a dict."""
         return {k: v for k, v in self.kwargs}

@@ -3,7 +3,7 @@
 A world model filters observed sequences into latent states (``observe``), steps the latent
 forward without observations (``imagine_step``, for H-step imagined rollouts) and exposes a
 flat feature vector per state (``features``) that actors, critics, discriminators and the
-DITTO reward read. Three implementations share it (DESIGN.md): ``rssm`` (DreamerV2),
+DITTO reward read. Three implementations share it: ``rssm`` (DreamerV2),
 ``gaussian_rssm`` (VMIL / PlaNet / Dreamer v1) and ``dynamics`` (VINS).
 
 Shape letters: B batch, T time, F features, A action dimension, O an observation shape.

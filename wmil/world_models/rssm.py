@@ -17,7 +17,7 @@ worse than repeating the last observation, and no learner on its latents imitate
 
 Loss (DITTO appendix B, eq. 11-12): ``obs_scale·(−log p(o|h,z)) + kl_scale·KL_bal`` with
 KL balancing ``α·KL(sg(q) ‖ p) + (1 − α)·KL(q ‖ sg(p))``, α = ``kl_balance`` = 0.8, and
-``kl_scale`` 0.1 as in the DITTO code (DESIGN.md). Reward and continue heads are optional.
+``kl_scale`` 0.1 as in the DITTO authors' code. Reward and continue heads are optional.
 
 Only what depends on the previous step runs inside the sequential loop (the input layer,
 the GRU, the posterior head and the sample); the encoder, the action and embedding halves of

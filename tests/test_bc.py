@@ -48,13 +48,26 @@ def test_bc_bad_settings(tmp_path, minari_root):
 
 
 def test_bc_loss_values():
-    logits = torch.tensor([[0.0, math.log(3.0)]])   # p = (1/4, 3/4)
-    torch.testing.assert_close(bc_loss(logits, torch.tensor([[0.0, 1.0]]), True), torch.tensor([-math.log(0.75)]))
-    output = torch.tensor([[1.0, 0.0, 2.0, 1.0]])   # mean (1, 0), std (2, 1)
-    target = torch.tensor([[2.0, 1.0]])
-    expected = 0.5 * 0.25 + math.log(2.0) + 0.5 * 1.0
-    torch.testing.assert_close(bc_loss(output, target, False, "gaussian"), torch.tensor([expected]))
-    torch.testing.assert_close(bc_loss(output[:, :2], target, False, "mse"), torch.tensor([1.0]))
+    """Cross-entropy for discrete actions; for continuous ones the shared squashed Gaussian's
+    negative log-likelihood, or the squared error of its mode."""
+    from wmil.config import ActorConfig
+    from wmil.nets import ActionHead
+    from wmil.types import DataSpec
+
+    discrete = ActionHead(2, DataSpec((2,), "float32", 2, True), ActorConfig(layers=0))
+    with torch.no_grad():
+        discrete.net.net[-1].weight.zero_()
+        discrete.net.net[-1].bias.copy_(torch.tensor([0.0, math.log(3.0)]))   # p = (1/4, 3/4)
+    x = torch.zeros(1, 2)
+    torch.testing.assert_close(bc_loss(discrete, x, torch.tensor([[0.0, 1.0]])), torch.tensor([-math.log(0.75)]))
+    continuous = ActionHead(2, DataSpec((2,), "float32", 1, False, (-2.0,), (2.0,)), ActorConfig(layers=0))
+    with torch.no_grad():
+        continuous.net.net[-1].weight.zero_()      # mode 2·tanh(0.5); pre-tanh std softplus(raw) + 0.1 = 1
+        continuous.net.net[-1].bias.copy_(torch.tensor([0.5, math.log(math.expm1(0.9))]))
+    target = torch.tensor([[0.0]])                   # u = atanh(0) = 0: ½·0.5² + ½ log 2π + log(2·(1 − tanh² 0))
+    expected = 0.5 * 0.25 + 0.5 * math.log(2 * math.pi) + math.log(2.0)
+    torch.testing.assert_close(bc_loss(continuous, x, target, "gaussian"), torch.tensor([expected]))
+    torch.testing.assert_close(bc_loss(continuous, x, target, "mse"), torch.tensor([(2 * math.tanh(0.5)) ** 2]))
 
 
 def test_bc_learns_a_function_of_the_observation(tmp_path, minari_root):

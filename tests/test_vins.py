@@ -10,9 +10,10 @@ import torch
 from helpers import ACT2, BOX2, BOX4, RUN_TINY, discrete_episodes, reach_episodes, tiny_world_model, train_load_act
 from helpers import write_episodes
 
-from wmil.algos.supervised import BCConfig, BCHead
+from wmil.algos.supervised import BCConfig
 from wmil.algos.vins import VINS, VINSConfig, vins_actions, vins_inputs
 from wmil.errors import UserError
+from wmil.nets import ActionHead
 from wmil.runs import RunDir
 from wmil.train.policy import load_policy, train_policy
 from wmil.train.world_model import load_world_model
@@ -183,7 +184,7 @@ def test_policy_picks_the_action_the_value_prefers(reach, tmp_path):
     class Zero(torch.nn.Module):  # π_BC(s) = 0: the search is the paper's option 2
         def __init__(self):
             super().__init__()
-            self.head = BCHead(2, expert.spec, BCConfig(layers=0))
+            self.head = ActionHead(2, expert.spec, BCConfig(layers=0))
 
         def act(self, x, deterministic=True):
             return torch.zeros(x.shape[0], 2)

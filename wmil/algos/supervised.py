@@ -2,12 +2,14 @@
 held-out model selection. Used by the BC baseline (:mod:`wmil.algos.bc`) and by VINS, whose
 self-correcting policy searches around a BC action (:mod:`wmil.algos.vins`).
 
-A policy π(a | x) is fitted to (input, action) pairs of the expert by maximum likelihood:
+A policy π(a | x) — the shared :class:`wmil.nets.ActionHead`: categorical, or a tanh-squashed
+Gaussian scaled to the action bounds — is fitted to (input, action) pairs of the expert:
 
-    discrete:    L = −log softmax(f(x))[a_E]                      (cross-entropy)
-    continuous:  L = Σ_d ½((a_E,d − μ_d(x)) / σ_d(x))² + log σ_d(x) (Gaussian likelihood)
-                 or L = ‖a_E − μ(x)‖² / A                          (MSE, the VINS paper's BC)
+    discrete:    L = −log π(a_E | x)                  (cross-entropy)
+    continuous:  L = −log π(a_E | x)                  ('gaussian': the squashed Gaussian's likelihood)
+                 or L = ‖a_E − mode π(· | x)‖² / A   ('mse', the VINS paper's BC)
 
+where mode π(· | x) = centre + half_range · tanh(μ(x)) is the action the deployed policy takes.
 The input x is a vector observation (standardised by the demo mean and std), a pixel
 observation (:class:`wmil.nets.ConvEncoder` first) or world-model features. A fraction of the
 demo *episodes* is held out: every evaluation scores the network on them and the parameters
@@ -28,15 +30,11 @@ from wmil.algos.base import Selection
 from wmil.config import LearnerConfig, NonNegFloat, NonNegInt, PosInt, Prob
 from wmil.data.dataset import Dataset
 from wmil.errors import UserError
-from wmil.nets import MLP, ActionBounds, ConvEncoder, Standardizer, categorical, preprocess_pixels
+from wmil.nets import ActionHead, ConvEncoder, Standardizer, preprocess_pixels
 from wmil.policy import DeployedPolicy
 from wmil.types import DataSpec
 
 Tensor = torch.Tensor
-
-#: Bounds of the Gaussian head's log std, in units of the action half-range.
-LOG_STD_MIN, LOG_STD_MAX = -5.0, 1.0
-
 
 @dataclass(frozen=True)
 class BCConfig(LearnerConfig):
@@ -47,7 +45,7 @@ class BCConfig(LearnerConfig):
     weight_decay: NonNegFloat = 0.0
     """Adam (L2) weight decay."""
     continuous_loss: Literal["gaussian", "mse"] = "gaussian"
-    """'gaussian' (negative log-likelihood with a learned std) or 'mse' for continuous actions."""
+    """Continuous actions: 'gaussian' (the squashed Gaussian's negative log-likelihood, learned std) or 'mse' (of the mode action)."""
     validation_fraction: Prob = 0.2
     """Fraction of demo episodes held out for model selection (at least one when there are two)."""
     split_seed: NonNegInt = 0
@@ -108,59 +106,14 @@ def split_demos(expert: Dataset, config: BCConfig) -> tuple[Dataset, Dataset]:
 # ------------------------------------------------------------------------------ networks
 
 
-def bc_loss(output: Tensor, target: Tensor, discrete: bool, kind: str = "gaussian") -> Tensor:
-    """Per-sample BC loss ``(B,)`` of head ``output`` against expert actions ``target (B, A)``.
-
-    Discrete: ``output`` are logits ``(B, A)``, ``target`` one-hot: cross-entropy. Continuous:
-    ``output`` is ``(B, 2A)`` = [mean, std] ('gaussian': ``Σ_d ½((a−μ)/σ)² + log σ``, without the
-    constant ½·log 2π) or ``(B, A)`` means ('mse': ``mean_d (a − μ)²``).
-    """
-    if discrete:
-        return F.cross_entropy(output, target.argmax(-1), reduction="none")
-    if kind == "mse":
-        return (output[..., :target.shape[-1]] - target).pow(2).mean(-1)
-    mean, std = output.chunk(2, -1)
-    return (0.5 * ((target - mean) / std).pow(2) + std.log()).sum(-1)
-
-
-class BCHead(nn.Module):
-    """MLP from an input vector to an action distribution.
-
-    Discrete: logits. Continuous: mean ``center + half_range · tanh(·)`` inside the action
-    bounds (unbounded spaces: the raw output) and, for the Gaussian loss, a std of
-    ``half_range · exp(clamp(·, LOG_STD_MIN, LOG_STD_MAX))``.
-    """
-
-    def __init__(self, in_dim: int, spec: DataSpec, config: BCConfig):
-        super().__init__()
-        self.discrete = spec.discrete
-        self.action_dim = spec.action_dim
-        self.kind = "categorical" if spec.discrete else config.continuous_loss
-        out = spec.action_dim * (2 if self.kind == "gaussian" else 1)
-        self.net = MLP(in_dim, out, config.layers, config.units, config.act)
-        self.bounds = ActionBounds(spec)
-
-    def forward(self, x: Tensor) -> Tensor:
-        """``(..., in_dim)`` → logits ``(..., A)``, means ``(..., A)`` or [mean, std] ``(..., 2A)``."""
-        out = self.net(x)
-        if self.discrete:
-            return out
-        raw_mean = out[..., :self.action_dim]
-        mean = self.bounds.from_unit(torch.tanh(raw_mean)) if self.bounds.bounded else raw_mean
-        if self.kind == "mse":
-            return mean
-        log_std = out[..., self.action_dim:].clamp(LOG_STD_MIN, LOG_STD_MAX)
-        return torch.cat([mean, self.bounds.half_range * log_std.exp()], -1)
-
-    def act(self, output: Tensor, deterministic: bool = True) -> Tensor:
-        """An action ``(..., A)`` (one-hot for discrete) from the head's ``output``."""
-        if self.discrete:
-            return categorical(output, deterministic)[0]
-        mean = output[..., :self.action_dim]
-        if deterministic or self.kind == "mse":
-            return mean
-        std = output[..., self.action_dim:]
-        return self.bounds.clip(mean + std * torch.randn_like(mean))
+def bc_loss(head: ActionHead, x: Tensor, target: Tensor, kind: str = "gaussian") -> Tensor:
+    """Per-sample BC loss ``(B,)`` of ``head`` on inputs ``x (B, F)`` against expert actions
+    ``target (B, A)``: −log π(a_E | x) (discrete, or continuous with ``kind='gaussian'``), or
+    the mean squared error of the mode action (``kind='mse'``)."""
+    if head.discrete or kind == "gaussian":
+        return -head.log_prob(x, target)
+    mode, _, _ = head(x, deterministic=True)
+    return (mode - target).pow(2).mean(-1)
 
 
 class BCNet(nn.Module):
@@ -181,7 +134,8 @@ class BCNet(nn.Module):
             self.encoder = None
             width = self.in_shape[0]
         self.standardize = Standardizer(width if not self.pixels else 0)
-        self.head = BCHead(width, spec, config)
+        self.head = ActionHead(width, spec, config)
+        self.kind = "categorical" if spec.discrete else config.continuous_loss
 
     def set_normalizer(self, inputs: Tensor) -> None:
         """Standardise vector inputs by the mean and std of ``inputs (N, D)`` (no-op for pixels)."""
@@ -197,15 +151,14 @@ class BCNet(nn.Module):
             return self.encoder(x)  # type: ignore[misc]
         return self.standardize(inputs.float())
 
-    def forward(self, inputs: Tensor) -> Tensor:
-        return self.head(self.embed(inputs))
-
     def loss(self, inputs: Tensor, action: Tensor) -> Tensor:
-        """Mean BC loss of a batch."""
-        return bc_loss(self(inputs), action, self.head.discrete, self.head.kind).mean()
+        """Per-sample BC loss ``(B,)`` (see :func:`bc_loss`)."""
+        return bc_loss(self.head, self.embed(inputs), action, self.kind)
 
     def act(self, inputs: Tensor, deterministic: bool = True) -> Tensor:
-        return self.head.act(self(inputs), deterministic)
+        """Actions ``(B, A)``: the mode (``deterministic``) or a sample of π(· | input)."""
+        action, _, _ = self.head(self.embed(inputs), deterministic)
+        return action
 
 
 @torch.no_grad()
@@ -215,9 +168,8 @@ def agreement(net: BCNet, demos: Demos, discrete: bool, chunk: int = 1024) -> di
     hits, squared, loss, n = 0.0, 0.0, 0.0, len(demos)
     for start in range(0, n, chunk):
         inputs, target = demos.inputs[start:start + chunk], demos.action[start:start + chunk]
-        output = net(inputs)
-        action = net.head.act(output, deterministic=True)
-        loss += float(bc_loss(output, target, discrete, net.head.kind).sum())
+        action = net.act(inputs, deterministic=True)
+        loss += float(net.loss(inputs, target).sum())
         if discrete:
             hits += float((action.argmax(-1) == target.argmax(-1)).sum())
         else:
@@ -234,7 +186,7 @@ def selection_key(config: BCConfig, spec: DataSpec) -> str:
     policy takes: with near-deterministic (scripted) experts a Gaussian head's std collapses,
     and its held-out likelihood then rises after a few hundred updates while the mean action
     keeps improving (FetchPush, 100 demos: likelihood selection kept step 500 of 5,000 and
-    BC scored 7 % success)."""
+    BC scored 7 % success, with the Gaussian head BC had before the shared squashed one)."""
     if config.selection == "action" and spec.discrete:
         raise config.invalid("selection", "needs continuous actions; use 'loss' for discrete ones")
     if config.selection == "loss" or (config.selection == "auto" and spec.discrete):
@@ -281,9 +233,9 @@ class BCTrainer:
         rows = torch.as_tensor(rng.integers(len(self.train), size=self.config.batch_size), device=self.train.action.device)
         if self.stopped:
             with torch.no_grad():
-                loss = self.net.loss(self.train.inputs[rows], self.train.action[rows])
+                loss = self.net.loss(self.train.inputs[rows], self.train.action[rows]).mean()
             return {"loss/bc": float(loss), "bc/stopped": 1.0}
-        loss = self.net.loss(self.train.inputs[rows], self.train.action[rows])
+        loss = self.net.loss(self.train.inputs[rows], self.train.action[rows]).mean()
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         self.opt.step()
@@ -325,5 +277,5 @@ class ObservationPolicy(DeployedPolicy):
         return self._to_env(self.net.act(self._obs(obs), deterministic))
 
 
-__all__ = ["BCConfig", "BCNet", "BCHead", "BCTrainer", "Demos", "ObservationPolicy", "agreement", "bc_loss",
+__all__ = ["BCConfig", "BCNet", "BCTrainer", "Demos", "ObservationPolicy", "agreement", "bc_loss",
            "demo_pairs", "selection_key", "split_demos"]

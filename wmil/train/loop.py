@@ -8,6 +8,7 @@ NaN guard (a non-finite loss stops training before anything is saved) and the fi
 from __future__ import annotations
 
 import math
+import sys
 import time
 from dataclasses import dataclass
 from typing import Callable, Optional
@@ -15,6 +16,7 @@ from typing import Callable, Optional
 from wmil.errors import UserError
 from wmil.progress import progress_bar
 from wmil.runs import RunDir
+from wmil.threads import RateWatch
 
 
 @dataclass
@@ -44,6 +46,7 @@ def run_loop(run: RunDir, config: LoopConfig, start_step: int,
     """Run updates ``start_step+1 … steps``; returns the last logged metrics."""
     bar = progress_bar(config.steps, desc, progress, unit="upd", initial=start_step)
     last: dict = {}
+    watch = RateWatch()  # warns once if updates/s collapses (e.g. OpenMP threads on a busy CPU)
     window_started, window_updates = time.perf_counter(), 0
     try:
         for step in range(start_step + 1, config.steps + 1):
@@ -52,6 +55,9 @@ def run_loop(run: RunDir, config: LoopConfig, start_step: int,
             if step % config.log_every == 0 or step == config.steps:
                 elapsed = max(time.perf_counter() - window_started, 1e-9)
                 rate = window_updates / elapsed
+                warning = watch.observe(window_updates, elapsed, _torch_threads())
+                if warning:
+                    bar.write(warning, file=sys.stderr)
                 metrics = dict(metrics, **{"perf/updates_per_s": rate})
                 if config.frames_per_update:
                     metrics["perf/frames_per_s"] = rate * config.frames_per_update
@@ -73,3 +79,9 @@ def run_loop(run: RunDir, config: LoopConfig, start_step: int,
         bar.close()
         run.close()
     return last
+
+
+def _torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()

@@ -90,8 +90,8 @@ def _use_threads(ctx, param, value):
 def threads_option(command):
     """``--threads N``: torch's CPU threads for this command (same as WMIL_NUM_THREADS=N)."""
     return click.option("--threads", type=click.IntRange(min=1), expose_value=False, callback=_use_threads,
-                        help="CPU threads for torch (default 1, or $WMIL_NUM_THREADS). More pays only for large "
-                             "models on an idle machine; with a busy core, 2+ threads can run 10x slower.")(command)
+                        help="CPU threads for torch (default 1, or $WMIL_NUM_THREADS). Measured on 2 cores: 2 "
+                             "threads were at best 1.1x faster, and 10-50x slower beside a busy process.")(command)
 
 
 RATIO_WARNING = ("warning: open-loop ratio {ratio:.3g} at horizon {h}: the model predicts worse than repeating the "
@@ -128,7 +128,7 @@ def print_run_summary(run_dir) -> None:
     click.echo(f"run dir: {run.path}" + (f"  (step {max(steps)})" if steps else ""))
     prefixes = SUMMARY_PREFIXES.get(kind, ("",))
     rank = {key: next((i for i, p in enumerate(prefixes) if key.startswith(p)), None) for key in last}
-    keys = sorted((k for k in last if rank[k] is not None), key=lambda k: (rank[k], k))
+    keys = sorted((k for k in last if rank[k] is not None), key=lambda k: rank[k])  # stable: logged order
     if not keys:
         return
     width = max(len(k) for k in keys)

@@ -35,6 +35,7 @@ def test_gif_has_every_step_at_the_env_frame_rate(cartpole_bc):
 
     report = evaluate_policy(cartpole_bc, episodes=2, video=True, video_episodes=2, progress=False)
     assert len(report["videos"]) == 2 and report["video_fps"] == 50  # CartPole's render_fps
+    assert report["video_frame_ms"] == 20
     # T steps → T+1 frames: the reset frame and one after every step.
     assert report["video_frames"][0] == report["returns"][0] + 1  # CartPole: reward 1 per step
     for path, frames in zip(report["videos"], report["video_frames"]):
@@ -157,6 +158,13 @@ def test_evaluating_a_run_logs_real_scores_for_plots_and_tensorboard(cartpole_bc
     events = EventAccumulator(str(cartpole_bc))
     events.Reload()
     assert [(s.step, s.value) for s in events.Scalars("real/return_mean")] == [(2, pytest.approx(report["return_mean"]))]
+
+
+def test_gif_frame_durations_round_to_gif_steps():
+    from wmil.eval.video import frame_ms
+
+    assert [frame_ms(fps, "gif") for fps in (50, 30, 15, 7.5, 200)] == [20, 30, 70, 130, 10]
+    assert frame_ms(15, "mp4") == pytest.approx(1000 / 15)
 
 
 def test_ale_videos_play_at_the_agent_step_rate():

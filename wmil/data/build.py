@@ -15,10 +15,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
 import numpy as np
-import yaml
 
 from wmil.data import names
 from wmil.data.collect import Part, collect
+from wmil.data.recipes import read_recipe
 from wmil.data.storage import DatasetWriter, check_writable
 from wmil.envs import EnvConfig, make_env
 from wmil.errors import UserError
@@ -92,12 +92,7 @@ class BuildConfig:
 def load_recipe(path: str | Path, **overrides) -> BuildConfig:
     """Read a YAML recipe; ``overrides`` (non-None values) replace its fields."""
     path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except (OSError, yaml.YAMLError) as exc:
-        raise UserError(f"{path}: cannot read recipe ({str(exc).splitlines()[0]})") from None
-    if not isinstance(raw, dict):
-        raise UserError(f"{path}: a recipe must be a YAML mapping of BuildConfig fields")
+    raw = read_recipe(path)
     known = {f.name for f in dataclasses.fields(BuildConfig)}
     unknown = sorted(set(raw) - known)
     if unknown:

@@ -60,14 +60,20 @@ def find_recipe(recipe: str) -> Path:
                     "(wmil datasets recipes lists them)")
 
 
-def describe(path: Path) -> dict:
-    """Name, dataset id, env, episodes and policy of a recipe file, for listings."""
+def read_recipe(path: Path) -> dict:
+    """The YAML mapping of a recipe file (a one-line UserError when unreadable or not a mapping)."""
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = yaml.safe_load(Path(path).read_text()) or {}
     except (OSError, yaml.YAMLError) as exc:
         raise UserError(f"{path}: cannot read recipe ({str(exc).splitlines()[0]})") from None
     if not isinstance(raw, dict):
         raise UserError(f"{path}: a recipe must be a YAML mapping of BuildConfig fields")
+    return raw
+
+
+def describe(path: Path) -> dict:
+    """Name, dataset id, env, episodes and policy of a recipe file, for listings."""
+    raw = read_recipe(path)
     parts = raw.get("parts") or []
     if parts:
         episodes = sum(int(p.get("episodes", 0)) for p in parts)

@@ -64,7 +64,7 @@ def _env_config(policy, env_id: Optional[str], env_kwargs: Optional[dict], video
         base = EnvConfig(env_id, pixels=spec.obs_shape[-1] if spec.pixels else None,
                          grayscale=spec.pixels and spec.obs_shape[0] == 1)
     kwargs = {**base.make_kwargs(), **(env_kwargs or {})}
-    if video and base.pixels is None and "render_mode" not in kwargs:
+    if video and (base.pixels is None or base.is_ale) and "render_mode" not in kwargs:
         # Pixel envs render already; vector-observation and ALE envs must be asked to.
         kwargs["render_mode"] = "rgb_array"
     return EnvConfig(base.env_id, pixels=base.pixels, grayscale=base.grayscale,
@@ -296,7 +296,7 @@ def evaluate_policy(policy_or_run, env=None, *, env_id: Optional[str] = None, en
     ``video_format`` 'gif' or 'mp4', every step at the env's ``render_fps``) into ``out``, or
     into the run directory when evaluating one.
     """
-    from wmil.eval.video import FORMATS, frame_rate, write_video
+    from wmil.eval.video import FORMATS, frame_ms, frame_rate, write_video
 
     if episodes < 1:
         raise UserError(f"--episodes {episodes}: must be at least 1")
@@ -341,6 +341,7 @@ def evaluate_policy(policy_or_run, env=None, *, env_id: Optional[str] = None, en
                                             video_format)) for r in recorded]
         report["video_frames"] = [len(r.frames) for r in recorded]
         report["video_fps"] = fps
+        report["video_frame_ms"] = frame_ms(fps, video_format)
         if not fps_declared:
             report["video_fps_note"] = "the environment declares no render_fps; 30 frames/s assumed"
     path = out_dir / "evaluation.json"

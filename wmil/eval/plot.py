@@ -35,6 +35,7 @@ def real_rows(run: str | os.PathLike) -> list[dict]:
     history = path / "evaluations.jsonl"
     if history.is_file():
         rows = [json.loads(line) for line in history.read_text().splitlines() if line.strip()]
+        rows = [{k: v for k, v in row.items() if k == "step" or k.startswith("real/")} for row in rows]
     elif (path / "evaluation.json").is_file():  # runs evaluated before evaluations.jsonl existed
         report = json.loads((path / "evaluation.json").read_text())
         step = report.get("step")

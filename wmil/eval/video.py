@@ -2,7 +2,8 @@
 
 An episode of T steps gives T+1 frames (the reset frame, then one after each step), shown for
 ``1 / render_fps`` seconds each, so a video plays in the episode's real time. GIF stores frame
-delays in hundredths of a second (CartPole's 50 fps is exactly 20 ms; 30 fps becomes 30 ms);
+delays in hundredths of a second, so the delay is rounded to the nearest 10 ms (CartPole's
+50 fps is exactly 20 ms; ALE's 15 agent steps/s become 70 ms, 30 fps becomes 30 ms);
 GIF writers also merge consecutive identical frames into one longer frame, so a GIF of a
 still scene has fewer frames than steps while its total duration stays right. MP4 (H.264
 through ``imageio-ffmpeg``) keeps every frame and the exact rate.
@@ -28,6 +29,12 @@ def frame_rate(metadata: Optional[dict]) -> tuple[float, bool]:
     if fps is None or not np.isfinite(fps) or fps <= 0:
         return FALLBACK_FPS, False
     return float(fps), True
+
+
+def frame_ms(fps: float, video_format: str) -> float:
+    """Milliseconds each frame is shown in a ``video_format`` file at ``fps`` (GIF: 10-ms steps)."""
+    exact = 1000.0 / fps
+    return float(max(10, round(exact / 10) * 10)) if video_format == "gif" else exact
 
 
 def as_rgb(frame: np.ndarray) -> np.ndarray:
@@ -60,8 +67,9 @@ def write_video(frames: Sequence[np.ndarray], path: str | Path, fps: float, vide
     tmp = path.with_name(f".{path.name}.tmp{path.suffix}")  # a failed write leaves no half video behind
     try:
         if video_format == "gif":
-            # imageio's GIF writer (Pillow) takes the per-frame duration in milliseconds.
-            imageio.mimsave(tmp, rgb, duration=1000.0 / fps, loop=0)
+            # imageio's GIF writer (Pillow) takes the per-frame duration in milliseconds and would
+            # truncate it to GIF's 10-ms steps: round it ourselves.
+            imageio.mimsave(tmp, rgb, duration=frame_ms(fps, "gif"), loop=0)
         else:
             _write_mp4(rgb, tmp, fps)
         tmp.replace(path)

@@ -26,6 +26,113 @@ def print_summary(summary: dict) -> None:
         click.echo(f"  {key:<{width}}  {_fmt(value)}")
 
 
+class LazyChoice(click.Choice):
+    """A ``click.Choice`` whose choices come from a registry that is imported only when a command
+    needs them (its ``--help`` or its parsing), so ``wmil --help`` stays fast."""
+
+    def __init__(self, load, case_sensitive: bool = True):
+        self._load = load
+        self._choices: tuple | None = None
+        self.case_sensitive = case_sensitive
+
+    @property
+    def choices(self):  # type: ignore[override]
+        if self._choices is None:
+            self._choices = tuple(self._load())
+        return self._choices
+
+
+def _world_models():
+    from wmil.config import WORLD_MODELS
+
+    return WORLD_MODELS
+
+
+def _algorithms():
+    from wmil.config import ALGORITHMS
+
+    return ALGORITHMS
+
+
+def _presets():
+    from wmil.config import PRESETS
+
+    return PRESETS
+
+
+class DeviceChoice(click.Choice):
+    """auto | cpu | cuda, and cuda:N for one GPU of several."""
+
+    def __init__(self):
+        super().__init__(["auto", "cpu", "cuda", "cuda:N"])
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, str) and value.startswith("cuda:") and value[5:].isdigit():
+            return value
+        if value == "cuda:N":
+            self.fail("write the GPU's index, e.g. cuda:0", param, ctx)
+        return super().convert(value, param, ctx)
+
+
+def _use_threads(ctx, param, value):
+    from wmil.threads import use_threads
+
+    use_threads(value)
+    return value
+
+
+def threads_option(command):
+    """``--threads N``: torch's CPU threads for this command (same as WMIL_NUM_THREADS=N)."""
+    return click.option("--threads", type=click.IntRange(min=1), expose_value=False, callback=_use_threads,
+                        help="CPU threads for torch (default 1, or $WMIL_NUM_THREADS). Measured on 2 cores: 2 "
+                             "threads were at best 1.1x faster, and 10-50x slower beside a busy process.")(command)
+
+
+RATIO_WARNING = ("warning: open-loop ratio {ratio:.3g} at horizon {h}: the model predicts worse than repeating the "
+                 "last observation; train longer (--steps), on more data, or check the observations")
+
+
+def warn_ratios(values: dict) -> None:
+    """A warning line per horizon whose open-loop ratio is above 1 (``open_loop/ratio_h{h}`` keys)."""
+    for h in (1, 5, 15):
+        ratio = values.get(f"open_loop/ratio_h{h}")
+        if ratio is not None and ratio > 1:
+            click.echo(RATIO_WARNING.format(ratio=ratio, h=h), err=True)
+
+
+#: Metric groups shown in the final summary of a run, by kind.
+SUMMARY_PREFIXES = {
+    "world_model": ("loss/total", "loss/obs", "loss/kl", "val/", "open_loop/ratio_h", "perf/"),
+    "policy": ("eval/", "reward/", "loss/", "actor/entropy", "perf/"),
+}
+
+
+def print_run_summary(run_dir) -> None:
+    """The run directory, its step, and the last logged value of its key metrics."""
+    from wmil.runs import RunDir
+
+    run = RunDir(run_dir, "any")
+    kind = run.read_config().get("kind")
+    last: dict[str, tuple[int, float]] = {}
+    for record in run.read_metrics():
+        for key, value in record.items():
+            if key != "step":
+                last[key] = (record["step"], value)
+    steps = [s for s, _ in last.values()]
+    click.echo(f"run dir: {run.path}" + (f"  (step {max(steps)})" if steps else ""))
+    prefixes = SUMMARY_PREFIXES.get(kind, ("",))
+    rank = {key: next((i for i, p in enumerate(prefixes) if key.startswith(p)), None) for key in last}
+    keys = sorted((k for k in last if rank[k] is not None), key=lambda k: rank[k])  # stable: logged order
+    if not keys:
+        return
+    width = max(len(k) for k in keys)
+    final = max(steps)
+    for key in keys:
+        step, value = last[key]
+        click.echo(f"  {key:<{width}}  {_fmt(value)}" + ("" if step == final else f"  (at step {step})"))
+    warn_ratios({k: v for k, (_, v) in last.items()})
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="wmil")
 def cli():
@@ -39,7 +146,7 @@ def cli():
 
 # ---------------------------------------------------------------------------------------------
 @cli.command("build-dataset")
-@click.argument("recipe", required=False, type=click.Path(dir_okay=False))
+@click.argument("recipe", required=False)
 @click.option("--name", help="Dataset id 'namespace/name-vN' (overrides the recipe).")
 @click.option("--env", "env_id", help="Gymnasium id, e.g. CartPole-v1, ALE/Pong-v5, FetchPush-v4.")
 @click.option("--policy", help="random | expert | module:callable | policy.pt2 (torch.export) | policy.pt (TorchScript) | model.zip (SB3).")
@@ -53,12 +160,22 @@ def cli():
 @click.option("--ref-min-score", type=float, help="Random-policy return (measured if omitted).")
 @click.option("--ref-max-score", type=float, help="Expert return (measured if omitted and an expert exists).")
 @click.option("--ref-episodes", type=int, help="Episodes to measure missing reference scores (0: skip).")
+@click.option("--author", help="Author stored in the Minari metadata (default: none).")
+@click.option("--author-email", help="Author's e-mail stored in the Minari metadata (default: none).")
+@click.option("--code-permalink", help="Link to the code that made the data, for the Minari metadata (default: none).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing dataset of the same name.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
+@threads_option
 def build_dataset_cmd(recipe, name, env_id, policy, epsilon, episodes, seed, workers, pixels, grayscale,
-                      max_episode_steps, ref_min_score, ref_max_score, ref_episodes, overwrite, quiet):
-    """Record rollouts of a policy into a Minari dataset (from flags or a YAML RECIPE)."""
+                      max_episode_steps, ref_min_score, ref_max_score, ref_episodes, author, author_email,
+                      code_permalink, overwrite, quiet):
+    """Record rollouts of a policy into a Minari dataset, from flags or a RECIPE.
+
+    RECIPE is a YAML file or the name of a recipe shipped with wmil (wmil datasets recipes lists
+    them), e.g. cartpole-world; flags override its fields.
+    """
     from wmil.data.build import BuildConfig, build_dataset, load_recipe
+    from wmil.data.recipes import find_recipe
 
     eps = None
     if epsilon is not None:
@@ -68,9 +185,10 @@ def build_dataset_cmd(recipe, name, env_id, policy, epsilon, episodes, seed, wor
             raise UserError(f"--epsilon {epsilon!r}: expected a number or a comma-separated list of numbers") from None
     overrides = dict(name=name, env=env_id, policy=policy, epsilon=eps, episodes=episodes, seed=seed,
                      workers=workers, pixels=pixels, grayscale=grayscale, max_episode_steps=max_episode_steps,
-                     ref_min_score=ref_min_score, ref_max_score=ref_max_score, ref_episodes=ref_episodes)
+                     ref_min_score=ref_min_score, ref_max_score=ref_max_score, ref_episodes=ref_episodes,
+                     author=author, author_email=author_email, code_permalink=code_permalink)
     if recipe:
-        config = load_recipe(recipe, **overrides)
+        config = load_recipe(find_recipe(recipe), **overrides)
     else:
         if not name or not env_id:
             raise UserError("build-dataset needs a RECIPE file or both --name and --env")
@@ -103,6 +221,24 @@ def datasets_list():
             click.echo(f"{name:<40} {len(ds):>9} {ds.total_steps:>10}  {ds.observation_space.shape} / {ds.action_space}")
         except UserError as exc:
             click.echo(f"{name:<40} {'?':>9} {'?':>10}  unreadable: {exc}")
+
+
+@datasets_group.command("recipes")
+def datasets_recipes():
+    """Dataset recipes shipped with wmil (build one with: wmil build-dataset NAME)."""
+    from wmil.data.recipes import describe, list_recipes, recipes_dir
+
+    found = list_recipes()
+    if not found:
+        click.echo("no recipes installed")
+        return
+    rows = [describe(path) for path in found.values()]
+    header = {"recipe": "recipe", "dataset": "dataset", "env": "env", "episodes": "episodes", "policy": "policy"}
+    widths = {k: max(len(str(r[k])) for r in rows + [header]) for k in header}
+    for row in [header] + rows:
+        click.echo("  ".join(f"{str(row[k]):<{widths[k]}}" if k != "episodes" else f"{str(row[k]):>{widths[k]}}"
+                             for k in header).rstrip())
+    click.echo(f"(in {recipes_dir()})")
 
 
 @datasets_group.command("info")
@@ -188,32 +324,26 @@ def datasets_delete(name, yes):
 # ---------------------------------------------------------------------------------------------
 @cli.command("train-model")
 @click.option("--dataset", "datasets", multiple=True, required=True, help="Dataset name or path (repeatable: all are used).")
-@click.option("--model", default="rssm", show_default=True, help="rssm | gaussian_rssm | dynamics.")
-@click.option("--preset", default="small", show_default=True, help="tiny | small | paper.")
+@click.option("--model", type=LazyChoice(_world_models), default="rssm", show_default=True, help="World model.")
+@click.option("--preset", type=LazyChoice(_presets), default="small", show_default=True,
+              help="Sizes: tiny (tests), small (a 2-core CPU), paper (published sizes).")
 @click.option("--steps", type=int, help="Optimiser updates (default from the preset).")
 @click.option("--seed", type=int, help="Seed for initialisation, sampling and the validation split.")
 @click.option("--out", type=click.Path(file_okay=False), help="Run directory (default runs/<model>-<dataset>); re-run to resume.")
-@click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda.")
+@click.option("--device", type=DeviceChoice(), default="auto", show_default=True, help="auto: CUDA when present.")
 @click.option("-o", "overrides", multiple=True, help="Any config field: -o lr=1e-4, -o model.deter=256, -o train.batch_size=16 "
               "(every field: wmil config show MODEL, wmil config show train-model).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
+@threads_option
 def train_model_cmd(datasets, model, preset, steps, seed, out, device, overrides, quiet):
     """Train a world model on all given datasets (mixed quality is the point)."""
     from wmil.config import parse_overrides
     from wmil.train.world_model import train_world_model
 
-    train_world_model(list(datasets), model=model, preset=preset, out=out, steps=steps, seed=seed, device=device,
-                      overrides=parse_overrides(overrides), progress=not quiet)
-    from wmil.runs import RunDir
-
-    run = RunDir(out, "world_model") if out else None
-    if run is not None:
-        last = [m for m in run.read_metrics() if "open_loop/ratio_h15" in m]
-        click.echo(f"trained {model}; run dir {run.path}")
-        if last:
-            m = last[-1]
-            click.echo("  open-loop MSE / naive:  " + ",  ".join(
-                f"h{h}: {m[f'open_loop/ratio_h{h}']:.3f}" for h in (1, 5, 15)))
+    trained = train_world_model(list(datasets), model=model, preset=preset, out=out, steps=steps, seed=seed,
+                                device=device, overrides=parse_overrides(overrides), progress=not quiet)
+    click.echo(f"trained {model}")
+    print_run_summary(trained.run_dir)
 
 
 @cli.command("evaluate-model")
@@ -221,6 +351,7 @@ def train_model_cmd(datasets, model, preset, steps, seed, out, device, overrides
 @click.option("--dataset", "datasets", multiple=True, help="Evaluate on these datasets (default: the run's held-out episodes).")
 @click.option("--batches", default=8, show_default=True, help="Batches of up to 32 windows.")
 @click.option("--context", default=10, show_default=True, help="Observed steps before imagining.")
+@threads_option
 def evaluate_model_cmd(run_dir, datasets, batches, context):
     """Open-loop prediction error at horizons 1, 5, 15 vs. repeating the last observation."""
     from wmil.eval.world_model import evaluate_world_model
@@ -234,22 +365,25 @@ def evaluate_model_cmd(run_dir, datasets, batches, context):
         click.echo("  per coordinate, mean over 15 imagined steps (model / naive): " + ", ".join(
             f"{m:.4f}/{n:.4f}" for m, n in zip(report["per_dim_mse_15_steps"], report["per_dim_naive_mse_15_steps"])))
     click.echo(f"report: {report['report_path']}" + (f"; image strip: {report['strip_path']}" if report.get("strip_path") else ""))
+    warn_ratios(report)
 
 
 # ---------------------------------------------------------------------------------------------
 @cli.command("imagine")
-@click.option("--algo", required=True, help="ditto | dgail | dbc | sqil | gpril | vins | bc.")
+@click.option("--algo", type=LazyChoice(_algorithms), required=True, help="Imitation algorithm (bc needs no --model).")
 @click.option("--model", "model_run", type=click.Path(file_okay=False), help="World-model run directory (wmil train-model); not needed by bc.")
 @click.option("--expert", required=True, help="Expert dataset name or path.")
 @click.option("--expert-episodes", type=int, help="Use only the first K expert episodes.")
-@click.option("--preset", default="small", show_default=True, help="tiny | small | paper.")
+@click.option("--preset", type=LazyChoice(_presets), default="small", show_default=True,
+              help="Sizes: tiny (tests), small (a 2-core CPU), paper (published sizes).")
 @click.option("--steps", type=int, help="Training updates (default from the preset).")
 @click.option("--seed", type=int, help="Seed.")
 @click.option("--out", type=click.Path(file_okay=False), help="Run directory (default runs/<algo>-<expert>); re-run to resume.")
-@click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda.")
+@click.option("--device", type=DeviceChoice(), default="auto", show_default=True, help="auto: CUDA when present.")
 @click.option("-o", "overrides", multiple=True, help="Any config field: -o gamma=0.99, -o algo.batch_size=128, -o train.eval_every=100 "
               "(every field: wmil config show ALGO, wmil config show imagine).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
+@threads_option
 def imagine_cmd(algo, model_run, expert, expert_episodes, preset, steps, seed, out, device, overrides, quiet):
     """Train an imitation policy entirely inside a world model (no environment access)."""
     from wmil.train.policy import train_policy
@@ -257,8 +391,8 @@ def imagine_cmd(algo, model_run, expert, expert_episodes, preset, steps, seed, o
 
     policy = train_policy(algo, model_run, expert, out=out, preset=preset, steps=steps, expert_episodes=expert_episodes,
                           seed=seed, device=device, overrides=parse_overrides(overrides), progress=not quiet)
-    click.echo(f"trained {algo} policy" + (f"; run dir {out}" if out else ""))
-    del policy
+    click.echo(f"trained {algo} policy")
+    print_run_summary(policy.run_dir)
 
 
 @cli.command("evaluate")
@@ -266,19 +400,28 @@ def imagine_cmd(algo, model_run, expert, expert_episodes, preset, steps, seed, o
 @click.option("--env", "env_id", help="Environment id (default: the expert dataset's environment).")
 @click.option("--episodes", default=20, show_default=True, help="Evaluation episodes.")
 @click.option("--seed", type=int, help="First evaluation seed (default 1,000,000).")
-@click.option("--video", is_flag=True, help="Save GIFs of the first episodes under RUN_DIR/videos/.")
+@click.option("--n-envs", default=1, show_default=True, type=click.IntRange(min=1),
+              help="Environment copies stepped together (gymnasium SyncVectorEnv); same episodes and scores.")
+@click.option("--video", is_flag=True, help="Record the first episodes under RUN_DIR/videos/ (every step, at the env's frame rate).")
+@click.option("--video-episodes", default=1, show_default=True, type=click.IntRange(min=1), help="Episodes to record with --video.")
+@click.option("--video-format", type=click.Choice(["gif", "mp4"]), default="gif", show_default=True,
+              help="Video file format (mp4: H.264 through imageio-ffmpeg).")
 @click.option("--stochastic", is_flag=True, help="Sample actions instead of taking the most likely one.")
 @click.option("--out", type=click.Path(file_okay=False), help="Write the report here instead of RUN_DIR.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def evaluate_cmd(run_dir, env_id, episodes, seed, video, stochastic, out, quiet):
+@threads_option
+def evaluate_cmd(run_dir, env_id, episodes, seed, n_envs, video, video_episodes, video_format, stochastic, out, quiet):
     """Roll a trained policy out in the real environment and report its scores."""
     from wmil.eval.evaluate import EVAL_SEED, evaluate_policy
 
     report = evaluate_policy(run_dir, env_id=env_id, episodes=episodes, seed=EVAL_SEED if seed is None else seed,
-                             video=video, deterministic=not stochastic, progress=not quiet, out=out)
-    keys = ["env", "episodes", "return_mean", "return_stderr", "normalized_score", "success_rate", "success_any",
+                             n_envs=n_envs, video=video, video_episodes=video_episodes, video_format=video_format,
+                             deterministic=not stochastic, progress=not quiet, out=out)
+    keys = ["env", "episodes", "step", "return_mean", "return_stderr", "normalized_score", "success_rate", "success_any",
             "length_mean", "eval/latent_distance", "eval/action_accuracy", "eval/action_mse", "report_path"]
-    print_summary({k: report[k] for k in keys if k in report})
+    print_summary({k: report[k] for k in keys if report.get(k) is not None})
+    for path, frames in zip(report.get("videos", []), report.get("video_frames", [])):
+        click.echo(f"video: {path}  ({frames} frames at {report['video_fps']:g} fps)")
 
 
 @cli.command("plot")
@@ -300,7 +443,8 @@ def config_group():
 
 def _config_class(name: str) -> type:
     """The config class behind NAME: an algorithm, a world model, or a trainer."""
-    from wmil.algos.base import ALGORITHMS, algorithm_class
+    from wmil.algos.base import algorithm_class
+    from wmil.config import ALGORITHMS
     from wmil.train.policy import ImagineTrainConfig
     from wmil.train.world_model import WorldModelTrainConfig
     from wmil.world_models.registry import WORLD_MODELS

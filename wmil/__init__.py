@@ -1,6 +1,7 @@
 """wmil: offline imitation learning inside learned world models.
 
-The library API (imported lazily, so ``import wmil`` and the CLI start fast):
+The library API (imported lazily, so ``import wmil`` and the CLI start fast; ``dir(wmil)`` and
+tab completion list it):
 
     wmil.data.load(name_or_path)                       a dataset view with samplers
     wmil.build_dataset(BuildConfig(...))               record a policy into a Minari dataset
@@ -9,10 +10,11 @@ The library API (imported lazily, so ``import wmil`` and the CLI start fast):
     wmil.evaluate_world_model(run_dir)                 open-loop errors on held-out episodes
     wmil.train_policy("ditto", model_run, expert, out=...)
     wmil.load_policy(run_dir)                          deployable: reset(), act(obs)
-    wmil.evaluate_policy(run_dir, episodes=...)        real-environment scores
+    wmil.evaluate_policy(policy_or_run, env=... | env_id=..., n_envs=...)   real-environment scores
+    wmil.set_threads(n)                                torch CPU threads (default 1; see wmil.threads)
 """
 
-from importlib import import_module
+from importlib import import_module as _import_module
 
 __version__ = "0.1.0"
 
@@ -25,10 +27,20 @@ _LAZY = {
     "train_policy": "wmil.train.policy",
     "load_policy": "wmil.train.policy",
     "evaluate_policy": "wmil.eval.evaluate",
+    "set_threads": "wmil.threads",
 }
+#: Subpackages, importable as attributes once imported (``wmil.data.load`` after ``import wmil.data``).
+_SUBPACKAGES = ("data", "envs", "eval", "train", "algos", "world_models", "imagination", "nets")
 
 
 def __getattr__(name: str):
     if name in _LAZY:
-        return getattr(import_module(_LAZY[name]), name)
+        return getattr(_import_module(_LAZY[name]), name)
+    if name in _SUBPACKAGES:
+        return _import_module(f"wmil.{name}")
     raise AttributeError(f"module 'wmil' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    """The module's own names plus the lazy API, for ``dir(wmil)`` and tab completion."""
+    return sorted(set(globals()) | set(_LAZY) | set(_SUBPACKAGES))

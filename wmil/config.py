@@ -43,6 +43,24 @@ from wmil.errors import UserError
 
 PRESETS = ("tiny", "small", "paper")
 
+#: The registered components, name -> "module:Class", imported only where a component is built
+#: (so that the command line starts fast). A new algorithm or world model is one file plus one
+#: line here.
+ALGORITHMS: dict[str, str] = {
+    "ditto": "wmil.algos.ditto:Ditto",
+    "dgail": "wmil.algos.dgail:DGail",
+    "dbc": "wmil.algos.dbc:DBC",
+    "bc": "wmil.algos.bc:BC",
+    "vins": "wmil.algos.vins:VINS",
+    "sqil": "wmil.algos.sqil:Sqil",
+    "gpril": "wmil.algos.gpril:Gpril",
+}
+WORLD_MODELS: dict[str, str] = {
+    "rssm": "wmil.world_models.rssm:RSSM",
+    "gaussian_rssm": "wmil.world_models.gaussian_rssm:GaussianRSSM",
+    "dynamics": "wmil.world_models.dynamics:Dynamics",
+}
+
 
 # ------------------------------------------------------------------------------------ types
 

@@ -210,20 +210,17 @@ def _atomic_write_text(path: Path, text: str) -> None:
 def resolve_device(device: str = "auto") -> torch.device:
     """'auto' → CUDA when available, else CPU.
 
-    On CPU the torch thread count is capped at the cores this process may use, or set from
-    ``WMIL_NUM_THREADS`` when given (the test suite uses 1: tiny models run faster that way).
+    On CPU the torch thread count is set by :func:`wmil.threads.configure_threads`: one thread
+    unless ``WMIL_NUM_THREADS`` (the CLI's ``--threads``) or the user asks for more.
     """
+    from wmil.threads import configure_threads
+
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise UserError(f"--device {device}: CUDA is not available on this machine; use --device cpu or auto")
     if device == "cpu":
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        wanted = os.environ.get("WMIL_NUM_THREADS")
-        if wanted:
-            torch.set_num_threads(max(1, int(wanted)))
-        elif torch.get_num_threads() > cores:
-            torch.set_num_threads(cores)
+        configure_threads()
     try:
         return torch.device(device)
     except RuntimeError:

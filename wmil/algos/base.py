@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from wmil.config import Features, LatentConfig, NonNegFloat, PosInt
+from wmil.config import ALGORITHMS, Features, LatentConfig, NonNegFloat, PosInt
 from wmil.data.dataset import Dataset
 from wmil.errors import UserError
 from wmil.imagination.actor_critic import ActorCritic, ActorCriticConfig
@@ -44,17 +44,6 @@ from wmil.types import DataSpec, State
 from wmil.world_models.base import feature_size
 
 Tensor = torch.Tensor
-
-#: name -> "module:Class". Lazy, so the CLI does not import every algorithm.
-ALGORITHMS: dict[str, str] = {
-    "ditto": "wmil.algos.ditto:Ditto",
-    "dgail": "wmil.algos.dgail:DGail",
-    "dbc": "wmil.algos.dbc:DBC",
-    "bc": "wmil.algos.bc:BC",
-    "vins": "wmil.algos.vins:VINS",
-    "sqil": "wmil.algos.sqil:Sqil",
-    "gpril": "wmil.algos.gpril:Gpril",
-}
 
 #: World models every latent learner accepts.
 LATENT_MODELS = ("rssm", "gaussian_rssm", "dynamics")

@@ -12,17 +12,20 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import numpy as np
-import yaml
 
 from wmil.data import names
 from wmil.data.collect import Part, collect
+from wmil.data.recipes import read_recipe
 from wmil.data.storage import DatasetWriter, check_writable
 from wmil.envs import EnvConfig, make_env
 from wmil.errors import UserError
 from wmil.progress import progress_bar
+
+if TYPE_CHECKING:  # pragma: no cover
+    from wmil.data.dataset import Dataset
 
 #: Offset of the seeds used to measure reference scores (kept apart from the data's seeds).
 REF_SEED_OFFSET = 1_000_000
@@ -62,6 +65,12 @@ class BuildConfig:
     """Episodes used to measure missing reference scores (0: do not measure)."""
     description: str = ""
     """Free text stored in the dataset metadata."""
+    author: Optional[str] = None
+    """Author stored in the Minari metadata (None: left out, Minari shows 'Not provided')."""
+    author_email: Optional[str] = None
+    """Author's e-mail stored in the Minari metadata (None: left out)."""
+    code_permalink: Optional[str] = None
+    """Link to the code that made the data, stored in the Minari metadata (None: left out)."""
 
     def resolved_parts(self) -> list[Part]:
         if self.parts:
@@ -83,12 +92,7 @@ class BuildConfig:
 def load_recipe(path: str | Path, **overrides) -> BuildConfig:
     """Read a YAML recipe; ``overrides`` (non-None values) replace its fields."""
     path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except (OSError, yaml.YAMLError) as exc:
-        raise UserError(f"{path}: cannot read recipe ({str(exc).splitlines()[0]})") from None
-    if not isinstance(raw, dict):
-        raise UserError(f"{path}: a recipe must be a YAML mapping of BuildConfig fields")
+    raw = read_recipe(path)
     known = {f.name for f in dataclasses.fields(BuildConfig)}
     unknown = sorted(set(raw) - known)
     if unknown:
@@ -150,7 +154,7 @@ def reference_scores(config: BuildConfig) -> tuple[Optional[float], Optional[flo
     return lo, hi
 
 
-def build_dataset(config: BuildConfig, overwrite: bool = False, progress: bool = True):
+def build_dataset(config: BuildConfig, overwrite: bool = False, progress: bool = True) -> "Dataset":
     """Record the dataset described by ``config``; returns the opened :class:`Dataset`."""
     from wmil.data.dataset import load, spec_from_spaces
 
@@ -173,7 +177,9 @@ def build_dataset(config: BuildConfig, overwrite: bool = False, progress: bool =
     returns, steps = [], 0
     bar = progress_bar(total, f"recording {config.name}", progress, unit="ep")
     with DatasetWriter(config.name, observation_space, action_space, env_spec=env_spec, overwrite=overwrite,
-                       description=config.description) as writer:
+                       description=config.description, algorithm_name=_algorithm_name(parts),
+                       author=config.author, author_email=config.author_email,
+                       code_permalink=config.code_permalink) as writer:
         for episode in collect(env_config, parts, config.seed, config.workers):
             writer.add(episode)
             returns.append(float(episode.rewards.sum()))
@@ -199,6 +205,12 @@ def build_dataset(config: BuildConfig, overwrite: bool = False, progress: bool =
         if hi is not None:
             writer.metadata["ref_max_score"] = hi
     return load(config.name)
+
+
+def _algorithm_name(parts) -> str:
+    """What recorded the data, for Minari's 'Algorithm' field: 'wmil build-dataset: expert ε=0.3, random'."""
+    described = [p.policy + (f" ε={p.epsilon:g}" if p.epsilon else "") for p in parts]
+    return "wmil build-dataset: " + ", ".join(dict.fromkeys(described))
 
 
 def _jsonable(value):

@@ -174,8 +174,13 @@ def _torchscript(path: Path) -> Callable:
 
 
 def _batch_of_one(module) -> Callable:
-    """``obs -> module(obs as a (1, *O) float tensor)[0]``, without gradients."""
+    """``obs -> module(obs as a (1, *O) float tensor)[0]``, without gradients, on wmil's thread
+    count (``--threads``)."""
     import torch
+
+    from wmil.threads import configure_threads
+
+    configure_threads()
 
     def act(obs):
         with torch.no_grad():
@@ -201,6 +206,9 @@ def _sb3(path: Path) -> Callable:
         import stable_baselines3 as sb3
     except ImportError:
         raise UserError(f"policy {path}: a .zip policy needs stable-baselines3 (pip install stable-baselines3)") from None
+    from wmil.threads import configure_threads
+
+    configure_threads()
     last_error = None
     for cls_name in ("PPO", "SAC", "TD3", "A2C", "DQN", "DDPG"):
         try:

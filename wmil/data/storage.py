@@ -113,7 +113,8 @@ class DatasetWriter:
 
     def __init__(self, name: str, observation_space: gym.Space, action_space: gym.Space, *,
                  env_spec=None, overwrite: bool = False, description: str = "",
-                 algorithm_name: str = "wmil"):
+                 algorithm_name: str = "wmil", author: Optional[str] = None, author_email: Optional[str] = None,
+                 code_permalink: Optional[str] = None):
         self.name = names.validate_name(name)
         self.final_dir = check_writable(name, overwrite)
         self.observation_space = observation_space
@@ -122,6 +123,8 @@ class DatasetWriter:
         self.overwrite = overwrite
         self.description = description
         self.algorithm_name = algorithm_name
+        # Minari shows these in `minari show`: real values or none (never placeholders).
+        self.author, self.author_email, self.code_permalink = author, author_email, code_permalink
         self.metadata: dict = {}
         self.episodes = 0
         self.steps = 0
@@ -165,9 +168,9 @@ class DatasetWriter:
                 env=self.env_spec,
                 eval_env=self.env_spec,
                 algorithm_name=self.algorithm_name,
-                author="wmil",
-                author_email="wmil@localhost",
-                code_permalink="https://pypi.org/project/wmil/",
+                author=self.author,
+                author_email=self.author_email,
+                code_permalink=self.code_permalink,
                 action_space=self.action_space,
                 observation_space=self.observation_space,
                 description=self.description or f"wmil dataset {self.name}",

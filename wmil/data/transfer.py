@@ -97,7 +97,8 @@ def import_d4rl(path: str | os.PathLike, name: str, overwrite: bool = False,
         obs_dtype = observation_space.dtype
         discrete = isinstance(action_space, gym.spaces.Discrete)
         with DatasetWriter(name, observation_space, action_space, overwrite=overwrite,
-                           description=f"imported from {path.name}") as writer:
+                           description=f"imported from {path.name}",
+                           algorithm_name=f"wmil datasets import of the D4RL-style file {path.name}") as writer:
             start = 0
             for end in ends:
                 sl = slice(start, end + 1)
@@ -201,7 +202,8 @@ def merge(sources: list[str], name: str, overwrite: bool = False) -> Dataset:
                 f"({other.observation_space}, {other.action_space} vs {first.observation_space}, {first.action_space})"
             )
     with DatasetWriter(name, first.observation_space, first.action_space, overwrite=overwrite,
-                       description=f"merge of {', '.join(d.name for d in datasets)}") as writer:
+                       description=f"merge of {', '.join(d.name for d in datasets)}",
+                       algorithm_name="wmil datasets merge") as writer:
         for dataset in datasets:
             _copy(writer, dataset)
         writer.metadata["wmil"] = {"merged_from": [d.name for d in datasets], "env": first.wmil_metadata.get("env")}
@@ -224,7 +226,7 @@ def split(source: str, train_name: str, validation_name: str, validation_fractio
     out = []
     for view, target in ((train, train_name), (validation, validation_name)):
         with DatasetWriter(target, dataset.observation_space, dataset.action_space, overwrite=overwrite,
-                           description=f"split of {dataset.name}") as writer:
+                           description=f"split of {dataset.name}", algorithm_name="wmil datasets split") as writer:
             _copy(writer, view)
             meta = {k: dataset.metadata[k] for k in ("ref_min_score", "ref_max_score") if k in dataset.metadata}
             meta["wmil"] = {**dataset.wmil_metadata, "split_of": dataset.name,

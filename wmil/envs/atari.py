@@ -19,6 +19,9 @@ from gymnasium import spaces
 
 from wmil.envs.wrappers import resize_frame
 
+#: Frames per second of the Atari 2600's NTSC video output.
+ATARI_FPS = 60
+
 
 class AtariPreprocess(gym.Wrapper):
     """No-op reset, frame skip + max-pool, resize, grayscale; RAM in ``info["state"]``.
@@ -50,6 +53,10 @@ class AtariPreprocess(gym.Wrapper):
         self._buf = [np.zeros(shape, np.uint8), np.zeros(shape, np.uint8)]
         c = 1 if self.grayscale else 3
         self.observation_space = spaces.Box(0, 255, (c, self.screen_size, self.screen_size), np.uint8)
+        # Videos in real time: the (NTSC) Atari 2600 draws 60 frames/s and one agent step spans
+        # frame_skip of them. ale-py declares render_fps 30 whatever its own frameskip, so it is
+        # not used here.
+        self.metadata = {**env.metadata, "render_fps": ATARI_FPS / self.frame_skip}
 
     @property
     def ale(self):

@@ -8,6 +8,7 @@ NaN guard (a non-finite loss stops training before anything is saved) and the fi
 from __future__ import annotations
 
 import math
+import sys
 import time
 from typing import Callable, Optional
 
@@ -15,6 +16,7 @@ from wmil.config import LoopConfig
 from wmil.errors import UserError
 from wmil.progress import progress_bar
 from wmil.runs import RunDir
+from wmil.threads import RateWatch
 
 
 def check_finite(step: int, losses: dict, run: RunDir) -> None:
@@ -35,6 +37,7 @@ def run_loop(run: RunDir, config: LoopConfig, start_step: int,
     metrics. ``frames_per_update`` (B×T) adds a frames/s figure (0: updates/s only)."""
     bar = progress_bar(config.steps, desc, progress, unit="upd", initial=start_step)
     last: dict = {}
+    watch = RateWatch()  # warns once if updates/s collapses (e.g. OpenMP threads on a busy CPU)
     window_started, window_updates = time.perf_counter(), 0
     try:
         for step in range(start_step + 1, config.steps + 1):
@@ -43,6 +46,9 @@ def run_loop(run: RunDir, config: LoopConfig, start_step: int,
             if step % config.log_every == 0 or step == config.steps:
                 elapsed = max(time.perf_counter() - window_started, 1e-9)
                 rate = window_updates / elapsed
+                warning = watch.observe(window_updates, elapsed, _torch_threads())
+                if warning:
+                    bar.write(warning, file=sys.stderr)
                 metrics = dict(metrics, **{"perf/updates_per_s": rate})
                 if frames_per_update:
                     metrics["perf/frames_per_s"] = rate * frames_per_update
@@ -64,3 +70,9 @@ def run_loop(run: RunDir, config: LoopConfig, start_step: int,
         bar.close()
         run.close()
     return last
+
+
+def _torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()

@@ -17,6 +17,7 @@ from wmil.algos.base import algorithm_class
 from wmil.config import LoopConfig, PosInt, build_config, split_overrides, to_dict
 from wmil.data.dataset import Dataset, load
 from wmil.errors import UserError
+from wmil.policy import DeployedPolicy
 from wmil.runs import RunDir, resolve_device, rng_state, seed_everything, set_rng_state
 from wmil.train.loop import check_finite, run_loop
 from wmil.train.world_model import load_world_model
@@ -52,11 +53,11 @@ def _world_model_from_run(model_run: str | os.PathLike, device: str):
 def train_policy(algo: str, model: Optional[str | os.PathLike], expert: str | Dataset,
                  out: Optional[str | os.PathLike] = None, preset: str = "small", steps: Optional[int] = None,
                  expert_episodes: Optional[int] = None, seed: Optional[int] = None, device: str = "auto",
-                 overrides: Optional[dict[str, str]] = None, progress: bool = True):
+                 overrides: Optional[dict[str, str]] = None, progress: bool = True) -> DeployedPolicy:
     """Train (or resume) an imitation policy, inside the world model of run ``model`` when the
     algorithm uses one (``model`` may be None for model-free ones such as BC).
 
-    Returns the deployable policy. ``expert`` is a dataset name/path/object; ``overrides``
+    Returns the deployable policy (``run_dir`` set to its run directory). ``expert`` is a dataset name/path/object; ``overrides``
     are ``-o`` pairs for the run (``steps``…) or the algorithm (``gamma``…).
     """
     cls = algorithm_class(algo)
@@ -117,10 +118,12 @@ def train_policy(algo: str, model: Optional[str | os.PathLike], expert: str | Da
     if start < train_cfg.steps:
         run_loop(run, train_cfg, start, update, lambda step: learner.evaluate(), checkpoint, progress,
                  desc=f"imagine {algo}", postfix_keys=learner.progress_keys)
-    return learner.policy()
+    policy = learner.policy()
+    policy.run_dir = run.path  # where the CLI's summary and the user find the run
+    return policy
 
 
-def load_policy(run_dir: str | os.PathLike, device: str = "cpu"):
+def load_policy(run_dir: str | os.PathLike, device: str = "cpu") -> DeployedPolicy:
     """The deployable policy of a ``wmil imagine`` run (``reset()``, ``act(obs)``); its
     ``run_config`` holds the run's config."""
     run = RunDir(run_dir, "policy")

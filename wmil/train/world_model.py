@@ -22,7 +22,7 @@ from wmil.errors import UserError
 from wmil.runs import RunDir, resolve_device, rng_state, seed_everything, set_rng_state
 from wmil.train.loop import check_finite, run_loop
 from wmil.types import DataSpec
-from wmil.world_models.base import HORIZONS, open_loop_errors, total_loss
+from wmil.world_models.base import HORIZONS, WorldModelBase, open_loop_errors, total_loss
 from wmil.world_models.registry import config_for, make_world_model, model_class
 
 
@@ -66,8 +66,9 @@ def _resolve(model: str, preset: str, overrides: dict[str, str], train_overrides
 
 def train_world_model(dataset: str | Dataset | Sequence[str | Dataset], model: str = "rssm", preset: str = "small",
                       out: Optional[str | os.PathLike] = None, steps: Optional[int] = None, seed: Optional[int] = None,
-                      device: str = "auto", overrides: Optional[dict[str, str]] = None, progress: bool = True):
-    """Train (or resume) a world model; returns the trained model (in eval mode).
+                      device: str = "auto", overrides: Optional[dict[str, str]] = None,
+                      progress: bool = True) -> WorldModelBase:
+    """Train (or resume) a world model; returns the trained model (in eval mode, ``run_dir`` set).
 
     ``dataset`` is one or more dataset names/paths/objects; ``overrides`` are ``-o`` pairs such
     as ``{"lr": "1e-4", "model.deter": "256"}``.
@@ -135,6 +136,7 @@ def train_world_model(dataset: str | Dataset | Sequence[str | Dataset], model: s
                  postfix_keys=("loss/total", "open_loop/ratio_h15"),
                  frames_per_update=train_cfg.batch_size * train_cfg.seq_len)
     world_model.eval()
+    world_model.run_dir = run.path  # where the CLI's summary and the user find the run
     return world_model
 
 
@@ -177,7 +179,7 @@ def _validate(world_model, val: _ValidationSampler, cfg: WorldModelTrainConfig, 
         torch.set_rng_state(cpu_state)
 
 
-def load_world_model(run_dir: str | os.PathLike, device: str = "cpu"):
+def load_world_model(run_dir: str | os.PathLike, device: str = "cpu") -> WorldModelBase:
     """Load the newest checkpoint of a ``train-model`` run for use (eval mode)."""
     run = RunDir(run_dir, "world_model")
     config = run.read_config()

@@ -1,23 +1,24 @@
-"""The world-model registry: a new model is one new file plus one line here."""
+"""The world models by name (the names are registered in :data:`wmil.config.WORLD_MODELS`)."""
 
 from __future__ import annotations
 
+import importlib
 from typing import Any, Optional
 
 from wmil.config import PRESETS, build_config
+from wmil.config import WORLD_MODELS as NAMES
 from wmil.errors import UserError
 from wmil.types import DataSpec
 from wmil.world_models.base import WorldModel
-from wmil.world_models.dynamics import Dynamics
-from wmil.world_models.gaussian_rssm import GaussianRSSM
-from wmil.world_models.rssm import RSSM
+
+
+def _import(path: str) -> type:
+    module, _, name = path.partition(":")
+    return getattr(importlib.import_module(module), name)
+
 
 #: name -> model class (its ``config_cls`` holds the config, defaults and presets).
-WORLD_MODELS: dict[str, type] = {
-    "rssm": RSSM,
-    "gaussian_rssm": GaussianRSSM,
-    "dynamics": Dynamics,
-}
+WORLD_MODELS: dict[str, type] = {name: _import(path) for name, path in NAMES.items()}
 
 __all__ = ["WORLD_MODELS", "PRESETS", "model_class", "config_for", "make_world_model"]
 

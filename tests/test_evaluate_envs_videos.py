@@ -12,7 +12,7 @@ from gymnasium import spaces
 from gymnasium.vector import AutoresetMode, SyncVectorEnv
 
 from cli.main import main as wmil_main
-from wmil.algos.base import load_policy, train_policy
+from wmil.train.policy import load_policy, train_policy
 from wmil.data.build import BuildConfig, build_dataset
 from wmil.errors import UserError
 from wmil.eval.evaluate import evaluate_policy

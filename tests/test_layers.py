@@ -1,5 +1,5 @@
 """Layers point one way: no module of wmil imports (at module level or inside a function) from
-a layer above its own. From the bottom: errors/types/config, nets, envs, data, world models,
+a layer above its own. From the bottom: errors/types/config/progress/threads, nets, envs, data, world models,
 the deployed policies, imagination, algorithms, run directories, trainers, evaluation, the CLI.
 The package root (``wmil/__init__.py``) is the lazy public API on top of everything."""
 
@@ -7,7 +7,7 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-LAYERS = [("wmil.errors", "wmil.types", "wmil.config", "wmil.progress"), ("wmil.nets",), ("wmil.envs",), ("wmil.data",),
+LAYERS = [("wmil.errors", "wmil.types", "wmil.config", "wmil.progress", "wmil.threads"), ("wmil.nets",), ("wmil.envs",), ("wmil.data",),
           ("wmil.world_models",), ("wmil.policy",), ("wmil.imagination",), ("wmil.algos",), ("wmil.runs",),
           ("wmil.train",), ("wmil.eval",), ("wmil.cli",)]
 

@@ -110,7 +110,7 @@ def test_evaluate_model_warns_at_each_horizon_above_one(monkeypatch, capsys, tmp
     report = {"report_path": str(tmp_path / "open_loop.json")}
     for h, ratio in ((1, 36.0), (5, 0.9), (15, 1.4)):
         report.update({f"open_loop/mse_h{h}": ratio, f"open_loop/naive_mse_h{h}": 1.0, f"open_loop/ratio_h{h}": ratio})
-    monkeypatch.setattr(ewm, "evaluate_model_run", lambda *a, **k: report)
+    monkeypatch.setattr(ewm, "evaluate_world_model", lambda *a, **k: report)
     assert wmil_main(["evaluate-model", str(tmp_path)]) == 0
     err = capsys.readouterr().err.splitlines()
     assert [line.split("at horizon ")[1].split(":")[0] for line in err] == ["1", "15"]

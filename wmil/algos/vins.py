@@ -538,8 +538,8 @@ class VINS(Learner):
         cfg = self.config
         metrics = self.bc.update(self.rng)
         pick = self.rng.integers(len(self.rows), size=cfg.batch_size)
-        rows = torch.as_tensor(self.rows[pick], device=self.device)
-        state, next_state = self.value_states[rows], self.value_states[rows + 1]
+        rows, next_rows = self.expert.transitions(self.rows[pick])
+        state, next_state = self.value_states[rows], self.value_states[next_rows]
         u = torch.rand(len(pick), device=self.device) if cfg.interpolate else None
         noise = torch.randn_like(state)
         losses, value_metrics = self.value_losses(state, next_state, self.done[torch.as_tensor(pick, device=self.device)],
@@ -563,8 +563,8 @@ class VINS(Learner):
         count = count or self.config.eval_states
         generator = torch.Generator(device="cpu").manual_seed(0)
         pick = torch.randperm(len(self.rows), generator=generator)[:count]
-        rows = torch.as_tensor(self.rows[pick.numpy()], device=self.device)
-        state, next_state = self.value_states[rows], self.value_states[rows + 1]
+        rows, next_rows = self.expert.transitions(self.rows[pick.numpy()])
+        state, next_state = self.value_states[rows], self.value_states[next_rows]
         noise = torch.randn(state.shape, generator=generator).to(self.device)
         value, value_perturbed = self.value(state), self.value(perturb(state, self.noise_std, noise))
         not_done = ~self.done[pick.to(self.device)]

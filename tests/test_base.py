@@ -98,3 +98,30 @@ def test_a_learners_policy_is_its_checkpoints_policy(synthetic_worlds, tmp_path)
     live.reset(), loaded.reset()
     for obs in np.random.default_rng(1).normal(size=(5, 3)).astype(np.float32):
         assert live.act(obs) == loaded.act(obs)
+
+
+@pytest.mark.parametrize("algo", ["dgail", "sqil", "gpril"])
+def test_learners_may_start_imagination_from_world_data(env_worlds, tmp_path, monkeypatch, algo):
+    """``starts='world'``/``'mixed'`` draws imagination start states from the world model's own
+    datasets (encoded once), which the demos never show."""
+    from wmil.algos.base import algorithm_class
+    from wmil.train.world_model import load_world_model
+
+    world = env_worlds(True)
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(world.datasets))
+    model = load_world_model(world.model("rssm"))
+    for parameter in model.parameters():
+        parameter.requires_grad_(False)
+    cls = algorithm_class(algo)
+    for mode in ("world", "mixed"):
+        torch.manual_seed(0)
+        learner = cls(model, world.expert, cls.config_cls.preset("tiny", {"starts": mode}), torch.device("cpu"))
+        starts = learner.start_states(8, learner.expert.starts(0))
+        world_deter, expert_deter = learner.world.states.deter, learner.expert.states.deter
+        from_world = [bool((world_deter == row).all(-1).any()) for row in starts.deter]
+        from_expert = [bool((expert_deter == row).all(-1).any()) for row in starts.deter]
+        assert all(w or e for w, e in zip(from_world, from_expert))
+        assert sum(from_world) >= (8 if mode == "world" else 4)
+        assert len(learner.world.n_obs) == len(world.world)  # every world episode (≤ world_episodes)
+        metrics = learner.update(1)
+        assert all(np.isfinite(v) for k, v in metrics.items() if k.startswith("loss/"))

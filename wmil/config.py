@@ -431,6 +431,16 @@ class LatentConfig(LearnerConfig):
 
 
 @dataclass(frozen=True)
+class StartsConfig(Config):
+    """Where a learner's imagined rollouts start."""
+
+    starts: Literal["expert", "world", "mixed"] = "expert"
+    """Start states of imagined rollouts: 'expert' states (the papers), 'world'-data states (the states of the world model's own datasets, which the demos may never show), or half of each ('mixed')."""
+    world_episodes: PosInt = 200
+    """At most this many episodes of each of the world model's datasets are encoded when world-data states are used."""
+
+
+@dataclass(frozen=True)
 class DiscountConfig(Config):
     gamma: Discount = 0.95
     """Discount γ (DITTO: 0.95)."""

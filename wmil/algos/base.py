@@ -265,6 +265,31 @@ class LatentLearner(Learner):
     def actor(self) -> nn.Module:
         return self.networks["actor"]
 
+    @property
+    def world(self) -> ExpertLatents:
+        """The world model's own datasets as latents (encoded on first use; ``world_episodes``
+        of each at most): the states a policy meets beyond the demonstrations."""
+        if getattr(self, "_world", None) is None:
+            self._world = ExpertLatents.of_world_model(self.world_model, self.config.world_episodes, self.device,
+                                                       self.config.features)
+        return self._world
+
+    def start_states(self, count: int, expert_rows: np.ndarray, rng: Optional[np.random.Generator] = None) -> State:
+        """``count`` start states ``(B,)`` of imagined rollouts, drawn uniformly from the expert
+        rows ``expert_rows``, from every world-data state, or half from each, per the config's
+        ``starts`` (drawn with ``rng``, the learner's generator by default)."""
+        rng = self.rng if rng is None else rng
+        mode = self.config.starts
+        n_world = count if mode == "world" else count // 2 if mode == "mixed" else 0
+        parts = []
+        if count - n_world:
+            rows = rng.choice(expert_rows, count - n_world)
+            parts.append(self.expert.states[torch.as_tensor(rows, device=self.expert.features.device)])
+        if n_world:
+            rows = rng.choice(self.world.starts(0), n_world)
+            parts.append(self.world.states[torch.as_tensor(rows, device=self.world.features.device)])
+        return parts[0] if len(parts) == 1 else State.cat(parts)
+
     def expert_rows(self, count: int) -> Tensor:
         """``count`` expert rows with a logged action, drawn uniformly with replacement."""
         return torch.as_tensor(self.rng.choice(self.action_rows, count), device=self.expert.features.device)

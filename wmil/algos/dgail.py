@@ -50,7 +50,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from wmil.algos.base import ImitationConfig, ImitationLearner
-from wmil.config import Activation, NonNegFloat, NonNegInt, PosFloat, PosInt
+from wmil.config import Activation, NonNegFloat, NonNegInt, PosFloat, PosInt, StartsConfig
 from wmil.data.dataset import Dataset
 from wmil.imagination.actor_critic import imagine
 from wmil.nets import MLP, ActionBounds
@@ -61,7 +61,7 @@ Tensor = torch.Tensor
 
 
 @dataclass(frozen=True)
-class DGailConfig(ImitationConfig):
+class DGailConfig(StartsConfig, ImitationConfig):
     """D-GAIL / VMAIL = the shared actor-critic + a discriminator reward on latent transitions
     (D sees H × batch_size pairs per class and update)."""
 
@@ -234,7 +234,7 @@ class DGail(ImitationLearner):
 
     def update(self, step: int) -> dict:
         H, B = self.config.horizon, self.config.batch_size
-        start, _ = self.sample_starts()
+        start = self.start_states(B, self.starts)
         imagined = imagine(self.world_model, self.actor, start, H, self.config.features)
         transitions = self.imagined_transitions(imagined)                       # (H, B, X)
         metrics = self.update_discriminator(transitions.reshape(H * B, -1))

@@ -59,8 +59,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from wmil.algos.base import LatentLearner
-from wmil.config import DiscountConfig, LatentConfig, NonNegFloat, NonNegInt, PosFloat, PosInt
-from wmil.data.dataset import Dataset, load
+from wmil.config import DiscountConfig, LatentConfig, NonNegFloat, NonNegInt, PosFloat, PosInt, StartsConfig
+from wmil.data.dataset import Dataset
 from wmil.errors import UserError
 from wmil.imagination.actor_critic import imagine
 from wmil.imagination.expert import ExpertLatents
@@ -71,7 +71,7 @@ Tensor = torch.Tensor
 
 
 @dataclass(frozen=True)
-class GprilConfig(DiscountConfig, LatentConfig):
+class GprilConfig(StartsConfig, DiscountConfig, LatentConfig):
     """GPRIL: predecessor flows B_s(s|s̄), B_a(a|s,s̄) + the policy's β_π/β_d likelihood.
     ``batch_size`` triples per flow update, and demo pairs (and as many flow samples) per policy
     update; ``horizon`` the length of each imagined rollout (it bounds the offset j); ``gamma``
@@ -107,8 +107,6 @@ class GprilConfig(DiscountConfig, LatentConfig):
     """Lower bound of the per-dimension std used to standardise the features."""
     flow_grad_clip: PosFloat = 100.0
     """Global gradient-norm clip of the flows (paper: 100)."""
-    data_episodes: PosInt = 200
-    """predecessors='data': encode at most this many episodes of each world-model dataset."""
     eval_triples: PosInt = 256
     """Held-out triples (drawn once, at the start) for the flows' log-likelihood metric."""
 
@@ -121,7 +119,7 @@ class GprilConfig(DiscountConfig, LatentConfig):
     )
     PRESETS: ClassVar = {
         "tiny": dict(batch_size=16, rollout_starts=8, horizon=5, gamma=0.5, flow_layers=1, flow_units=32,
-                     flow_passes=4, layers=1, units=32, eval_triples=32, eval_starts=16, data_episodes=10),
+                     flow_passes=4, layers=1, units=32, eval_triples=32, eval_starts=16, world_episodes=10),
         "small": dict(),
         "paper": dict(flow_units=500, flow_passes=0, flow_lr=2e-5, flow_weight_decay=1e-2, burnin=50_000,
                       rollout_starts=256),
@@ -226,22 +224,6 @@ class PredecessorModel(nn.Module):
 # -------------------------------------------------------------------------------- learner
 
 
-def encode_world_data(world_model, max_episodes: int, device, features: str = "sample") -> ExpertLatents:
-    """Posterior latents of (the first ``max_episodes`` episodes of each of) the datasets the
-    world model was trained on, episodes laid end to end (``ExpertLatents`` layout)."""
-    names = (getattr(world_model, "run_config", None) or {}).get("datasets")
-    if not names:
-        raise UserError("gpril: predecessors='data' needs the world model's training datasets, but this world "
-                        "model has no run config naming them; load it from a train-model run or use "
-                        "predecessors=policy")
-    parts = []
-    for name in names:
-        dataset = load(name)
-        parts.append(ExpertLatents.encode(world_model, dataset.head(min(max_episodes, len(dataset))), device,
-                                          features=features))
-    return ExpertLatents.concat(parts)
-
-
 class Gpril(LatentLearner):
     """GPRIL trainer: predecessor flows on (imagined or offline) triples, policy on demos + flow samples."""
 
@@ -257,7 +239,7 @@ class Gpril(LatentLearner):
         self.start_rows = self.expert.starts(0)
         self.data: Optional[ExpertLatents] = None
         if config.predecessors == "data":
-            self.data = encode_world_data(world_model, config.data_episodes, device, config.features)
+            self.data = self.world
             if int((self.data.n_obs - 1).sum()) == 0:
                 raise UserError("gpril: the world model's datasets have no transitions for predecessors='data'")
         model = PredecessorModel(self.feature_dim, self.spec, config)
@@ -284,8 +266,7 @@ class Gpril(LatentLearner):
             features, actions = source.features, source.action
             offsets, n_actions = source.offsets, source.n_obs - 1
         else:
-            rows = rng.choice(self.start_rows, cfg.rollout_starts)
-            start = self.expert.states[torch.as_tensor(rows, device=self.device)]
+            start = self.start_states(cfg.rollout_starts, self.start_rows, rng)
             imagined = imagine(self.world_model, self.actor, start, cfg.horizon, cfg.features)
             # Each rollout is one episode of H actions: rows b·(H+1) … b·(H+1)+H.
             features = imagined.features.transpose(0, 1).reshape(-1, imagined.features.shape[-1])
@@ -342,4 +323,4 @@ class Gpril(LatentLearner):
         return {"eval/flow_log_prob_state": log_s, "eval/flow_log_prob_action": log_a, **super().evaluate()}
 
 
-__all__ = ["GprilConfig", "Gpril", "PredecessorModel", "Triples", "geometric_offsets", "encode_world_data"]
+__all__ = ["GprilConfig", "Gpril", "PredecessorModel", "Triples", "geometric_offsets"]

@@ -48,7 +48,8 @@ import torch
 from torch import nn
 
 from wmil.algos.base import LatentLearner
-from wmil.config import CriticConfig, DiscountConfig, EntropyConfig, LatentConfig, NonNegFloat, PosInt, TargetConfig
+from wmil.config import (CriticConfig, DiscountConfig, EntropyConfig, LatentConfig, NonNegFloat, PosInt, StartsConfig,
+                         TargetConfig)
 from wmil.data.dataset import Dataset
 from wmil.imagination.actor_critic import imagine
 from wmil.nets import MLP, ActionHead, categorical, update_target
@@ -59,7 +60,7 @@ Tensor = torch.Tensor
 
 
 @dataclass(frozen=True)
-class SqilConfig(CriticConfig, EntropyConfig, TargetConfig, DiscountConfig, LatentConfig):
+class SqilConfig(StartsConfig, CriticConfig, EntropyConfig, TargetConfig, DiscountConfig, LatentConfig):
     """SQIL in imagination: loss ½(Q − y)² on demo (r = 1) and imagined (r = 0) transitions.
     ``batch_size`` demo transitions per update (the imagined half carries the same total
     weight); ``horizon`` is the length of each imagined rollout; the entropy weights are the
@@ -188,8 +189,7 @@ class Sqil(LatentLearner):
     def imagined_batch(self) -> tuple[Tensor, Tensor, Tensor]:
         """(z, a, z') of fresh imagined rollouts of the current policy from expert states:
         ``(H·B_roll, F), (H·B_roll, A), (H·B_roll, F)``."""
-        rows = self.rng.choice(self.start_rows, self.config.rollout_starts)
-        start = self.expert.states[torch.as_tensor(rows, device=self.device)]
+        start = self.start_states(self.config.rollout_starts, self.start_rows)
         imagined = imagine(self.world_model, self.actor, start, self.config.horizon, self.config.features)
         F_ = imagined.features.shape[-1]
         return (imagined.features[:-1].reshape(-1, F_), imagined.actions.reshape(-1, self.spec.action_dim),

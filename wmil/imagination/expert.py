@@ -66,6 +66,24 @@ class ExpertLatents:
                              offsets=arrays.offsets.copy(), n_obs=arrays.n_obs.copy())
 
     @staticmethod
+    @torch.no_grad()
+    def of_world_model(world_model, max_episodes: int, device="cpu", features: str = "sample") -> "ExpertLatents":
+        """Posterior latents of (the first ``max_episodes`` episodes of each of) the datasets the
+        world model was trained on (its run config names them), laid end to end."""
+        from wmil.data.dataset import load
+
+        names = (getattr(world_model, "run_config", None) or {}).get("datasets")
+        if not names:
+            raise UserError("world-data states need the world model's training datasets, but this world model has no "
+                            "run config naming them; load it from a train-model run (wmil.load_world_model)")
+        parts = []
+        for name in names:
+            dataset = load(name)
+            parts.append(ExpertLatents.encode(world_model, dataset.head(min(max_episodes, len(dataset))), device,
+                                              features=features))
+        return ExpertLatents.concat(parts)
+
+    @staticmethod
     def concat(parts: list["ExpertLatents"]) -> "ExpertLatents":
         """Several encodings laid end to end (episode offsets shifted accordingly)."""
         if len(parts) == 1:

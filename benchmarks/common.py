@@ -54,9 +54,9 @@ def table(header: list[str], rows: list[list]) -> str:
     return "\n".join(lines)
 
 
-def write(name: str, title: str, body: str) -> Path:
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / name
+def write(name: str, title: str, body: str, directory: Path = RESULTS) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / name
     path.write_text(f"# {title}\n\n{stamp()}\n\n{body}\n")
     print(path.read_text())
     return path

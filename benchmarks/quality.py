@@ -1,17 +1,25 @@
-"""Offline imitation quality: expert-normalised score per task × algorithm.
+"""Offline imitation quality: expert-normalised score per task × algorithm × protocol.
 
 Every cell: the world model is trained on the task's "world" dataset (all data, mixed
 quality), the learner on the first K episodes of the "expert" dataset, with zero environment
 steps during training; the policy is then scored in the real environment on ``--episodes``
-episodes (seeds far from the data's). Score = (R − R_random)/(R_expert − R_random) with the
-reference returns stored in the expert dataset (success rate for Fetch). Mean ± standard
-error over seeds. One world model per task and seed is shared by the algorithms.
+episodes (seeds far from the data's) under each evaluation protocol — the environment's own
+start states ('standard') and start states the demos rarely visit ('shifted', see
+``wmil.envs.protocols``) — acting with sampled and with greedy actions. Score =
+(R − R_random)/(R_expert − R_random), with the random policy's and the scripted expert's returns
+under the same protocol on the same episode seeds (success rate at any step for Fetch). Mean ±
+standard error over seeds. One world model per task, kind and seed is shared by the algorithms;
+its open-loop errors and its reward check (``wmil evaluate-model --expert``: how often DITTO's
+reward prefers the expert's action) are stamped beside the cells.
 
-    python -m benchmarks.quality --tasks cartpole --algos ditto bc --seeds 0 1 2 --demos 4
+    python -m benchmarks.quality --tasks cartpole --algos bc dbc ditto dgail vmil --seeds 0 1 2 3 4
+    python -m benchmarks.quality --tasks lunar --algos ditto bc --demos 1 4 --protocols standard shifted
     python -m benchmarks.quality --tasks fetch-push --algos bc vins --demos 100 -o vins.ns_rho=0.05
 
-Results merge into ``results/quality-<tasks>.md`` / ``.jsonl`` (a rerun of a cell and seed
-replaces it; ``--fresh`` starts over).
+``vmil`` is D-GAIL with (z, a, z') pairs on the Gaussian RSSM. Results merge into
+``results/quality-<tasks>.md`` / ``.jsonl`` (a rerun of a cell and seed replaces it; ``--fresh``
+starts over); run directories are kept under ``--runs`` and reused (a finished run is only
+re-evaluated).
 """
 
 from __future__ import annotations
@@ -28,9 +36,7 @@ from benchmarks.common import RESULTS, table, write
 ROOT = Path(__file__).resolve().parent.parent
 
 #: Per task: recipes, world-model settings, learner settings (the hyperparameters reported).
-#: ``learner_overrides``: "*" for every learner that has the field, "ac" for the actor-critic
-#: learners (ditto, dgail), or an algorithm's name.
-AC_OVERRIDES = {"ac": {"actor_lr": "1e-3", "critic_lr": "1e-3"}}
+#: ``learner_overrides``: "*" for every learner that has the field, or an algorithm's name.
 #: VINS's reduced states on Fetch (VINS paper, appendix): the flat observation is
 #: grip_pos 0:3, object_pos 3:6, object_rel_pos 6:9, gripper fingers 9:11, …, desired_goal 25:28.
 #: Push: block and arm (+ the goal, part of the extended state), perturbing the arm;
@@ -41,28 +47,32 @@ AC_OVERRIDES = {"ac": {"actor_lr": "1e-3", "critic_lr": "1e-3"}}
 FETCH_PUSH_VINS = {"state_indices": "0:6,25:28", "perturb_indices": "0:3", "shooting_alpha": "0.05"}
 FETCH_PICK_VINS = {"state_indices": "0:6,9:11,25:28", "perturb_indices": "0:3,9:11", "shooting_alpha": "0.05"}
 FETCH_BC = {"continuous_loss": "mse"}
+SHIFTED = ["standard", "shifted"]
 TASKS = {
-    "cartpole": dict(world="cartpole-world.yaml", expert="cartpole-expert.yaml", model="dynamics",
+    "cartpole": dict(world="cartpole-world.yaml", expert="cartpole-expert.yaml", model="rssm",
                      wm=dict(steps=1500, batch_size=16, seq_len=32), learner=dict(steps=500),
-                     learner_overrides=AC_OVERRIDES, demos=[1, 4], episodes=50),
-    "lunar": dict(world="lunar-world.yaml", expert="lunar-expert.yaml", model="dynamics",
+                     learner_overrides={}, demos=[1, 4], episodes=50, protocols=SHIFTED),
+    "lunar": dict(world="lunar-world.yaml", expert="lunar-expert.yaml", model="rssm",
                   wm=dict(steps=3000, batch_size=16, seq_len=50), learner=dict(steps=1500),
-                  learner_overrides=AC_OVERRIDES, demos=[1, 4, 16], episodes=50),
-    "pendulum": dict(world="pendulum-world.yaml", expert="pendulum-expert.yaml", model="dynamics",
+                  learner_overrides={}, demos=[1, 4, 16], episodes=50, protocols=SHIFTED),
+    "pendulum": dict(world="pendulum-world.yaml", expert="pendulum-expert.yaml", model="rssm",
                      wm=dict(steps=1500, batch_size=16, seq_len=32), learner=dict(steps=500),
-                     learner_overrides=AC_OVERRIDES, demos=[1, 4], episodes=50),
+                     learner_overrides={}, demos=[1, 4], episodes=50, protocols=SHIFTED),
     "pixel-cartpole": dict(world="pixel-cartpole-world.yaml", expert="pixel-cartpole-expert.yaml", model="rssm",
                            wm=dict(steps=3000, batch_size=16, seq_len=32), learner=dict(steps=1000),
-                           learner_overrides={}, demos=[4], episodes=50),
+                           learner_overrides={}, demos=[4], episodes=50, protocols=["standard"]),
     "fetch-push": dict(world="fetch-push-world.yaml", expert="fetch-push-expert.yaml", model="dynamics",
                        wm=dict(steps=5000, batch_size=64, seq_len=16), learner=dict(steps=5000),
-                       learner_overrides={"*": FETCH_BC, "vins": FETCH_PUSH_VINS}, demos=[40, 100, 200], episodes=500),
+                       learner_overrides={"*": FETCH_BC, "vins": FETCH_PUSH_VINS}, demos=[40, 100, 200], episodes=500,
+                       protocols=["standard"]),
     "fetch-pick": dict(world="fetch-pick-world.yaml", expert="fetch-pick-expert.yaml", model="dynamics",
                        wm=dict(steps=5000, batch_size=64, seq_len=16), learner=dict(steps=5000),
-                       learner_overrides={"*": FETCH_BC, "vins": FETCH_PICK_VINS}, demos=[40, 100, 200], episodes=500),
+                       learner_overrides={"*": FETCH_BC, "vins": FETCH_PICK_VINS}, demos=[40, 100, 200], episodes=500,
+                       protocols=["standard"]),
 }
+#: Names of the table that are an algorithm on a given world model with given settings.
+ALIASES = {"vmil": dict(algo="dgail", model="gaussian_rssm", overrides={"pair": "zaz"})}
 MODEL_FREE = {"bc"}
-ACTOR_CRITIC = {"ditto", "dgail"}
 #: Learners whose own model is a ``dynamics`` one whatever the task's world model is.
 DYNAMICS = {"vins"}
 
@@ -77,6 +87,16 @@ def ensure(recipe: str):
     return config.name
 
 
+def resolve(name: str, task_model: str) -> tuple[str, str | None, dict[str, str]]:
+    """(algorithm, world model kind or None, fixed overrides) of a table name."""
+    if name in ALIASES:
+        alias = ALIASES[name]
+        return alias["algo"], alias["model"], dict(alias["overrides"])
+    if name in MODEL_FREE:
+        return name, None, {}
+    return name, "dynamics" if name in DYNAMICS else task_model, {}
+
+
 def algo_fields(algo: str) -> set[str]:
     import dataclasses
 
@@ -85,33 +105,35 @@ def algo_fields(algo: str) -> set[str]:
     return {f.name for f in dataclasses.fields(algorithm_class(algo).config_cls)}
 
 
-def learner_overrides(spec: dict, algo: str, cli: dict[str, str]) -> dict[str, str]:
-    """The task's overrides for ``algo`` then the command line's: ``key=value`` goes to every
-    learner with that field, ``algo.key=value`` to that one only."""
+def learner_overrides(spec: dict, name: str, algo: str, cli: dict[str, str]) -> dict[str, str]:
+    """The task's overrides for ``name`` then the command line's: ``key=value`` goes to every
+    learner with that field, ``name.key=value`` to that one only."""
     task = spec["learner_overrides"]
-    out = {**task.get("*", {}), **(task.get("ac", {}) if algo in ACTOR_CRITIC else {}), **task.get(algo, {})}
+    out = {**task.get("*", {}), **task.get(algo, {}), **task.get(name, {})}
     fields = algo_fields(algo)
     out = {k: v for k, v in out.items() if k in fields}
     for key, value in cli.items():
         target, _, field = key.rpartition(".")
-        if (target == algo) or (not target and field in fields):
+        if target in (name, algo) or (not target and field in fields):
             out[field] = value
     return out
 
 
 def result_key(d: dict) -> tuple:
-    model = "-" if d["algo"] in MODEL_FREE else d.get("model") or TASKS[d["task"]]["model"]
     algo = d["algo"] + (f" [{d['label']}]" if d.get("label") else "")
-    return d["task"], model, d["demos"], algo, d["seed"]
+    return d["task"], d.get("model", "-"), d["demos"], algo, d["seed"], d.get("protocol", "standard"), d.get("act", "")
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tasks", nargs="+", default=["cartpole"], choices=sorted(TASKS))
-    parser.add_argument("--algos", nargs="+", default=["ditto", "bc"])
+    parser.add_argument("--algos", nargs="+", default=["ditto", "bc"], help="algorithms or aliases (vmil)")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--demos", nargs="+", type=int, help="expert episodes (default: the task's list)")
     parser.add_argument("--episodes", type=int, help="evaluation episodes per seed (default: the task's, 50 or 500)")
+    parser.add_argument("--protocols", nargs="+", choices=SHIFTED, help="start-state protocols (default: the task's)")
+    parser.add_argument("--acts", nargs="+", default=["sample", "greedy"], choices=["sample", "greedy", "auto"],
+                        help="how the policy acts when scored")
     parser.add_argument("--model", help="world model of the imagination learners (default: the task's)")
     parser.add_argument("--wm-steps", type=int, help="override the task's world-model updates")
     parser.add_argument("--learner-steps", type=int, help="override the learners' updates")
@@ -119,146 +141,198 @@ def main():
     parser.add_argument("--label", default="", help="names a variant (e.g. an ablation's overrides): its own rows "
                         "in the table and its own run dirs")
     parser.add_argument("--fresh", action="store_true", help="drop earlier results of these tasks instead of merging")
+    parser.add_argument("--results", default=str(RESULTS), help="where the tables go (default benchmarks/results)")
     parser.add_argument("-o", dest="overrides", action="append", default=[],
                         help="learner overrides key=value (every learner with the field) or algo.key=value")
+    parser.add_argument("--wm-override", action="append", default=[],
+                        help="world-model overrides key=value (e.g. kl_scale=1.0), for every world model")
     args = parser.parse_args()
 
-    from wmil.train.policy import train_policy
     from wmil.config import parse_overrides
     from wmil.eval.evaluate import evaluate_policy
+    from wmil.eval.world_model import evaluate_world_model
+    from wmil.train.policy import train_policy
     from wmil.train.world_model import train_world_model
 
     cli = parse_overrides(args.overrides)
+    wm_cli = parse_overrides(args.wm_override)
+    algos = [resolve(name, "rssm")[0] for name in args.algos]
     for key in cli:
         target, _, field = key.rpartition(".")
-        if not any(field in algo_fields(a) for a in ([target] if target else args.algos)):
+        targets = [resolve(target, "rssm")[0]] if target else algos
+        if not any(field in algo_fields(a) for a in targets):
             parser.error(f"-o {key}: no algorithm in {args.algos} has a field {field!r}")
     runs = Path(args.runs)
-    details = []
+    details, wm_details = [], []
 
-    def world_model(task, spec, model, seed):
-        out = runs / task / f"wm-{model}-s{seed}"
+    def world_model(task, spec, kind, seed, expert):
+        out = runs / task / f"wm-{kind}-s{seed}"
         started = time.perf_counter()
-        train_world_model(ensure(spec["world"]), model=model, preset="small", out=out,
-                          steps=args.wm_steps or spec["wm"]["steps"], seed=seed,
-                          overrides={k: str(v) for k, v in spec["wm"].items() if k != "steps"}, progress=False)
-        return out, (time.perf_counter() - started) / 60
+        overrides = {**{k: str(v) for k, v in spec["wm"].items() if k != "steps"}, **wm_cli}
+        train_world_model(ensure(spec["world"]), model=kind, preset="small", out=out,
+                          steps=args.wm_steps or spec["wm"]["steps"], seed=seed, overrides=overrides,
+                          progress=False)
+        minutes = (time.perf_counter() - started) / 60
+        check = evaluate_world_model(out, expert=expert, horizon=15)
+        wm_details.append(dict(kind="world_model", task=task, model=kind, seed=seed, minutes=minutes,
+                               overrides=overrides, **{k: v for k, v in check.items()
+                                                      if k.startswith(("open_loop/ratio", "reward_check/"))}))
+        print(json.dumps(wm_details[-1]), flush=True)
+        return out, minutes
 
     for task in args.tasks:
         spec = TASKS[task]
         expert = ensure(spec["expert"])
-        model = args.model or spec["model"]
+        task_model = args.model or spec["model"]
         episodes = args.episodes or spec["episodes"]
+        protocols = [p for p in (args.protocols or spec["protocols"]) if p in spec["protocols"]]
         for seed in args.seeds:
             models = {}
             for demos in args.demos or spec["demos"]:
-                for algo in args.algos:
-                    kind = None if algo in MODEL_FREE else "dynamics" if algo in DYNAMICS else model
+                for name in args.algos:
+                    algo, kind, fixed = resolve(name, task_model)
                     if kind is not None and kind not in models:
-                        models[kind] = world_model(task, spec, kind, seed)
+                        models[kind] = world_model(task, spec, kind, seed, expert)
                     model_dir, wm_minutes = models[kind] if kind else (None, 0.0)
-                    tag = "" if kind in (None, spec["model"]) else f"-{kind}"
                     label = f"-{args.label}" if args.label else ""
-                    out = runs / task / f"{algo}{tag}{label}-k{demos}-s{seed}"
-                    overrides = learner_overrides(spec, algo, cli)
+                    out = runs / task / f"{name}-{kind or 'none'}{label}-k{demos}-s{seed}"
+                    overrides = {**fixed, **learner_overrides(spec, name, algo, cli)}
                     started = time.perf_counter()
                     train_policy(algo, model_dir, expert, out=out, preset="small", seed=seed, expert_episodes=demos,
                                  steps=args.learner_steps or spec["learner"]["steps"], overrides=overrides,
                                  progress=False)
                     minutes = (time.perf_counter() - started) / 60
-                    started = time.perf_counter()
-                    report = evaluate_policy(out, episodes=episodes, progress=False)
-                    # Fetch: success at any step, the VINS paper's protocol (its environment stops at
-                    # the goal); success at the last step is kept as success_final.
-                    score = report.get("success_any", report.get("normalized_score"))
-                    details.append(dict(task=task, model=kind or "-", demos=demos, algo=algo, label=args.label,
-                                        seed=seed, score=score,
-                                        ret=report["return_mean"], success_final=report.get("success_rate"),
-                                        wm_minutes=wm_minutes, minutes=minutes,
-                                        eval_minutes=(time.perf_counter() - started) / 60, episodes=episodes,
-                                        overrides=overrides,
-                                        latent_distance=report.get("eval/latent_distance"),
-                                        action_accuracy=report.get("eval/action_accuracy")))
-                    print(json.dumps(details[-1]), flush=True)
-    report_results(args, details)
+                    for protocol in protocols:
+                        for act in args.acts:
+                            started = time.perf_counter()
+                            report = evaluate_policy(out, episodes=episodes, act=act, starts=protocol,
+                                                     progress=False)
+                            # Fetch: success at any step, the VINS paper's protocol (its environment stops
+                            # at the goal); success at the last step is kept as success_final.
+                            score = report.get("success_any", report.get("normalized_score"))
+                            details.append(dict(
+                                task=task, model=kind or "-", demos=demos, algo=name, label=args.label, seed=seed,
+                                protocol=protocol, act=report["act"], score=score, ret=report["return_mean"],
+                                ref=[report.get("ref_min_score"), report.get("ref_max_score")],
+                                success_final=report.get("success_rate"), wm_minutes=wm_minutes, minutes=minutes,
+                                eval_minutes=(time.perf_counter() - started) / 60, episodes=episodes,
+                                overrides=overrides, latent_distance=report.get("eval/latent_distance"),
+                                action_accuracy=report.get("eval/action_accuracy")))
+                            print(json.dumps(details[-1]), flush=True)
+    report_results(args, details, wm_details)
 
 
-def report_results(args, details: list[dict]) -> None:
+def mean_se(values) -> str:
+    values = np.asarray([v for v in values if v is not None], dtype=float)
+    if not len(values):
+        return ""
+    stderr = values.std(ddof=1) / np.sqrt(len(values)) if len(values) > 1 else float("nan")
+    return f"{values.mean():.2f} ± {stderr:.2f}" if len(values) > 1 else f"{values.mean():.2f}"
+
+
+def report_results(args, details: list[dict], wm_details: list[dict]) -> None:
     name = "quality-" + "-".join(args.tasks) + ".md"
-    jsonl = RESULTS / name.replace(".md", ".jsonl")
-    if jsonl.exists() and not args.fresh:      # merge: a rerun replaces the same cell and seed
-        new = {result_key(d) for d in details}
+    results = Path(args.results)
+    results.mkdir(parents=True, exist_ok=True)
+    jsonl = results / name.replace(".md", ".jsonl")
+    if jsonl.exists() and not args.fresh:      # merge: a rerun replaces the same cell, seed and protocol
         earlier = [json.loads(line) for line in jsonl.read_text().splitlines() if line.strip()]
-        details = [d for d in earlier if result_key(d) not in new] + details
-    details.sort(key=lambda d: (args.tasks.index(d["task"]) if d["task"] in args.tasks else 99,
-                                str(d.get("model")), d["demos"], d["algo"], d["seed"]))
-    cells: dict[tuple, list[dict]] = {}
+        new = {result_key(d) for d in details}
+        new_wm = {(d["task"], d["model"], d["seed"]) for d in wm_details}
+        wm_details = [d for d in earlier if d.get("kind") == "world_model"
+                      and (d["task"], d["model"], d["seed"]) not in new_wm] + wm_details
+        details = [d for d in earlier if d.get("kind") != "world_model" and result_key(d) not in new] + details
+    order = {t: i for i, t in enumerate(TASKS)}
+    details.sort(key=lambda d: (order.get(d["task"], 99), str(d.get("model")), d["demos"], d["algo"], d["seed"]))
+    columns = sorted({(d.get("protocol", "standard"), d.get("act", "")) for d in details},
+                     key=lambda c: (c[0] != "standard", c[1] != "sample", c))
+    cells: dict[tuple, dict[tuple, list[dict]]] = {}
     for d in details:
-        cells.setdefault(result_key(d)[:4], []).append(d)
-
-    def mean_se(values) -> str:
-        values = np.asarray(values, dtype=float)
-        stderr = values.std(ddof=1) / np.sqrt(len(values)) if len(values) > 1 else float("nan")
-        return f"{values.mean():.3f} ± {stderr:.3f}"
-
+        key = result_key(d)
+        cells.setdefault(key[:4], {}).setdefault((key[5], key[6]), []).append(d)
     rows = []
-    for (task, model, demos, algo), runs_ in cells.items():
-        scores = [d["score"] for d in runs_]
-        finals = [d["success_final"] for d in runs_ if d.get("success_final") is not None]
-        rows.append([task, model, demos, algo, mean_se(scores), mean_se(finals) if finals else "", len(scores),
-                     ", ".join(f"{s:.2f}" for s in scores)])
-    body = table(["task", "model", "demos", "algorithm", "score (mean ± s.e.)", "final (Fetch)", "seeds", "per seed"],
-                 rows)
-    body += ("\n\nScore: expert-normalised return, or where the environment reports success (Fetch) the success "
-             "rate at any step of the episode (the VINS paper's protocol: its environment stops at the goal); "
-             "'final' is the success rate at the episode's last step (the gymnasium-robotics convention).")
+    for (task, model, demos, algo), by_column in cells.items():
+        scores = [mean_se([d["score"] for d in by_column.get(c, [])]) for c in columns]
+        seeds = max(len(v) for v in by_column.values())
+        finals = [d["success_final"] for d in by_column.get(columns[0], []) if d.get("success_final") is not None]
+        rows.append([task, model, demos, algo, *scores, mean_se(finals) if finals else "", seeds])
+    headers = ["task", "model", "demos", "algorithm", *[f"{p} / {a}" for p, a in columns], "final (Fetch)", "seeds"]
+    body = table(headers, rows)
+    body += ("\n\nScore: expert-normalised return (R − R_random)/(R_expert − R_random), mean ± s.e. over seeds, with "
+             "the random policy's and the scripted expert's returns measured under the same protocol on the same "
+             "episode seeds; 'standard' starts are the environment's own, 'shifted' ones are where the demos rarely "
+             "go (wmil.envs.protocols); 'sample' / 'greedy': how the policy acts. Where the environment reports "
+             "success (Fetch) the score is the success rate at any step (the VINS paper's protocol) and 'final' "
+             "the rate at the last step.")
+    if wm_details:
+        wm_rows = []
+        for d in sorted(wm_details, key=lambda d: (order.get(d["task"], 99), d["model"], d["seed"])):
+            classes = ", ".join(f"{k.rsplit('action', 1)[1]}: {v:.2f}" for k, v in d.items()
+                                if k.startswith("reward_check/accuracy_action"))
+            wm_rows.append([d["task"], d["model"], d["seed"], f"{d['minutes']:.0f}",
+                            *[f"{d.get(f'open_loop/ratio_h{h}', float('nan')):.3f}" for h in (1, 5, 15)],
+                            f"{d.get('reward_check/accuracy', float('nan')):.2f}",
+                            f"{d.get('reward_check/chance', float('nan')):.2f}", classes,
+                            " ".join(f"{k}={v}" for k, v in d.get("overrides", {}).items())])
+        body += "\n\n## World models\n\n" + table(
+            ["task", "model", "seed", "min", "open loop h1", "h5", "h15", "reward check", "chance", "by expert action",
+             "settings"], wm_rows)
+        body += ("\n\nOpen loop: MSE of 15-step open-loop predictions ÷ that of repeating the last observation, on "
+                 "held-out episodes. Reward check: on expert states, how often DITTO's reward (on h, 15 steps, the "
+                 "expert's own actions after the first) is highest for the expert's first action, with common random "
+                 "numbers (target ≥ 0.9); by the expert's action class.")
     body += "\n\n## Per run\n\n" + table(
-        ["task", "model", "demos", "algo", "seed", "score", "final", "return", "WM min", "learner min", "eval min",
-         "latent dist", "action acc", "overrides"],
-        [[*result_key(d),
-          f"{d['score']:.3f}", "" if d.get("success_final") is None else f"{d['success_final']:.3f}",
-          f"{d['ret']:.1f}", f"{d['wm_minutes']:.1f}", f"{d['minutes']:.1f}",
-          f"{d.get('eval_minutes', float('nan')):.1f}",
+        ["task", "model", "demos", "algo", "seed", "protocol", "act", "score", "final", "return", "refs", "WM min",
+         "learner min", "eval min", "latent dist", "action acc", "overrides"],
+        [[*result_key(d), f"{d['score']:.3f}", "" if d.get("success_final") is None else f"{d['success_final']:.3f}",
+          f"{d['ret']:.1f}", "/".join("" if r is None else f"{r:.0f}" for r in d.get("ref", [])),
+          f"{d['wm_minutes']:.1f}", f"{d['minutes']:.1f}", f"{d.get('eval_minutes', float('nan')):.1f}",
           "" if d["latent_distance"] is None else f"{d['latent_distance']:.3f}",
           "" if d["action_accuracy"] is None else f"{d['action_accuracy']:.3f}",
           " ".join(f"{k}={v}" for k, v in (d.get("overrides") or {}).items())] for d in details])
     body += "\n\n## Settings\n\n" + "\n".join(
         f"- {t}: world model {args.model or TASKS[t]['model']} small preset, {TASKS[t]['wm']}; learners small "
         f"preset, {TASKS[t]['learner']}, overrides {TASKS[t]['learner_overrides'] or 'none'}; evaluation "
-        f"{args.episodes or TASKS[t]['episodes']} episodes per seed" for t in args.tasks)
-    png = plot_cells(cells, RESULTS / name.replace(".md", ".png"))
+        f"{args.episodes or TASKS[t]['episodes']} episodes per seed and protocol" for t in args.tasks)
+    png = plot_cells(details, results / name.replace(".md", ".png"))
     body += f"\n\n![score against demos]({png.name})"
-    write(name, "Offline imitation quality", body)
-    jsonl.write_text("".join(json.dumps(d) + "\n" for d in details))
+    write(name, "Offline imitation quality", body, results)
+    jsonl.write_text("".join(json.dumps(d) + "\n" for d in wm_details + details))
 
 
-def plot_cells(cells: dict[tuple, list[dict]], path: Path) -> Path:
-    """One panel per (task, world model) pair of the imitation learners: score against the
-    number of demos, mean ± s.e. over seeds, one line per algorithm (BC on every panel)."""
+def plot_cells(details: list[dict], path: Path) -> Path:
+    """One panel per (task, protocol) with sampled actions (greedy where a run has no sampled
+    score): score against the number of demos, mean ± s.e. over seeds, one line per algorithm."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = sorted({(task, model) for task, model, _, _ in cells if model != "-"}) or \
-        sorted({(task, model) for task, model, _, _ in cells})
+    acts = {d.get("act") for d in details}
+    act = "sample" if "sample" in acts else sorted(a for a in acts if a)[0] if acts - {None} else None
+    chosen = [d for d in details if d.get("act") == act or act is None]
+    panels = sorted({(d["task"], d.get("protocol", "standard")) for d in chosen},
+                    key=lambda p: (p[0], p[1] != "standard"))
     fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.4), squeeze=False)
-    for ax, (task, model) in zip(axes.flat, panels):
-        algos = sorted({a for t, m, _, a in cells if t == task and m in (model, "-")})
-        for algo in algos:
-            points = sorted((demos, [d["score"] for d in runs]) for (t, m, demos, a), runs in cells.items()
-                            if t == task and a == algo and m in (model, "-"))
-            x = [demos for demos, _ in points]
-            mean = [float(np.mean(v)) for _, v in points]
-            se = [float(np.std(v, ddof=1) / np.sqrt(len(v))) if len(v) > 1 else 0.0 for _, v in points]
+    for ax, (task, protocol) in zip(axes.flat, panels):
+        mine = [d for d in chosen if d["task"] == task and d.get("protocol", "standard") == protocol]
+        for algo in sorted({d["algo"] + (f" [{d['label']}]" if d.get("label") else "") for d in mine}):
+            by_demos: dict[int, list[float]] = {}
+            for d in mine:
+                if d["algo"] + (f" [{d['label']}]" if d.get("label") else "") == algo:
+                    by_demos.setdefault(d["demos"], []).append(d["score"])
+            x = sorted(by_demos)
+            mean = [float(np.mean(by_demos[k])) for k in x]
+            se = [float(np.std(by_demos[k], ddof=1) / np.sqrt(len(by_demos[k]))) if len(by_demos[k]) > 1 else 0.0
+                  for k in x]
             ax.errorbar(x, mean, yerr=se, marker="o", capsize=3, label=algo)
         ax.set_xscale("log")
-        ax.set_xticks(sorted({demos for t, _, demos, _ in cells if t == task}))
+        ax.set_xticks(sorted({d["demos"] for d in mine}))
         ax.get_xaxis().set_major_formatter(matplotlib.ticker.ScalarFormatter())
         ax.get_xaxis().set_minor_formatter(matplotlib.ticker.NullFormatter())
-        ax.set_title(f"{task} ({model})")
+        ax.set_title(f"{task}, {protocol} starts ({act} actions)")
         ax.set_xlabel("expert episodes")
-        ax.set_ylabel("score")
+        ax.set_ylabel("expert-normalised score")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()

@@ -351,12 +351,19 @@ def train_model_cmd(datasets, model, preset, steps, seed, out, device, overrides
 @click.option("--dataset", "datasets", multiple=True, help="Evaluate on these datasets (default: the run's held-out episodes).")
 @click.option("--batches", default=8, show_default=True, help="Batches of up to 32 windows.")
 @click.option("--context", default=10, show_default=True, help="Observed steps before imagining.")
+@click.option("--expert", help="Expert dataset: also run the reward check (is the imitation reward's best action the "
+              "expert's?) on its episodes.")
+@click.option("--reward-features", type=click.Choice(["deter", "mean", "sample"]), default="deter", show_default=True,
+              help="Features the checked reward compares (DITTO's reward_features).")
+@click.option("--horizon", default=15, show_default=True, help="Imagined steps of the reward check.")
 @threads_option
-def evaluate_model_cmd(run_dir, datasets, batches, context):
-    """Open-loop prediction error at horizons 1, 5, 15 vs. repeating the last observation."""
+def evaluate_model_cmd(run_dir, datasets, batches, context, expert, reward_features, horizon):
+    """Open-loop prediction error at horizons 1, 5, 15 vs. repeating the last observation, and
+    with --expert the reward check of the world model."""
     from wmil.eval.world_model import evaluate_world_model
 
-    report = evaluate_world_model(run_dir, list(datasets) or None, batches=batches, context=context)
+    report = evaluate_world_model(run_dir, list(datasets) or None, batches=batches, context=context, expert=expert,
+                                  reward_features=reward_features, horizon=horizon)
     click.echo(f"{'horizon':>8} {'model MSE':>12} {'naive MSE':>12} {'ratio':>8}")
     for h in (1, 5, 15):
         click.echo(f"{h:>8} {report[f'open_loop/mse_h{h}']:>12.5f} {report[f'open_loop/naive_mse_h{h}']:>12.5f} "
@@ -364,6 +371,15 @@ def evaluate_model_cmd(run_dir, datasets, batches, context):
     if "per_dim_mse_15_steps" in report:
         click.echo("  per coordinate, mean over 15 imagined steps (model / naive): " + ", ".join(
             f"{m:.4f}/{n:.4f}" for m, n in zip(report["per_dim_mse_15_steps"], report["per_dim_naive_mse_15_steps"])))
+    if "reward_check/accuracy" in report:
+        classes = [f"{k.rsplit('action', 1)[1]}: {v:.2f}" for k, v in report.items()
+                   if k.startswith("reward_check/accuracy_action")]
+        click.echo(f"reward check ({report['reward_check/starts']:.0f} expert states, {horizon} steps, "
+                   f"{reward_features} features): the expert's action is the reward's best on "
+                   f"{report['reward_check/accuracy']:.2f} of them (chance {report['reward_check/chance']:.2f}, "
+                   f"target 0.9)" + (f"; by expert action {', '.join(classes)}" if classes else "")
+                   + (f"; beats a perturbed action {report['reward_check/pairwise']:.2f}"
+                      if "reward_check/pairwise" in report else ""))
     click.echo(f"report: {report['report_path']}" + (f"; image strip: {report['strip_path']}" if report.get("strip_path") else ""))
     warn_ratios(report)
 
@@ -406,19 +422,32 @@ def imagine_cmd(algo, model_run, expert, expert_episodes, preset, steps, seed, o
 @click.option("--video-episodes", default=1, show_default=True, type=click.IntRange(min=1), help="Episodes to record with --video.")
 @click.option("--video-format", type=click.Choice(["gif", "mp4"]), default="gif", show_default=True,
               help="Video file format (mp4: H.264 through imageio-ffmpeg).")
-@click.option("--stochastic", is_flag=True, help="Sample actions instead of taking the most likely one.")
+@click.option("--act", type=click.Choice(["auto", "sample", "greedy"]), default="auto", show_default=True,
+              help="Sample the policy's actions or take the most likely one; auto: the algorithm's convention "
+                   "(sampled for DITTO, D-GAIL, D-BC and SQIL, as their authors evaluate; greedy for BC and VINS).")
+@click.option("--starts", type=click.Choice(["standard", "shifted"]), default="standard", show_default=True,
+              help="Start states: the environment's own, or shifted where the demos rarely go (CartPole, "
+                   "LunarLander, Pendulum; see wmil.envs.protocols).")
+@click.option("--action-noise", default=0.0, show_default=True, type=click.FloatRange(0, 1),
+              help="Probability that the executed action is replaced by a random one.")
+@click.option("--obs-noise", default=0.0, show_default=True, type=click.FloatRange(min=0),
+              help="Std of Gaussian noise added to the observations the policy sees.")
 @click.option("--out", type=click.Path(file_okay=False), help="Write the report here instead of RUN_DIR.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @threads_option
-def evaluate_cmd(run_dir, env_id, episodes, seed, n_envs, video, video_episodes, video_format, stochastic, out, quiet):
-    """Roll a trained policy out in the real environment and report its scores."""
+def evaluate_cmd(run_dir, env_id, episodes, seed, n_envs, video, video_episodes, video_format, act, starts, action_noise,
+                 obs_noise, out, quiet):
+    """Roll a trained policy out in the real environment and report its scores (optionally under
+    a covariate-shift protocol: shifted starts, action noise, observation noise)."""
     from wmil.eval.evaluate import EVAL_SEED, evaluate_policy
 
     report = evaluate_policy(run_dir, env_id=env_id, episodes=episodes, seed=EVAL_SEED if seed is None else seed,
                              n_envs=n_envs, video=video, video_episodes=video_episodes, video_format=video_format,
-                             deterministic=not stochastic, progress=not quiet, out=out)
-    keys = ["env", "episodes", "step", "return_mean", "return_stderr", "normalized_score", "success_rate", "success_any",
-            "length_mean", "eval/latent_distance", "eval/action_accuracy", "eval/action_mse", "report_path"]
+                             act=act, starts=starts, action_noise=action_noise, obs_noise=obs_noise,
+                             progress=not quiet, out=out)
+    keys = ["env", "episodes", "step", "act", "return_mean", "return_stderr", "normalized_score", "ref_protocol",
+            "success_rate", "success_any", "length_mean", "eval/latent_distance", "eval/action_accuracy",
+            "eval/action_mse", "report_path"]
     print_summary({k: report[k] for k in keys if report.get(k) is not None})
     for path, frames in zip(report.get("videos", []), report.get("video_frames", [])):
         click.echo(f"video: {path}  ({frames} frames at {report['video_fps']:g} fps)")

@@ -20,9 +20,10 @@ AC = {"log_every": "2", "eval_every": "4", "checkpoint_every": "3", "batch_size"
 
 
 def test_ditto_reward_by_hand(tmp_path, write_dataset):
-    """r_k = z_E·z_A / max(‖z_E‖, ‖z_A‖)² on the reward's latent: h only with
-    ``reward_features='deter'``; [h, class probabilities] with ``features='mean'``; the last
-    imagined state gets no reward."""
+    """r_k = sim(s_{k+1}, e_{k+1}) with sim(x, y) = x·y / max(‖x‖, ‖y‖)²: the k-th action is
+    rewarded for the state it arrives in (the start earns nothing; the last imagined state is
+    rewarded), on h only by default (``reward_features='deter'``, the DITTO authors' reward);
+    [h, class probabilities] with 'mean'; [h, sampled one-hots] with 'sample'."""
     from types import SimpleNamespace
 
     world = write_dataset("im/world-v0", [12, 14, 16, 11])
@@ -38,17 +39,19 @@ def test_ditto_reward_by_hand(tmp_path, write_dataset):
         return State(deter=h, stoch=stoch, logits=torch.zeros(3, 1, S))  # logits 0: uniform probabilities
 
     agent, target = state([3.0, 4.0], [1.0, 0.0], [0.0, 1.0]), state([3.0, 0.0], [2.0, 0.0], [1.0, 0.0])
-    for overrides, expected in (({"reward_features": "deter"}, [9 / 25, 2 / 4]),
+    for overrides, expected in (({}, [2 / 4, 0.0]),                       # h: (1, 0)·(2, 0) / 4; (0, 1) ⟂ (1, 0)
+                                ({"reward_features": "deter", "features": "mean"}, [2 / 4, 0.0]),
                                 # z part of the mean features: 16 probabilities 1/4, z_E·z_A = ‖z‖² = 1
-                                ({"features": "mean"}, [(9 + 1) / (25 + 1), (2 + 1) / (4 + 1)]),
+                                ({"reward_features": "mean"}, [(2 + 1) / (4 + 1), (0 + 1) / (1 + 1)]),
                                 # sampled one-hots: z_E·z_A = ‖z‖² = 4 categoricals
-                                ({}, [(9 + 4) / (25 + 4), (2 + 4) / (4 + 4)])):
+                                ({"reward_features": "sample"}, [(2 + 4) / (4 + 4), (0 + 4) / (1 + 4)])):
         config = DittoConfig.preset("tiny", {"horizon": 2, **overrides})
         ditto = Ditto(model, expert, config, torch.device("cpu"))
         imagined = SimpleNamespace(states=agent, features=model.features(agent, config.features))
         reward, similarity = ditto.rewards(imagined, target)
         assert reward.shape == (2, 1) and similarity.shape == (3, 1)
         torch.testing.assert_close(reward[:, 0], torch.tensor(expected), msg=str(overrides))
+        torch.testing.assert_close(reward, similarity[1:])   # the start state's similarity is never a reward
 
 
 @pytest.mark.parametrize("algo", ["ditto", "dgail"])

@@ -404,8 +404,8 @@ class ActorConfig(Config):
     """Activation of the policy (and of the learner's other MLPs unless they have their own)."""
     min_std: PosFloat = 0.1
     """Lower bound of a continuous policy's pre-tanh std."""
-    actor_lr: PosFloat = 8e-5
-    """Adam learning rate of the policy."""
+    actor_lr: PosFloat = 3e-4
+    """Adam learning rate of the policy (DITTO code: 3e-4 for every network)."""
     grad_clip: PosFloat = 100.0
     """Global gradient-norm clip of each of the learner's networks unless it has its own."""
 
@@ -468,5 +468,5 @@ class EntropyConfig(Config):
 
 @dataclass(frozen=True)
 class CriticConfig(Config):
-    critic_lr: PosFloat = 8e-5
-    """Adam learning rate of the critic / Q-networks."""
+    critic_lr: PosFloat = 3e-4
+    """Adam learning rate of the critic / Q-networks (DITTO code: 3e-4)."""

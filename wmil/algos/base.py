@@ -110,6 +110,8 @@ class Learner:
     """Metrics every ``update`` logs (the algorithm conformance suite checks them)."""
     world_models: ClassVar[Optional[tuple[str, ...]]] = LATENT_MODELS
     """World models the algorithm trains in; None: it trains without one (BC)."""
+    evaluation_act: ClassVar[str] = "greedy"
+    """How ``wmil evaluate --act auto`` acts: 'greedy' (the most likely action) or 'sample'."""
 
     def __init__(self, world_model, expert: Dataset, config, device: torch.device):
         if self.world_models is not None:
@@ -266,6 +268,11 @@ class LatentLearner(Learner):
         return self.networks["actor"]
 
     @property
+    def compared_features(self) -> str:
+        """The features the offline latent distance compares (the reward's, where there is one)."""
+        return getattr(self.config, "reward_features", None) or self.config.features
+
+    @property
     def world(self) -> ExpertLatents:
         """The world model's own datasets as latents (encoded on first use; ``world_episodes``
         of each at most): the states a policy meets beyond the demonstrations."""
@@ -308,7 +315,8 @@ class LatentLearner(Learner):
         out: dict[str, float] = {}
         if self.eval_rows is not None:
             out["eval/latent_distance"] = latent_distance(self.world_model, self.actor, self.expert, self.eval_rows,
-                                                          self.config.horizon, features=self.config.features)
+                                                          self.config.horizon, features=self.config.features,
+                                                          compare=self.compared_features)
         out.update(action_agreement(self.actor, self.expert, self.spec))
         return out
 
@@ -329,9 +337,8 @@ class LatentLearner(Learner):
 class ImitationConfig(ActorCriticConfig, LatentConfig):
     """The shared actor-critic in imagination + what an imitation reward needs besides."""
 
-    reward_features: Optional[Features] = None
-    """What the reward compares (DITTO) or the discriminator reads (D-GAIL): 'sample', 'mean' or
-    'deter' (h only, as the DITTO reference code); None: the same as ``features``."""
+    reward_features: Optional[Features] = "deter"
+    """What the reward compares (DITTO) or the discriminator reads (D-GAIL): 'deter', the recurrent state h (the DITTO authors' code: their reward and discriminator see h only — sampled z would make most of the reward sampling noise), 'sample', 'mean'; None: the same as ``features``."""
     bc_weight: NonNegFloat = 0.0
     """Weight of a behaviour-cloning term −log π(a_E | z_E) on expert latents added to the actor's
     loss (0: the papers' algorithms, reward only; > 0: a regularised variant, e.g. "DITTO + BC")."""
@@ -344,6 +351,7 @@ class ImitationLearner(LatentLearner):
     actor-critic, the optional behaviour-cloning term. A learner adds its reward and ``update``."""
 
     config: ImitationConfig
+    evaluation_act = "sample"  # the DITTO authors evaluate their agents with sampled actions
 
     def __init__(self, world_model, expert: Dataset, config: ImitationConfig, device: torch.device):
         super().__init__(world_model, expert, config, device)
@@ -355,7 +363,7 @@ class ImitationLearner(LatentLearner):
     def reward_latent(self, states: State, features: Tensor) -> Tensor:
         """What the reward compares: ``features`` (the policy's), or the ``reward_features`` mode
         of ``states`` where that differs."""
-        mode = self.config.reward_features or self.config.features
+        mode = self.compared_features
         return features if mode == self.config.features else self.world_model.features(states, mode)
 
     def sample_starts(self) -> tuple[State, State]:

@@ -53,7 +53,6 @@ class DBCConfig(EntropyConfig, LatentConfig):
 
     DEFAULTS: ClassVar = dict(
         features="mean",          # sampled z of a few demos are fixed noise the actor memorises (docstring)
-        actor_lr=3e-4,            # DITTO code: one Adam at 3e-4
         entropy_discrete=0.1,     # DITTO code: D-BC's entropy weight 0.1
         entropy_continuous=0.1,
     )
@@ -78,6 +77,7 @@ class DBC(LatentLearner):
     config_cls = DBCConfig
     progress_keys = ("loss/nll", "train/action_accuracy", "train/action_mse")
     metric_keys = ("loss/bc", "loss/nll", "actor/entropy")
+    evaluation_act = "sample"  # the DITTO authors' dream agents act by sampling
 
     def __init__(self, world_model, expert: Dataset, config: DBCConfig, device: torch.device):
         super().__init__(world_model, expert, config, device)

@@ -75,8 +75,8 @@ class DGailConfig(StartsConfig, ImitationConfig):
     """Units per hidden layer of the discriminator."""
     disc_act: Activation = "elu"
     """Activation of the discriminator."""
-    disc_lr: PosFloat = 8e-5
-    """Adam learning rate of the discriminator (DITTO: one learning rate for every network)."""
+    disc_lr: PosFloat = 3e-4
+    """Adam learning rate of the discriminator (DITTO code: 3e-4 for every network)."""
     disc_updates: PosInt = 1
     """Discriminator steps per update (each on the same imagined batch, fresh expert pairs)."""
     disc_grad_clip: PosFloat = 100.0

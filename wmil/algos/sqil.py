@@ -82,7 +82,6 @@ class SqilConfig(StartsConfig, CriticConfig, EntropyConfig, TargetConfig, Discou
         gamma=0.99,               # the paper's soft Q-learning
         entropy_discrete=1.0,     # the paper's temperature α = 1 (Boltzmann policy exp(Q))
         entropy_continuous=0.1,   # soft actor-critic's α on tanh-Gaussian actions
-        critic_lr=3e-4, actor_lr=3e-4,
         target_every=0, target_tau=0.005,  # SAC-style Polyak target Q-networks
     )
     PRESETS: ClassVar = {
@@ -155,6 +154,7 @@ class Sqil(LatentLearner):
     config_cls = SqilConfig
     progress_keys = ("loss/q", "q/demo_minus_samp")
     metric_keys = ("loss/q", "loss/q_demo", "loss/q_samp", "q/demo", "q/samp")
+    evaluation_act = "sample"  # SQIL's Boltzmann policy π ∝ exp(Q/α)
 
     def __init__(self, world_model, expert: Dataset, config: SqilConfig, device: torch.device):
         if config.gamma >= 1.0:

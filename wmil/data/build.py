@@ -128,8 +128,11 @@ def validate(config: BuildConfig) -> None:
         raise UserError(f"--pixels {config.pixels}: use a size between 8 and 512 (64 is the default)")
 
 
-def mean_return(env_config: EnvConfig, policy: str, episodes: int, seed: int) -> float:
-    returns = [float(ep.rewards.sum()) for ep in collect(env_config, [Part(policy, 0.0, episodes)], seed)]
+def mean_return(env_config: EnvConfig, policy: str, episodes: int, seed: int, protocol=None) -> float:
+    """Mean return of ``policy`` ('random', 'expert', …) over ``episodes`` episodes seeded
+    ``seed``, ``seed + 1``, … (under an evaluation ``protocol``, when given)."""
+    returns = [float(ep.rewards.sum()) for ep in collect(env_config, [Part(policy, 0.0, episodes)], seed,
+                                                         protocol=protocol)]
     return float(np.mean(returns))
 
 

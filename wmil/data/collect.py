@@ -92,21 +92,23 @@ def _policies(parts: list[Part], action_space, env_id) -> dict[int, Policy]:
     return {i: make_policy(p.policy, action_space, env_id, p.epsilon) for i, p in enumerate(parts)}
 
 
-def collect(env_config: EnvConfig, parts: list[Part], seed: int = 0, workers: int = 1) -> Iterator[Episode]:
-    """Yield the episodes of ``parts`` in index order (episode.seed = its env seed)."""
+def collect(env_config: EnvConfig, parts: list[Part], seed: int = 0, workers: int = 1,
+            protocol=None) -> Iterator[Episode]:
+    """Yield the episodes of ``parts`` in index order (episode.seed = its env seed), under the
+    evaluation ``protocol`` (:mod:`wmil.envs.protocols`; None: the environment's own)."""
     if seed < 0:
         raise ValueError("seed must be >= 0")
     plan = _plan(parts)
     if len(plan) == 0:
         return
     if workers <= 1:
-        yield from _collect_single(env_config, parts, plan, seed)
+        yield from _collect_single(env_config, parts, plan, seed, protocol)
     else:
-        yield from _collect_vector(env_config, parts, plan, seed, min(workers, len(plan)))
+        yield from _collect_vector(env_config, parts, plan, seed, min(workers, len(plan)), protocol)
 
 
-def _collect_single(env_config, parts, plan, seed) -> Iterator[Episode]:
-    env = make_env(env_config)
+def _collect_single(env_config, parts, plan, seed, protocol=None) -> Iterator[Episode]:
+    env = make_env(env_config, protocol)
     try:
         recorder = _Recorder(_policies(parts, env.action_space, env_config.env_id), env.action_space)
         for index, part in enumerate(plan):
@@ -127,10 +129,10 @@ def _info_at(infos: dict, i: int) -> dict:
     return {k: v[i] for k, v in infos.items() if not k.startswith("_") and infos.get("_" + k, np.ones(i + 1, bool))[i]}
 
 
-def _collect_vector(env_config, parts, plan, seed, workers) -> Iterator[Episode]:
+def _collect_vector(env_config, parts, plan, seed, workers, protocol=None) -> Iterator[Episode]:
     from gymnasium.vector import AsyncVectorEnv, AutoresetMode
 
-    env = AsyncVectorEnv([functools.partial(make_env, env_config)] * workers,
+    env = AsyncVectorEnv([functools.partial(make_env, env_config, protocol)] * workers,
                          autoreset_mode=AutoresetMode.DISABLED)
     try:
         single_space = env.single_action_space

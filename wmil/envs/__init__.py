@@ -29,11 +29,12 @@ from __future__ import annotations
 import dataclasses
 import os
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping, Optional
 
 from wmil.errors import UserError
 
 if TYPE_CHECKING:  # pragma: no cover
+    from wmil.envs.protocols import Protocol
     import gymnasium
 
 __all__ = ["EnvConfig", "make_env", "env_config_from_dict", "DEFAULT_ALE_PIXELS"]
@@ -217,17 +218,28 @@ def _make_ale(config: EnvConfig) -> "gymnasium.Env":
     return env
 
 
-def make_env(config: EnvConfig) -> "gymnasium.Env":
-    """Build the gymnasium env described by ``config`` (see the module docstring).
+def make_env(config: EnvConfig, protocol: Optional["Protocol"] = None) -> "gymnasium.Env":
+    """Build the gymnasium env described by ``config`` (see the module docstring), under the
+    evaluation ``protocol`` (:mod:`wmil.envs.protocols`: shifted starts, action and observation
+    noise; None: the environment's own).
 
-    Picklable as ``functools.partial(make_env, config)``, so it works as an env factory of
-    ``gymnasium.vector.SyncVectorEnv`` / ``AsyncVectorEnv``.
+    Picklable as ``functools.partial(make_env, config, protocol)``, so it works as an env factory
+    of ``gymnasium.vector.SyncVectorEnv`` / ``AsyncVectorEnv``.
     """
+    from wmil.envs.protocols import inner_wrapper, outer_wrappers
+
     if isinstance(config, Mapping):
         config = env_config_from_dict(config)
     if not isinstance(config, EnvConfig):
         raise UserError(f"make_env needs an EnvConfig, got {type(config).__name__}")
+    shift = inner_wrapper(config.env_id, protocol)  # checks the env has the protocol before making it
+    env = _make(config, shift)
+    for wrap in outer_wrappers(protocol):
+        env = wrap(env)
+    return env
 
+
+def _make(config: EnvConfig, shift) -> "gymnasium.Env":
     from wmil.envs.registry import ensure_registered
 
     ensure_registered(config.env_id)
@@ -283,6 +295,8 @@ def make_env(config: EnvConfig) -> "gymnasium.Env":
         env.close()
         raise UserError(f"{config.env_id} cannot render 'rgb_array' images; use pixels=None")
 
+    if shift is not None:  # under the observation wrappers: they observe the shifted state
+        env = shift(env)
     env = StateInfo(env)
     if config.pixels is not None:
         return PixelObs(env, config.pixels, config.use_grayscale)

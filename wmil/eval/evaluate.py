@@ -92,10 +92,13 @@ def _wrapped(make: Callable[[], Any], wrappers: Sequence[Callable]) -> Callable[
     return factory
 
 
-def _vector_env(policy, env, env_id, env_kwargs, wrappers, n_envs: int, episodes: int, video: bool):
-    """(vector env, env name, whether wmil owns it and closes it)."""
+def _vector_env(policy, env, env_id, env_kwargs, wrappers, n_envs: int, episodes: int, video: bool,
+                protocol=None):
+    """(vector env, env name, whether wmil owns it and closes it, the EnvConfig when wmil made it)."""
     import gymnasium as gym
     from gymnasium.vector import AutoresetMode, SyncVectorEnv, VectorEnv
+
+    from wmil.envs.protocols import inner_wrapper, outer_wrappers
 
     if n_envs < 1:
         raise UserError(f"n_envs={n_envs}: must be at least 1")
@@ -104,11 +107,19 @@ def _vector_env(policy, env, env_id, env_kwargs, wrappers, n_envs: int, episodes
         if wrappers or env_id is not None or env_kwargs:
             raise UserError("a vector env is used as given: build it with your wrappers and kwargs, "
                             "and leave env_id, env_kwargs and wrappers unset")
+        if protocol is not None and not protocol.standard:
+            raise UserError("evaluation protocols (shifted starts, noise) need wmil to make the environment or a "
+                            "single env / env factory of yours; a vector env is used as given")
         if n_envs not in (1, env.num_envs):
             raise UserError(f"n_envs={n_envs} but the vector env given has {env.num_envs} copies")
-        return env, _env_name(env), False
+        return env, _env_name(env), False, None
     if env is not None and env_id is not None:
         raise UserError("give either env (an environment object or factory) or env_id, not both")
+    config = None
+    if env is not None and protocol is not None and not protocol.standard:
+        # Your env: the protocol's wrappers go around it (the start shift reads its unwrapped state).
+        shift = inner_wrapper(_env_name_of(env), protocol)
+        wrappers = ([shift] if shift else []) + wrappers + outer_wrappers(protocol)
     if isinstance(env, gym.Env):
         if n_envs > 1:
             raise UserError(f"n_envs={n_envs} needs copies of the environment: pass a factory (a function that "
@@ -121,7 +132,8 @@ def _vector_env(policy, env, env_id, env_kwargs, wrappers, n_envs: int, episodes
     elif env is None:
         from wmil.envs import make_env
 
-        factory = _wrapped(functools.partial(make_env, _env_config(policy, env_id, env_kwargs, video)), wrappers)
+        config = _env_config(policy, env_id, env_kwargs, video)
+        factory = _wrapped(functools.partial(make_env, config, protocol), wrappers)
         owned = True
     else:
         raise UserError(f"env must be a gymnasium Env, a vector env or a function returning an env; got "
@@ -130,7 +142,19 @@ def _vector_env(policy, env, env_id, env_kwargs, wrappers, n_envs: int, episodes
     # same whichever copy runs it.
     copies = min(n_envs, episodes)
     envs = SyncVectorEnv([factory] * copies, autoreset_mode=AutoresetMode.DISABLED)
-    return envs, _env_name(envs), owned
+    return envs, _env_name(envs), owned, config
+
+
+def _env_name_of(env) -> str:
+    """The gymnasium id of an env object or factory (made once to read it)."""
+    import gymnasium as gym
+
+    instance = env if isinstance(env, gym.Env) else env()
+    try:
+        return getattr(instance.spec, "id", None) or type(instance.unwrapped).__name__
+    finally:
+        if instance is not env:
+            instance.close()
 
 
 def _env_name(envs) -> str:
@@ -269,6 +293,33 @@ def _load(policy_or_run):
     return policy_or_run, None
 
 
+def _convention(policy) -> str:
+    """The evaluation action of the policy's algorithm ('sample' or 'greedy')."""
+    algo = policy.run_config.get("algo")
+    if not algo:
+        return "greedy"
+    from wmil.algos.base import algorithm_class
+
+    return algorithm_class(algo).evaluation_act
+
+
+def protocol_references(config, protocol, episodes: int, seed: int) -> dict:
+    """``ref_min_score``/``ref_max_score`` under ``protocol``: the mean returns of a random policy
+    and of the scripted expert (where the environment has one) on the evaluation's own episode
+    seeds, so that 1 means "as good as the expert from the same shifted starts"."""
+    from wmil.data.build import mean_return
+    from wmil.data.experts import EXPERT_ENV_IDS
+    from wmil.envs import EnvConfig
+
+    if config.env_id not in EXPERT_ENV_IDS:
+        return {}
+    vector = EnvConfig(config.env_id, pixels=None, max_episode_steps=config.max_episode_steps) \
+        if not config.is_ale else config
+    return {"ref_min_score": mean_return(vector, "random", episodes, seed, protocol),
+            "ref_max_score": mean_return(vector, "expert", episodes, seed, protocol),
+            "ref_protocol": protocol.describe()}
+
+
 def _checkpoint_step(run_dir: Path) -> Optional[int]:
     from wmil.runs import RunDir
 
@@ -279,7 +330,8 @@ def _checkpoint_step(run_dir: Path) -> Optional[int]:
 def evaluate_policy(policy_or_run, env=None, *, env_id: Optional[str] = None, env_kwargs: Optional[dict] = None,
                     wrappers: Optional[Sequence[Callable]] = None, n_envs: int = 1, episodes: int = 10,
                     seed: int = EVAL_SEED, video: bool = False, video_episodes: int = 1, video_format: str = "gif",
-                    deterministic: bool = True, offline: bool = True, progress: bool = True,
+                    act: str = "auto", starts: str = "standard", action_noise: float = 0.0, obs_noise: float = 0.0,
+                    offline: bool = True, progress: bool = True,
                     out: Optional[str | os.PathLike] = None) -> dict[str, Any]:
     """Score a policy in a real environment; returns the report (also written as ``evaluation.json``).
 
@@ -292,10 +344,19 @@ def evaluate_policy(policy_or_run, env=None, *, env_id: Optional[str] = None, en
     every copy. ``n_envs > 1`` runs the episodes in a ``SyncVectorEnv``; the episodes and scores
     are the same as with one copy (see the module docstring).
 
+    ``act``: 'sample' (a sample of the policy's action distribution), 'greedy' (its most likely
+    action) or 'auto' (the algorithm's convention: sampled for the learners the DITTO authors
+    evaluate that way, greedy for BC and VINS). ``starts``, ``action_noise``, ``obs_noise``: the
+    covariate-shift protocol (:mod:`wmil.envs.protocols`); under a protocol other than the
+    standard one, the expert-normalised score uses the scripted expert's and a random policy's
+    returns under the same protocol, on the same episode seeds (``ref_*_score``), where the
+    environment has a scripted expert.
+
     Writes ``evaluation.json`` (and videos with ``video``: the first ``video_episodes`` episodes,
     ``video_format`` 'gif' or 'mp4', every step at the env's ``render_fps``) into ``out``, or
     into the run directory when evaluating one.
     """
+    from wmil.envs.protocols import Protocol
     from wmil.eval.offline import offline_metrics
     from wmil.eval.video import FORMATS, frame_ms, frame_rate, write_video
 
@@ -305,11 +366,18 @@ def evaluate_policy(policy_or_run, env=None, *, env_id: Optional[str] = None, en
         raise UserError(f"--video-episodes {video_episodes}: must be at least 1")
     if video and video_format not in FORMATS:
         raise UserError(f"--video-format {video_format!r}: choose one of {', '.join(FORMATS)}")
+    if act not in ("auto", "sample", "greedy"):
+        raise UserError(f"--act {act!r}: choose auto, sample or greedy")
+    protocol = Protocol(starts, float(action_noise), float(obs_noise))
     policy, run_dir = _load(policy_or_run)
+    if act == "auto":
+        act = _convention(policy)
+    deterministic = act == "greedy"
     out_dir = Path(out) if out else run_dir
     if video and out_dir is None:
         raise UserError("videos need a folder: pass out=DIR (or evaluate a run directory)")
-    envs, env_name, owned = _vector_env(policy, env, env_id, env_kwargs, wrappers, n_envs, episodes, video)
+    envs, env_name, owned, config = _vector_env(policy, env, env_id, env_kwargs, wrappers, n_envs, episodes, video,
+                                                protocol)
     try:
         _check_spaces(envs.single_observation_space, envs.single_action_space, policy, env_name)
         policies = [policy] + [copy.deepcopy(policy) for _ in range(envs.num_envs - 1)]
@@ -325,10 +393,13 @@ def evaluate_policy(policy_or_run, env=None, *, env_id: Optional[str] = None, en
             envs.close()
     successes = [r.success for r in results if r.success is not None]
     ever = [float(r.reached) for r in results if r.success is not None]
-    report = summarize([r.total for r in results], [r.steps for r in results], successes, policy.run_config, ever)
+    references = dict(policy.run_config)
+    if not protocol.standard and config is not None:
+        references.update(protocol_references(config, protocol, episodes, seed))
+    report = summarize([r.total for r in results], [r.steps for r in results], successes, references, ever)
     report.update({"run": str(run_dir) if run_dir is not None else None, "env": env_name, "episodes": episodes,
-                   "n_envs": envs.num_envs, "seed": seed, "deterministic": deterministic,
-                   "algo": policy.run_config.get("algo")})
+                   "n_envs": envs.num_envs, "seed": seed, "act": act, "deterministic": deterministic,
+                   "protocol": protocol.to_dict(), "algo": policy.run_config.get("algo")})
     if run_dir is not None:
         report["step"] = _checkpoint_step(run_dir)
     if offline and policy.run_config.get("expert"):
@@ -395,6 +466,8 @@ def summarize(returns, lengths, successes, run_config: dict, ever=None) -> dict:
     if lo is not None and hi is not None and hi != lo:
         out["normalized_score"] = float((returns.mean() - lo) / (hi - lo))
         out["ref_min_score"], out["ref_max_score"] = lo, hi
+        if run_config.get("ref_protocol"):
+            out["ref_protocol"] = run_config["ref_protocol"]
     if successes:
         out["success_rate"] = float(np.mean(successes))
     if ever:

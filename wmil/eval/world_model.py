@@ -24,7 +24,11 @@ from wmil.world_models.base import HORIZONS, open_loop_errors
 
 
 def evaluate_world_model(run_dir: str | os.PathLike, datasets: Optional[Sequence[str]] = None, batches: int = 8,
-                       context: int = 10, seed: int = 0) -> dict:
+                         context: int = 10, seed: int = 0, expert: Optional[str] = None,
+                         reward_features: str = "deter", horizon: int = 15) -> dict:
+    """Open-loop errors of the world model of ``run_dir`` on held-out episodes (or ``datasets``)
+    and, with ``expert`` (a dataset name or path), the reward check of
+    :mod:`wmil.eval.reward_check` on its episodes; writes ``open_loop.json`` into the run."""
     model = load_world_model(run_dir)
     config = model.run_config
     if datasets:
@@ -56,6 +60,13 @@ def evaluate_world_model(run_dir: str | os.PathLike, datasets: Optional[Sequence
         report["per_dim_naive_mse_15_steps"] = torch.stack([n for _, n in per_dim]).mean(0).tolist()
     report.update({"run": str(run_dir), "context": context, "windows": batches * 32,
                    "datasets": [v.name for v in views]})
+    if expert is not None:
+        from wmil.data.dataset import load
+        from wmil.eval.reward_check import reward_check
+
+        report.update(reward_check(model, load(expert), features=reward_features, horizon=horizon, seed=seed))
+        report.update({"reward_check/expert": str(expert), "reward_check/features": reward_features,
+                       "reward_check/horizon": horizon})
     run = RunDir(run_dir, "world_model")
     if model.spec.pixels:
         report["strip_path"] = str(save_strip(model, first, context, run.path / "open_loop_strip.png"))

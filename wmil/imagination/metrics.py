@@ -1,13 +1,15 @@
 """The DITTO paper's offline metrics, for any actor on a latent world model (no environment).
 
 * latent distance: roll the actor out in the model from expert start states and compare each
-  imagined latent with the expert's latent at the same step: mean of ``1 − r_k`` with r the
-  DITTO similarity, over steps 1…H;
+  imagined latent with the expert's latent at the same step, on the features the reward
+  compares: mean of ``1 − r_k`` with r the DITTO similarity, over steps 1…H;
 * expert action prediction: on expert latents, how often the actor's most likely action is
   the expert's (discrete), or the mean squared error of its mean action (continuous).
 """
 
 from __future__ import annotations
+
+from typing import Optional
 
 import numpy as np
 import torch
@@ -32,14 +34,17 @@ def ditto_similarity(expert: Tensor, agent: Tensor, eps: float = 1e-8) -> Tensor
 
 @torch.no_grad()
 def latent_distance(world_model, actor: ActionHead, expert: ExpertLatents, rows: np.ndarray, horizon: int,
-                    seed: int = 0, features: str = "sample") -> float:
-    """Mean ``1 − similarity`` over imagined steps 1…H, on the ``features`` mode the actor reads."""
+                    seed: int = 0, features: str = "sample", compare: Optional[str] = None) -> float:
+    """Mean ``1 − similarity`` over imagined steps 1…H of the actor (reading ``features``) against
+    the expert, on the ``compare`` features (what the reward compares; ``features`` when None)."""
     cpu_state = torch.get_rng_state()
     torch.manual_seed(seed)  # the actor samples: keep the metric repeatable and training RNG untouched
     try:
         start, target = expert.sample(rows, horizon)
         imagined = imagine(world_model, actor, start, horizon, features)
-        similarity = ditto_similarity(world_model.features(target, features), imagined.features)
+        mode = compare or features
+        agent = imagined.features if mode == features else world_model.features(imagined.states, mode)
+        similarity = ditto_similarity(world_model.features(target, mode), agent)
         return float(1 - similarity[1:].mean())
     finally:
         torch.set_rng_state(cpu_state)

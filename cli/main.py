@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import json
 import sys
+import warnings
 
 import click
 
-from wmil.errors import UserError
+from wmil.errors import UserError, WmilWarning
+
+_python_showwarning = warnings.showwarning
 
 
 def _fmt(value) -> str:
@@ -42,17 +45,19 @@ def cli():
 @click.argument("recipe", required=False, type=click.Path(dir_okay=False))
 @click.option("--name", help="Dataset id 'namespace/name-vN' (overrides the recipe).")
 @click.option("--env", "env_id", help="Gymnasium id, e.g. CartPole-v1, ALE/Pong-v5, FetchPush-v4.")
-@click.option("--policy", help="random | expert | module:callable | policy.pt2 (torch.export) | policy.pt (TorchScript) | model.zip (SB3).")
+@click.option("--policy", help="random | expert | module:callable | policy.pt2 (torch.export, loaded without unpickling) | "
+                               "policy.pt (TorchScript) | model.zip (SB3). TorchScript, SB3 and module:callable policies "
+                               "are code: loading one runs it, so use only ones you trust.")
 @click.option("--epsilon", help="ε (or comma list: episodes split evenly), random-action prob. / action noise.")
-@click.option("--episodes", type=int, help="Number of episodes.")
-@click.option("--seed", type=int, help="Episode k is reset with seed+k (default 0).")
-@click.option("--workers", type=int, help="Parallel environment copies (default 1).")
-@click.option("--pixels", type=int, help="Render observations to N×N uint8 images (e.g. 64).")
+@click.option("--episodes", type=click.IntRange(min=1), help="Number of episodes.")
+@click.option("--seed", type=click.IntRange(min=0), help="Episode k is reset with seed+k (default 0).")
+@click.option("--workers", type=click.IntRange(min=1), help="Parallel environment copies (default 1).")
+@click.option("--pixels", type=click.IntRange(8, 512), help="Render observations to N×N uint8 images (e.g. 64).")
 @click.option("--grayscale", is_flag=True, default=None, help="One-channel pixel observations.")
-@click.option("--max-episode-steps", type=int, help="Override the environment's time limit.")
+@click.option("--max-episode-steps", type=click.IntRange(min=1), help="Override the environment's time limit.")
 @click.option("--ref-min-score", type=float, help="Random-policy return (measured if omitted).")
 @click.option("--ref-max-score", type=float, help="Expert return (measured if omitted and an expert exists).")
-@click.option("--ref-episodes", type=int, help="Episodes to measure missing reference scores (0: skip).")
+@click.option("--ref-episodes", type=click.IntRange(min=0), help="Episodes to measure missing reference scores (0: skip).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing dataset of the same name.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def build_dataset_cmd(recipe, name, env_id, policy, epsilon, episodes, seed, workers, pixels, grayscale,
@@ -161,8 +166,9 @@ def datasets_merge(sources, name, overwrite):
 @click.argument("source")
 @click.option("--train", "train_name", required=True, help="Dataset id for the training part.")
 @click.option("--validation", "validation_name", required=True, help="Dataset id for the validation part.")
-@click.option("--fraction", default=0.1, show_default=True, help="Fraction of episodes for validation.")
-@click.option("--seed", default=0, show_default=True)
+@click.option("--fraction", default=0.1, show_default=True, type=click.FloatRange(0, 1, min_open=True, max_open=True),
+              help="Fraction of episodes for validation.")
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0))
 @click.option("--overwrite", is_flag=True)
 def datasets_split(source, train_name, validation_name, fraction, seed, overwrite):
     """Split SOURCE by episode into training and validation datasets."""
@@ -190,19 +196,22 @@ def datasets_delete(name, yes):
 @click.option("--dataset", "datasets", multiple=True, required=True, help="Dataset name or path (repeatable: all are used).")
 @click.option("--model", default="rssm", show_default=True, help="rssm | gaussian_rssm | dynamics.")
 @click.option("--preset", default="small", show_default=True, help="tiny | small | paper.")
-@click.option("--steps", type=int, help="Optimiser updates (default from the preset).")
-@click.option("--seed", type=int, help="Seed for initialisation, sampling and the validation split.")
+@click.option("--steps", type=click.IntRange(min=1), help="Optimiser updates (default from the preset).")
+@click.option("--seed", type=click.IntRange(min=0), help="Seed for initialisation, sampling and the validation split.")
 @click.option("--out", type=click.Path(file_okay=False), help="Run directory (default runs/<model>-<dataset>); re-run to resume.")
 @click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda.")
 @click.option("-o", "overrides", multiple=True, help="Any config field: -o lr=1e-4, -o model.deter=256, -o train.batch_size=16.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def train_model_cmd(datasets, model, preset, steps, seed, out, device, overrides, quiet):
+@click.option("--trust-checkpoint", is_flag=True,
+              help="Also load checkpoints that need unpickling (written by older wmil versions). Unpickling can "
+                   "run code stored in the file: use only for files you trust.")
+def train_model_cmd(datasets, model, preset, steps, seed, out, device, overrides, quiet, trust_checkpoint):
     """Train a world model on all given datasets (mixed quality is the point)."""
     from wmil.config import parse_overrides
     from wmil.train.world_model import train_world_model
 
     train_world_model(list(datasets), model=model, preset=preset, out=out, steps=steps, seed=seed, device=device,
-                      overrides=parse_overrides(overrides), progress=not quiet)
+                      overrides=parse_overrides(overrides), progress=not quiet, trust_checkpoint=trust_checkpoint)
     from wmil.runs import RunDir
 
     run = RunDir(out, "world_model") if out else None
@@ -218,13 +227,16 @@ def train_model_cmd(datasets, model, preset, steps, seed, out, device, overrides
 @cli.command("evaluate-model")
 @click.argument("run_dir", type=click.Path(file_okay=False))
 @click.option("--dataset", "datasets", multiple=True, help="Evaluate on these datasets (default: the run's held-out episodes).")
-@click.option("--batches", default=8, show_default=True, help="Batches of up to 32 windows.")
-@click.option("--context", default=10, show_default=True, help="Observed steps before imagining.")
-def evaluate_model_cmd(run_dir, datasets, batches, context):
+@click.option("--batches", default=8, show_default=True, type=click.IntRange(min=1), help="Batches of up to 32 windows.")
+@click.option("--context", default=10, show_default=True, type=click.IntRange(min=1), help="Observed steps before imagining.")
+@click.option("--trust-checkpoint", is_flag=True,
+              help="Also load checkpoints that need unpickling (written by older wmil versions). Unpickling can "
+                   "run code stored in the file: use only for files you trust.")
+def evaluate_model_cmd(run_dir, datasets, batches, context, trust_checkpoint):
     """Open-loop prediction error at horizons 1, 5, 15 vs. repeating the last observation."""
     from wmil.eval.world_model import evaluate_model_run
 
-    report = evaluate_model_run(run_dir, list(datasets) or None, batches=batches, context=context)
+    report = evaluate_model_run(run_dir, list(datasets) or None, batches=batches, context=context, trust=trust_checkpoint)
     click.echo(f"{'horizon':>8} {'model MSE':>12} {'naive MSE':>12} {'ratio':>8}")
     for h in (1, 5, 15):
         click.echo(f"{h:>8} {report[f'open_loop/mse_h{h}']:>12.5f} {report[f'open_loop/naive_mse_h{h}']:>12.5f} "
@@ -240,21 +252,26 @@ def evaluate_model_cmd(run_dir, datasets, batches, context):
 @click.option("--algo", required=True, help="ditto | dgail | dbc | sqil | gpril | vins | bc.")
 @click.option("--model", "model_run", type=click.Path(file_okay=False), help="World-model run directory (wmil train-model); not needed by bc.")
 @click.option("--expert", required=True, help="Expert dataset name or path.")
-@click.option("--expert-episodes", type=int, help="Use only the first K expert episodes.")
+@click.option("--expert-episodes", type=click.IntRange(min=1), help="Use only the first K expert episodes.")
 @click.option("--preset", default="small", show_default=True, help="tiny | small | paper.")
-@click.option("--steps", type=int, help="Training updates (default from the preset).")
-@click.option("--seed", type=int, help="Seed.")
+@click.option("--steps", type=click.IntRange(min=1), help="Training updates (default from the preset).")
+@click.option("--seed", type=click.IntRange(min=0), help="Seed.")
 @click.option("--out", type=click.Path(file_okay=False), help="Run directory (default runs/<algo>-<expert>); re-run to resume.")
 @click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda.")
 @click.option("-o", "overrides", multiple=True, help="Any config field: -o gamma=0.99, -o algo.batch_size=128, -o train.eval_every=100.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def imagine_cmd(algo, model_run, expert, expert_episodes, preset, steps, seed, out, device, overrides, quiet):
+@click.option("--trust-checkpoint", is_flag=True,
+              help="Also load checkpoints that need unpickling (written by older wmil versions). Unpickling can "
+                   "run code stored in the file: use only for files you trust.")
+def imagine_cmd(algo, model_run, expert, expert_episodes, preset, steps, seed, out, device, overrides, quiet,
+                trust_checkpoint):
     """Train an imitation policy entirely inside a world model (no environment access)."""
     from wmil.algos.base import train_policy
     from wmil.config import parse_overrides
 
     policy = train_policy(algo, model_run, expert, out=out, preset=preset, steps=steps, expert_episodes=expert_episodes,
-                          seed=seed, device=device, overrides=parse_overrides(overrides), progress=not quiet)
+                          seed=seed, device=device, overrides=parse_overrides(overrides), progress=not quiet,
+                          trust_checkpoint=trust_checkpoint)
     click.echo(f"trained {algo} policy" + (f"; run dir {out}" if out else ""))
     del policy
 
@@ -262,18 +279,22 @@ def imagine_cmd(algo, model_run, expert, expert_episodes, preset, steps, seed, o
 @cli.command("evaluate")
 @click.argument("run_dir", type=click.Path(file_okay=False))
 @click.option("--env", "env_id", help="Environment id (default: the expert dataset's environment).")
-@click.option("--episodes", default=20, show_default=True, help="Evaluation episodes.")
-@click.option("--seed", type=int, help="First evaluation seed (default 1,000,000).")
+@click.option("--episodes", default=20, show_default=True, type=click.IntRange(min=1), help="Evaluation episodes.")
+@click.option("--seed", type=click.IntRange(min=0), help="First evaluation seed (default 1,000,000).")
 @click.option("--video", is_flag=True, help="Save GIFs of the first episodes under RUN_DIR/videos/.")
 @click.option("--stochastic", is_flag=True, help="Sample actions instead of taking the most likely one.")
 @click.option("--out", type=click.Path(file_okay=False), help="Write the report here instead of RUN_DIR.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def evaluate_cmd(run_dir, env_id, episodes, seed, video, stochastic, out, quiet):
+@click.option("--trust-checkpoint", is_flag=True,
+              help="Also load checkpoints that need unpickling (written by older wmil versions). Unpickling can "
+                   "run code stored in the file: use only for files you trust.")
+def evaluate_cmd(run_dir, env_id, episodes, seed, video, stochastic, out, quiet, trust_checkpoint):
     """Roll a trained policy out in the real environment and report its scores."""
     from wmil.eval.evaluate import EVAL_SEED, evaluate_policy
 
     report = evaluate_policy(run_dir, env_id=env_id, episodes=episodes, seed=EVAL_SEED if seed is None else seed,
-                             video=video, deterministic=not stochastic, progress=not quiet, out=out)
+                             video=video, deterministic=not stochastic, progress=not quiet, out=out,
+                             trust=trust_checkpoint)
     keys = ["env", "episodes", "return_mean", "return_stderr", "normalized_score", "success_rate", "success_any",
             "length_mean", "eval/latent_distance", "eval/action_accuracy", "eval/action_mse", "report_path"]
     print_summary({k: report[k] for k in keys if k in report})
@@ -291,22 +312,42 @@ def plot_cmd(runs, metrics, out):
     click.echo(f"wrote {path}")
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None):
+    """wmil's own warnings as one ``warning:`` line; others as Python shows them."""
+    if issubclass(category, WmilWarning):
+        click.echo(f"warning: {message}", err=True)
+    else:
+        _python_showwarning(message, category, filename, lineno, file, line)
+
+
 def main(argv=None) -> int:
-    """Entry point: UserError → one line on stderr and exit code 2, never a traceback."""
-    try:
-        cli.main(args=argv, prog_name="wmil", standalone_mode=False)
-    except UserError as exc:
-        click.echo(f"error: {exc}", err=True)
-        return 2
-    except click.exceptions.Abort:
-        click.echo("aborted", err=True)
-        return 1
-    except click.ClickException as exc:
-        exc.show()
-        return exc.exit_code
-    except KeyboardInterrupt:
-        click.echo("interrupted", err=True)
-        return 130
+    """Entry point: UserError (and usage errors, and OS errors on the user's paths) → one line
+    on stderr and exit code 2, never a traceback."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", WmilWarning)
+        warnings.showwarning = _show_warning
+        try:
+            cli.main(args=argv, prog_name="wmil", standalone_mode=False)
+        except UserError as exc:
+            click.echo(f"error: {exc}", err=True)
+            return 2
+        except click.exceptions.Abort:
+            click.echo("aborted", err=True)
+            return 1
+        except click.UsageError as exc:
+            where = f" (see '{exc.ctx.command_path} --help')" if exc.ctx is not None else ""
+            click.echo(f"error: {' '.join(exc.format_message().split())}{where}", err=True)
+            return exc.exit_code
+        except click.ClickException as exc:
+            click.echo(f"error: {' '.join(exc.format_message().split())}", err=True)
+            return exc.exit_code
+        except OSError as exc:  # a path of the user's that cannot be read or written (disk full, permissions)
+            where = f"{exc.filename}: " if exc.filename else ""
+            click.echo(f"error: {where}{exc.strerror or exc}", err=True)
+            return 2
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            return 130
     return 0
 
 

@@ -19,7 +19,7 @@ import torch
 from wmil.config import override, split_overrides, to_dict
 from wmil.data.dataset import Dataset, load
 from wmil.errors import UserError
-from wmil.runs import RunDir, resolve_device, rng_state, seed_everything, set_rng_state
+from wmil.runs import RunDir, from_config, resolve_device, rng_state, seed_everything, set_rng_state
 from wmil.train.loop import LoopConfig, check_finite, run_loop
 
 #: name -> "module:Class". Lazy, so the CLI does not import every algorithm.
@@ -80,6 +80,8 @@ class ImagineTrainConfig:
     """Updates between offline evaluations (latent distance, action accuracy)."""
     checkpoint_every: int = 500
     """Updates between checkpoints (the last step is always saved)."""
+    on_divergence: str = "stop"
+    """'stop' or 'warn' when a gradient norm or metric turns non-finite or a loss jumps far above its running level."""
 
 
 TRAIN_PRESETS = {
@@ -89,7 +91,7 @@ TRAIN_PRESETS = {
 }
 
 
-def _world_model_from_run(model_run: str | os.PathLike, device: str):
+def _world_model_from_run(model_run: str | os.PathLike, device: str, trust: bool = False):
     from wmil.train.world_model import load_world_model
 
     run = RunDir(model_run, "world_model")
@@ -99,18 +101,19 @@ def _world_model_from_run(model_run: str | os.PathLike, device: str):
                         "train one with 'wmil train-model'")
     if config.get("kind") != "world_model":
         raise UserError(f"--model {model_run}: holds a {config.get('kind')} run, not a world model")
-    return load_world_model(model_run, device)
+    return load_world_model(model_run, device, trust=trust)
 
 
 def train_policy(algo: str, model: Optional[str | os.PathLike], expert: str | Dataset,
                  out: Optional[str | os.PathLike] = None, preset: str = "small", steps: Optional[int] = None,
                  expert_episodes: Optional[int] = None, seed: Optional[int] = None, device: str = "auto",
-                 overrides: Optional[dict[str, str]] = None, progress: bool = True):
+                 overrides: Optional[dict[str, str]] = None, progress: bool = True, trust_checkpoint: bool = False):
     """Train (or resume) an imitation policy, inside the world model of run ``model`` when the
     algorithm uses one (``model`` may be None for model-free ones such as BC).
 
     Returns the deployable policy. ``expert`` is a dataset name/path/object; ``overrides``
-    are ``-o`` pairs for the run (``steps``…) or the algorithm (``gamma``…).
+    are ``-o`` pairs for the run (``steps``…) or the algorithm (``gamma``…). ``trust_checkpoint``
+    loads checkpoints that need unpickling (older versions): only for files you trust.
     """
     cls = algorithm_class(algo)
     if preset not in TRAIN_PRESETS:
@@ -125,7 +128,7 @@ def train_policy(algo: str, model: Optional[str | os.PathLike], expert: str | Da
     needs_model = getattr(cls, "needs_world_model", True)
     if needs_model and model is None:
         raise UserError(f"--algo {algo} trains inside a world model: pass --model RUN_DIR (from wmil train-model)")
-    world_model = _world_model_from_run(model, str(dev)) if model is not None else None
+    world_model = _world_model_from_run(model, str(dev), trust_checkpoint) if model is not None else None
     expert_ds = expert if isinstance(expert, Dataset) else load(expert)
     if world_model is not None and expert_ds.spec != world_model.spec:
         raise UserError(f"expert dataset {expert_ds.name} has {expert_ds.spec.describe()} but the world model in "
@@ -142,12 +145,14 @@ def train_policy(algo: str, model: Optional[str | os.PathLike], expert: str | Da
     config = {
         "algo": algo, "preset": preset, "world_model_run": str(Path(model).resolve()) if model is not None else None,
         "world_model": {k: wm_config[k] for k in ("model", "preset", "spec", "model_config")} if wm_config else None,
+        "world_model_checkpoint": {"step": world_model.checkpoint_step, "sha256": world_model.fingerprint}
+        if world_model is not None else None,
         "spec": expert_ds.spec.to_dict(), "expert": expert_ds.name, "expert_episode_ids": [int(i) for i in expert_ds.episode_ids],
         "env": expert_ds.wmil_metadata.get("env"),
         "ref_min_score": expert_ds.ref_min_score, "ref_max_score": expert_ds.ref_max_score,
         "train": to_dict(train_cfg), "algo_config": to_dict(algo_cfg),
     }
-    resume = run.start_or_resume(config, ("algo", "world_model", "expert", "expert_episode_ids", "algo_config"))
+    resume = run.start_or_resume(config, trust=trust_checkpoint)
     seed_everything(train_cfg.seed)
     if world_model is not None:
         for parameter in world_model.parameters():
@@ -169,37 +174,42 @@ def train_policy(algo: str, model: Optional[str | os.PathLike], expert: str | Da
         return {"algo": learner.training_state(), "rng": rng_state(),
                 "world_model": world_model.state_dict() if world_model is not None else None}
 
-    loop = LoopConfig(train_cfg.steps, train_cfg.log_every, train_cfg.eval_every, train_cfg.checkpoint_every)
+    loop = LoopConfig(train_cfg.steps, train_cfg.log_every, train_cfg.eval_every, train_cfg.checkpoint_every,
+                      on_divergence=train_cfg.on_divergence)
     if start < train_cfg.steps:
         run_loop(run, loop, start, update, lambda step: learner.evaluate(), checkpoint, progress,
                  desc=f"imagine {algo}", postfix_keys=learner.progress_keys)
     return learner.policy()
 
 
-def load_policy(run_dir: str | os.PathLike, device: str = "cpu"):
-    """The deployable policy of a ``wmil imagine`` (or ``wmil train-policy``) run."""
+def load_policy(run_dir: str | os.PathLike, device: str = "cpu", trust: bool = False):
+    """The deployable policy of a ``wmil imagine`` (or ``wmil train-policy``) run. ``trust``
+    loads a checkpoint that needs unpickling (older versions; can run code)."""
     from wmil.types import DataSpec
     from wmil.world_models.registry import config_for, make_world_model
 
     run = RunDir(run_dir, "policy")
     config = run.read_config()
     run.check_kind(config)
-    checkpoint = run.load_checkpoint()
+    checkpoint = run.load_checkpoint(trust=trust)
     if checkpoint is None:
         raise UserError(f"{run.path}: no checkpoint yet; train the policy first")
-    cls = algorithm_class(config["algo"])
-    recorded = config["algo_config"]
-    if "features" in {f.name for f in fields(cls.config_cls)} and "features" not in recorded:
-        recorded = {**recorded, "features": "sample"}  # runs from before the option read sampled features
-    algo_cfg = override(cls.config_cls(), recorded)
-    world_model = None
-    if config.get("world_model"):  # BC acts on observations and has none
-        wm = config["world_model"]
-        world_model = make_world_model(wm["model"], DataSpec.from_dict(wm["spec"]),
-                                       config_for(wm["model"], wm.get("preset", "small"), **wm["model_config"]))
-        world_model.load_state_dict(checkpoint["world_model"])
-        world_model.eval()
-    policy = cls.deployable(world_model, algo_cfg, checkpoint["algo"], DataSpec.from_dict(config["spec"]))
+
+    def build():
+        cls = algorithm_class(config["algo"])
+        recorded = config["algo_config"]
+        if "features" in {f.name for f in fields(cls.config_cls)} and "features" not in recorded:
+            recorded = {**recorded, "features": "sample"}  # runs from before the option read sampled features
+        algo_cfg = override(cls.config_cls(), recorded)
+        world_model = None
+        if config.get("world_model"):  # BC acts on observations and has none
+            wm = config["world_model"]
+            world_model = make_world_model(wm["model"], DataSpec.from_dict(wm["spec"]),
+                                           config_for(wm["model"], wm.get("preset", "small"), **wm["model_config"]))
+            world_model.load_state_dict(checkpoint["world_model"])
+            world_model.eval()
+        return cls.deployable(world_model, algo_cfg, checkpoint["algo"], DataSpec.from_dict(config["spec"]))
+
+    policy = from_config(run, build)
     policy.run_config = config
     return policy.to(resolve_device(device))
-

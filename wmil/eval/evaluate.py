@@ -60,13 +60,13 @@ def _check_spaces(env, policy, env_id: str) -> None:
 def evaluate_policy(run_dir: str | os.PathLike, env_id: Optional[str] = None, episodes: int = 10,
                     seed: int = EVAL_SEED, video: bool = False, video_episodes: int = 1,
                     deterministic: bool = True, offline: bool = True, progress: bool = True,
-                    out: Optional[str | os.PathLike] = None) -> dict:
+                    out: Optional[str | os.PathLike] = None, trust: bool = False) -> dict:
     from wmil.algos.base import load_policy
     from wmil.envs import make_env
 
     if episodes < 1:
         raise UserError(f"--episodes {episodes}: must be at least 1")
-    policy = load_policy(run_dir)
+    policy = load_policy(run_dir, trust=trust)
     config = _env_config(policy, env_id, video)
     env = make_env(config)
     _check_spaces(env, policy, config.env_id)

@@ -22,8 +22,8 @@ from wmil.train.world_model import HORIZONS, MixedSampler, load_datasets, load_w
 
 
 def evaluate_model_run(run_dir: str | os.PathLike, datasets: Optional[Sequence[str]] = None, batches: int = 8,
-                       context: int = 10, seed: int = 0) -> dict:
-    model = load_world_model(run_dir)
+                       context: int = 10, seed: int = 0, trust: bool = False) -> dict:
+    model = load_world_model(run_dir, trust=trust)
     config = model.run_config
     if datasets:
         views = load_datasets(datasets)

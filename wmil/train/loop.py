@@ -2,7 +2,9 @@
 
 A trainer supplies ``update(step) -> metrics`` (one optimiser step), ``evaluate(step) ->
 metrics`` and ``checkpoint() -> payload``; the loop owns cadence, the frames/s figure, the
-NaN guard (a non-finite loss stops training before anything is saved) and the final save.
+divergence guard (``wmil.train.divergence``: a non-finite loss, a non-finite gradient norm or
+metric, or a loss far above its running level stops training before anything is saved) and
+the final save.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import Callable, Optional
 from wmil.errors import UserError
 from wmil.progress import progress_bar
 from wmil.runs import RunDir
+from wmil.train.divergence import DivergenceGuard
 
 
 @dataclass
@@ -25,14 +28,22 @@ class LoopConfig:
     checkpoint_every: int
     frames_per_update: int = 0
     """Frames (B×T) per update, for the frames/s figure; 0 to report updates/s only."""
+    on_divergence: str = "stop"
+    """'stop' (one-line error) or 'warn' when the divergence guard fires (non-finite losses always stop)."""
+
+
+def _last_checkpoint(run: RunDir) -> Optional[str]:
+    found = run.checkpoints()
+    return found[-1].name if found else None
 
 
 def check_finite(step: int, losses: dict, run: RunDir) -> None:
+    """Stop on a NaN/inf loss term before the optimiser applies it."""
     for name, value in losses.items():
         v = float(value.detach()) if hasattr(value, "detach") else float(value)
         if not math.isfinite(v):
-            last = run.checkpoints()
-            where = f"the last checkpoint ({last[-1].name}) is intact" if last else "no checkpoint was written"
+            last = _last_checkpoint(run)
+            where = f"the last checkpoint ({last}) is intact" if last else "no checkpoint was written"
             raise UserError(f"step {step}: loss term '{name}' is {v}; training stopped ({where}); "
                             "lower the learning rate or check the data for outliers")
 
@@ -41,13 +52,18 @@ def run_loop(run: RunDir, config: LoopConfig, start_step: int,
              update: Callable[[int], dict], evaluate: Optional[Callable[[int], dict]],
              checkpoint: Callable[[], dict], progress: bool = True, desc: str = "training",
              postfix_keys: tuple[str, ...] = ()) -> dict:
-    """Run updates ``start_step+1 … steps``; returns the last logged metrics."""
-    bar = progress_bar(config.steps, desc, progress, unit="upd", initial=start_step)
+    """Run updates ``start_step+1 … steps``; returns the last logged metrics. The run is closed
+    (TensorBoard flushed, lock released) however the loop ends."""
+    guard = DivergenceGuard(config.on_divergence, lambda: _last_checkpoint(run))
+    if run.resumed is not None:
+        guard.load_state(run.resumed.get("divergence"))
+    bar = progress_bar(config.steps, desc, progress and start_step < config.steps, unit="upd", initial=start_step)
     last: dict = {}
     window_started, window_updates = time.perf_counter(), 0
     try:
         for step in range(start_step + 1, config.steps + 1):
             metrics = update(step)
+            guard.check(step, metrics)
             window_updates += 1
             if step % config.log_every == 0 or step == config.steps:
                 elapsed = max(time.perf_counter() - window_started, 1e-9)
@@ -56,7 +72,9 @@ def run_loop(run: RunDir, config: LoopConfig, start_step: int,
                 if config.frames_per_update:
                     metrics["perf/frames_per_s"] = rate * config.frames_per_update
                 if evaluate is not None and (step % config.eval_every == 0 or step == config.steps):
-                    metrics.update(evaluate(step))
+                    evaluation = evaluate(step)
+                    guard.check(step, evaluation)
+                    metrics.update(evaluation)
                 run.log(step, metrics)
                 last = metrics
                 window_started, window_updates = time.perf_counter(), 0
@@ -67,7 +85,7 @@ def run_loop(run: RunDir, config: LoopConfig, start_step: int,
                     shown["upd/s"] = f"{rate:.1f}"
                 bar.set_postfix(shown, refresh=False)
             if step % config.checkpoint_every == 0 or step == config.steps:
-                run.save_checkpoint(step, checkpoint())
+                run.save_checkpoint(step, {**checkpoint(), "divergence": guard.state()})
             bar.update(1)
     finally:
         bar.close()

@@ -113,15 +113,46 @@ def datasets_list():
 @datasets_group.command("info")
 @click.argument("name")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-def datasets_info(name, as_json):
-    """Episodes, steps, return/length statistics, spaces and success rate of NAME."""
+@click.option("--allow-nonfinite", is_flag=True, help="Accept NaN/inf in observations, rewards and actions (an error otherwise).")
+def datasets_info(name, as_json, allow_nonfinite):
+    """Episodes, steps, return/length statistics, spaces and success rate of NAME (after its check)."""
     from wmil.data.dataset import load
 
-    summary = load(name).summary()
+    dataset = load(name)
+    dataset.check(allow_nonfinite)
+    summary = dataset.summary()
     if as_json:
         click.echo(json.dumps(summary, indent=2))
     else:
         print_summary(summary)
+
+
+@datasets_group.command("check")
+@click.argument("name")
+@click.option("--allow-nonfinite", is_flag=True, help="Accept NaN/inf in observations, rewards and actions (an error otherwise).")
+def datasets_check(name, allow_nonfinite):
+    """Verify every episode of dataset NAME (a name, a dataset directory, or a D4RL-style HDF5
+    FILE): lengths, dtypes and shapes against the spaces, finite values, flags exactly 0/1,
+    actions inside the action space. Names the first bad episode, field and index."""
+    import time
+    from pathlib import Path
+
+    from wmil.data.dataset import load
+
+    path = Path(name)
+    if path.suffix in (".hdf5", ".h5") and path.is_file() and not (path.parent / "metadata.json").is_file():
+        from wmil.data.transfer import check_d4rl
+
+        started = time.perf_counter()
+        episodes, steps = check_d4rl(path, allow_nonfinite)
+        click.echo(f"ok: {path} (D4RL layout): {episodes} episodes, {steps} steps verified in "
+                   f"{time.perf_counter() - started:.2f} s")
+        return
+    dataset = load(path.parent if path.name == "main_data.hdf5" else name)
+    report = dataset.check(allow_nonfinite)
+    extra = " (NaN/inf allowed)" if allow_nonfinite else ""
+    click.echo(f"ok: dataset {dataset.name}: {report.episodes} episodes, {report.steps} steps verified in "
+               f"{report.seconds:.2f} s{extra}")
 
 
 @datasets_group.command("import")
@@ -130,11 +161,13 @@ def datasets_info(name, as_json):
 @click.option("--ref-min-score", type=float, help="Random-policy return for normalised scores.")
 @click.option("--ref-max-score", type=float, help="Expert return for normalised scores.")
 @click.option("--overwrite", is_flag=True)
-def datasets_import(file, name, ref_min_score, ref_max_score, overwrite):
+@click.option("--allow-nonfinite", is_flag=True, help="Accept NaN/inf in observations, rewards and actions (an error otherwise).")
+def datasets_import(file, name, ref_min_score, ref_max_score, overwrite, allow_nonfinite):
     """Import a D4RL-style flat HDF5 FILE (observations, actions, rewards, terminals, timeouts)."""
     from wmil.data.transfer import import_d4rl
 
-    ds = import_d4rl(file, name, overwrite=overwrite, ref_min_score=ref_min_score, ref_max_score=ref_max_score)
+    ds = import_d4rl(file, name, overwrite=overwrite, ref_min_score=ref_min_score, ref_max_score=ref_max_score,
+                     allow_nonfinite=allow_nonfinite)
     click.echo(f"imported {file} as {ds.name}: {len(ds)} episodes, {ds.total_steps} steps")
 
 
@@ -142,11 +175,12 @@ def datasets_import(file, name, ref_min_score, ref_max_score, overwrite):
 @click.argument("name")
 @click.argument("file", type=click.Path(dir_okay=False))
 @click.option("--overwrite", is_flag=True)
-def datasets_export(name, file, overwrite):
+@click.option("--allow-nonfinite", is_flag=True, help="Accept NaN/inf in observations, rewards and actions (an error otherwise).")
+def datasets_export(name, file, overwrite, allow_nonfinite):
     """Write dataset NAME to FILE in the flat D4RL layout (with next_observations)."""
     from wmil.data.transfer import export_d4rl
 
-    path = export_d4rl(name, file, overwrite=overwrite)
+    path = export_d4rl(name, file, overwrite=overwrite, allow_nonfinite=allow_nonfinite)
     click.echo(f"exported {name} to {path}")
 
 
@@ -154,11 +188,12 @@ def datasets_export(name, file, overwrite):
 @click.argument("sources", nargs=-1, required=True)
 @click.option("--name", required=True, help="Dataset id of the merged dataset.")
 @click.option("--overwrite", is_flag=True)
-def datasets_merge(sources, name, overwrite):
+@click.option("--allow-nonfinite", is_flag=True, help="Accept NaN/inf in observations, rewards and actions (an error otherwise).")
+def datasets_merge(sources, name, overwrite, allow_nonfinite):
     """Concatenate SOURCES (same spaces) into a new dataset."""
     from wmil.data.transfer import merge
 
-    ds = merge(list(sources), name, overwrite=overwrite)
+    ds = merge(list(sources), name, overwrite=overwrite, allow_nonfinite=allow_nonfinite)
     click.echo(f"merged {len(sources)} datasets into {ds.name}: {len(ds)} episodes, {ds.total_steps} steps")
 
 
@@ -170,11 +205,13 @@ def datasets_merge(sources, name, overwrite):
               help="Fraction of episodes for validation.")
 @click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0))
 @click.option("--overwrite", is_flag=True)
-def datasets_split(source, train_name, validation_name, fraction, seed, overwrite):
+@click.option("--allow-nonfinite", is_flag=True, help="Accept NaN/inf in observations, rewards and actions (an error otherwise).")
+def datasets_split(source, train_name, validation_name, fraction, seed, overwrite, allow_nonfinite):
     """Split SOURCE by episode into training and validation datasets."""
     from wmil.data.transfer import split
 
-    train, val = split(source, train_name, validation_name, fraction, seed, overwrite=overwrite)
+    train, val = split(source, train_name, validation_name, fraction, seed, overwrite=overwrite,
+                       allow_nonfinite=allow_nonfinite)
     click.echo(f"{train.name}: {len(train)} episodes; {val.name}: {len(val)} episodes")
 
 
@@ -205,13 +242,18 @@ def datasets_delete(name, yes):
 @click.option("--trust-checkpoint", is_flag=True,
               help="Also load checkpoints that need unpickling (written by older wmil versions). Unpickling can "
                    "run code stored in the file: use only for files you trust.")
-def train_model_cmd(datasets, model, preset, steps, seed, out, device, overrides, quiet, trust_checkpoint):
+@click.option("--allow-nonfinite", is_flag=True, help="Accept NaN/inf in observations, rewards and actions (an error otherwise); recorded as train.allow_nonfinite.")
+def train_model_cmd(datasets, model, preset, steps, seed, out, device, overrides, quiet, trust_checkpoint,
+                    allow_nonfinite):
     """Train a world model on all given datasets (mixed quality is the point)."""
     from wmil.config import parse_overrides
     from wmil.train.world_model import train_world_model
 
+    pairs = parse_overrides(overrides)
+    if allow_nonfinite:
+        pairs["train.allow_nonfinite"] = "true"
     train_world_model(list(datasets), model=model, preset=preset, out=out, steps=steps, seed=seed, device=device,
-                      overrides=parse_overrides(overrides), progress=not quiet, trust_checkpoint=trust_checkpoint)
+                      overrides=pairs, progress=not quiet, trust_checkpoint=trust_checkpoint)
     from wmil.runs import RunDir
 
     run = RunDir(out, "world_model") if out else None
@@ -263,14 +305,18 @@ def evaluate_model_cmd(run_dir, datasets, batches, context, trust_checkpoint):
 @click.option("--trust-checkpoint", is_flag=True,
               help="Also load checkpoints that need unpickling (written by older wmil versions). Unpickling can "
                    "run code stored in the file: use only for files you trust.")
+@click.option("--allow-nonfinite", is_flag=True, help="Accept NaN/inf in observations, rewards and actions in the expert data (an error otherwise).")
 def imagine_cmd(algo, model_run, expert, expert_episodes, preset, steps, seed, out, device, overrides, quiet,
-                trust_checkpoint):
+                trust_checkpoint, allow_nonfinite):
     """Train an imitation policy entirely inside a world model (no environment access)."""
     from wmil.algos.base import train_policy
     from wmil.config import parse_overrides
 
+    pairs = parse_overrides(overrides)
+    if allow_nonfinite:
+        pairs["train.allow_nonfinite"] = "true"
     policy = train_policy(algo, model_run, expert, out=out, preset=preset, steps=steps, expert_episodes=expert_episodes,
-                          seed=seed, device=device, overrides=parse_overrides(overrides), progress=not quiet,
+                          seed=seed, device=device, overrides=pairs, progress=not quiet,
                           trust_checkpoint=trust_checkpoint)
     click.echo(f"trained {algo} policy" + (f"; run dir {out}" if out else ""))
     del policy

@@ -31,6 +31,7 @@ import pickle
 import random
 import re
 import tempfile
+import zipfile
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
@@ -46,9 +47,11 @@ _CKPT_RE = re.compile(r"^step_(\d{8,})\.pt$")
 _TMP_SUFFIX = ".tmp"
 _EVENTS_PREFIX = "events.out.tfevents."
 
-#: Config fields that may differ when a run is resumed: the step count (a finished run is
-#: extended by asking for more steps) and what the divergence guard does. Both are recorded.
-MAY_CHANGE = ("train.steps", "train.on_divergence")
+#: Config fields that may differ when a run is resumed (each change is recorded in the config's
+#: ``history``): the step count (a finished run is extended by asking for more steps), what the
+#: divergence guard does, and where the datasets / the world model live (moved directories; the
+#: world model's identity is its ``world_model_checkpoint`` fingerprint, which must not change).
+MAY_CHANGE = ("train.steps", "train.on_divergence", "dataset_paths", "world_model_run")
 
 #: Config fields every run of a kind must have (loaders read them).
 REQUIRED_FIELDS = {
@@ -200,6 +203,7 @@ class RunDir:
             raise UserError(f"{self.config_path}: unreadable ({str(exc).splitlines()[0]})") from None
         if not isinstance(config, dict) or "kind" not in config:
             raise UserError(f"{self.config_path}: field 'kind' missing; this is not a wmil run directory")
+        self.check_kind(config)
         for name in REQUIRED_FIELDS.get(config["kind"], ()):
             if name not in config:
                 raise UserError(f"{self.config_path}: field '{name}' missing; the run directory is damaged "
@@ -389,24 +393,32 @@ class RunDir:
         found = [path] if path is not None else self.checkpoints()
         if not found:
             return None
-        for i, candidate in enumerate(reversed(found)):
+        damaged = []
+        for candidate in reversed(found):
             try:
-                return self._read_checkpoint(candidate, trust)
+                checkpoint = self._read_checkpoint(candidate, trust)
             except _Damaged as exc:
-                previous = found[-i - 2] if i + 1 < len(found) else None
-                if fallback and previous is not None:
-                    warn(f"{candidate}: checkpoint is truncated or corrupted ({exc}); resuming from {previous.name}")
+                damaged.append(f"{candidate.name} ({exc})")
+                if fallback:
                     continue
-                where = (f"delete it to {'resume from' if fallback else 'use'} the previous one ({previous.name})"
-                         if previous is not None else "no earlier checkpoint is left; retrain")
+                previous = found[-2] if len(found) > 1 else None
+                where = (f"delete it to use the previous one ({previous.name})" if previous is not None
+                         else "no earlier checkpoint is left; retrain")
                 raise UserError(f"{candidate}: checkpoint is truncated or corrupted ({exc}); {where}") from None
-        raise AssertionError("unreachable")
+            if damaged:
+                warn(f"{self.checkpoint_dir}: skipped damaged checkpoint(s) {', '.join(damaged)}; resuming from "
+                     f"{candidate.name}")
+            return checkpoint
+        raise UserError(f"{self.checkpoint_dir}: every checkpoint is truncated or corrupted ({', '.join(damaged)}); "
+                        "nothing to resume from: delete the run directory and retrain")
 
     def _read_checkpoint(self, path: Path, trust: bool) -> dict:
         try:
             data = torch.load(path, map_location="cpu", weights_only=not trust)
         except pickle.UnpicklingError as exc:
-            if not trust and "weights only" in str(exc).lower():
+            # wmil writes zip archives: a pickle refused inside one is foreign content; a file
+            # that is no archive at all is damage (random bytes, a foreign format).
+            if not trust and "weights only" in str(exc).lower() and zipfile.is_zipfile(path):
                 raise UserError(f"{path}: checkpoint holds Python objects that only unpickling can restore (older "
                                 "wmil versions stored NumPy random states that way; or the file was altered), "
                                 f"so it was not loaded; {TRUST_HINT}") from None

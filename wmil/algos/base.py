@@ -82,6 +82,8 @@ class ImagineTrainConfig:
     """Updates between checkpoints (the last step is always saved)."""
     on_divergence: str = "stop"
     """'stop' or 'warn' when a gradient norm or metric turns non-finite or a loss jumps far above its running level."""
+    allow_nonfinite: bool = False
+    """Accept NaN/inf values in the data (an error otherwise: they can only train to NaN)."""
 
 
 TRAIN_PRESETS = {
@@ -94,7 +96,7 @@ TRAIN_PRESETS = {
 def _world_model_from_run(model_run: str | os.PathLike, device: str, trust: bool = False):
     from wmil.train.world_model import load_world_model
 
-    run = RunDir(model_run, "world_model")
+    run = RunDir(model_run, "any")
     config = run.read_config() if run.exists() else None
     if config is None:
         raise UserError(f"--model {model_run}: not a world-model run directory (no config.yaml); "
@@ -140,6 +142,7 @@ def train_policy(algo: str, model: Optional[str | os.PathLike], expert: str | Da
                             f"has {len(expert_ds)} episodes")
         expert_ds = expert_ds.head(train_cfg.expert_episodes)
 
+    expert_ds.check(train_cfg.allow_nonfinite)  # every used episode, before anything is written
     run = RunDir(out or Path("runs") / f"{algo}-{expert_ds.name.replace('/', '-')}", "policy")
     wm_config = world_model.run_config if world_model is not None else None
     config = {

@@ -30,8 +30,11 @@ def evaluate_model_run(run_dir: str | os.PathLike, datasets: Optional[Sequence[s
         if views[0].spec.to_dict() != config["spec"]:
             raise UserError(f"dataset {views[0].name} does not match the model's spaces {config['spec']}")
     else:
-        views = [v for _, v in (d.split(config["train"]["validation_fraction"], seed=config["train"]["seed"])
-                                for d in load_datasets(config["datasets"])) if len(v)]
+        from wmil.runs import from_config
+
+        views = from_config(RunDir(run_dir, "world_model"), lambda: [
+            v for _, v in (d.split(config["train"]["validation_fraction"], seed=config["train"]["seed"])
+                           for d in load_datasets(config["datasets"])) if len(v)])
         if not views:
             raise UserError(f"{run_dir}: the run has no held-out episodes; pass --dataset to evaluate on")
     length = context + max(HORIZONS)

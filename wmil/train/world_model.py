@@ -54,6 +54,8 @@ class WorldModelTrainConfig:
     """Observed steps before open-loop prediction."""
     on_divergence: str = "stop"
     """'stop' or 'warn' when a gradient norm or metric turns non-finite or a loss jumps far above its running level."""
+    allow_nonfinite: bool = False
+    """Accept NaN/inf values in the data (an error otherwise: they can only train to NaN)."""
 
 
 TRAIN_PRESETS: dict[str, dict[str, Any]] = {
@@ -167,6 +169,8 @@ def train_world_model(dataset: str | Dataset | Sequence[str | Dataset], model: s
     spec = datasets[0].spec
     train_overrides = {k: v for k, v in (("steps", steps), ("seed", seed)) if v is not None}
     train_cfg, model_cfg = _resolve(model, preset, overrides or {}, train_overrides)
+    for d in datasets:  # every episode, before anything is written (wmil.data.check)
+        d.check(train_cfg.allow_nonfinite)
     dev = resolve_device(device)
     run = RunDir(out or Path("runs") / f"{model}-{datasets[0].name.replace('/', '-')}", "world_model")
     config = {

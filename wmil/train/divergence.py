@@ -8,11 +8,13 @@ Three signs, checked on every update's metrics and every evaluation:
 * a loss term far above its running level. The rule works on ``s = sign(x)·log(1 + |x|)``, so
   it is scale free for large losses and linear near zero, and negative losses (actor terms,
   Gaussian likelihoods) are handled alike. Per term it keeps an exponential moving average
-  ``m`` of ``s`` and of its absolute deviation ``d`` (decay :data:`DECAY`, time constant ~50
-  updates); after :data:`WARMUP` updates of that term, a value with
-  ``s − m > max(K·d, MIN_JUMP)`` is a divergence. With ``MIN_JUMP = 5`` a loss must grow
-  about 150-fold in one update (a loss near 0 must jump by ~150); ``K = 10`` running
-  deviations keeps noisy terms (small batches, adversarial losses) from tripping it.
+  ``m`` of ``s`` and of its absolute deviation ``d`` (decay :data:`DECAY`: a time constant of
+  ~10 updates, so steady trends are followed), and a value with ``s − m > max(K·d, MIN_JUMP)``
+  is a divergence. ``MIN_JUMP = 5`` means a loss must grow about 150-fold above its recent
+  level in one update (a loss near 0 must jump by ~150); ``K = 10`` running deviations keeps
+  noisy terms (small batches, adversarial losses) from tripping it. It is active from the
+  second update on: the explosions of absurd learning rates happen at once (an RSSM at
+  lr 1e4 went from 1.5 to 2e19 in its second update and then trained on at 1e9 with exit 0).
   Slow drifts are followed by the average; where they end in an overflow, the first two
   signs catch it.
 
@@ -28,8 +30,7 @@ from typing import Mapping, Optional
 
 from wmil.errors import UserError, warn
 
-DECAY = 0.98
-WARMUP = 50
+DECAY = 0.9
 K = 10.0
 MIN_JUMP = 5.0
 CHOICES = ("stop", "warn")
@@ -52,36 +53,51 @@ class DivergenceGuard:
         self.warned: set[str] = set()
 
     def check(self, step: int, metrics: Mapping[str, float]) -> None:
+        """Raise (or warn, once per metric, in one line per step) when ``metrics`` diverged."""
+        problems: list[tuple[str, str, bool]] = []   # (metric, description, always stops)
         for name, raw in metrics.items():
             value = float(raw)
             is_loss = name.startswith("loss/")
             if not math.isfinite(value):
-                self._diverged(step, name, f"'{name}' is {value}", always_stop=is_loss)
-                continue
-            if is_loss:
-                self._track(step, name, value)
+                problems.append((name, f"'{name}' is {value}", is_loss))
+            elif is_loss:
+                jump = self._track(name, value)
+                if jump:
+                    problems.append((name, jump, False))
+        if problems:
+            self._diverged(step, problems)
 
-    def _track(self, step: int, name: str, value: float) -> None:
+    def failed(self, step: int, reason: str) -> None:
+        """An update that raised on non-finite numbers (always stops)."""
+        self._diverged(step, [("update", f"the update failed on non-finite values ({reason})", True)])
+
+    def _track(self, name: str, value: float) -> Optional[str]:
+        """Update the running level of a loss term; describe the value if it jumped far above it."""
         s = _squash(value)
         seen, mean, dev = self.stats.get(name, (0, s, 0.0))
-        if seen >= WARMUP and s - mean > max(K * dev, MIN_JUMP):
-            self._diverged(step, name, f"loss term '{name}' jumped to {value:.4g}, far above its running level "
-                                       f"{math.copysign(math.expm1(abs(mean)), mean):.4g}")
-            if self.mode == "warn":
-                return  # a warned outlier does not drag the running level up
+        if seen and s - mean > max(K * dev, MIN_JUMP):
+            level = math.copysign(math.expm1(abs(mean)), mean)
+            # A flagged value does not drag the running level up (in 'warn' mode training goes on).
+            return f"loss term '{name}' jumped to {value:.4g}, far above its running level {level:.4g}"
         dev = DECAY * dev + (1 - DECAY) * abs(s - mean) if seen else 0.0
         mean = DECAY * mean + (1 - DECAY) * s if seen else s
         self.stats[name] = [seen + 1, mean, dev]
+        return None
 
-    def _diverged(self, step: int, name: str, what: str, always_stop: bool = False) -> None:
+    def _diverged(self, step: int, problems: list[tuple[str, str, bool]]) -> None:
         last = self.last_checkpoint()
         where = f"the last checkpoint ({last}) is intact" if last else "no checkpoint was written"
-        if always_stop or self.mode == "stop":
-            hint = "" if always_stop else ", or pass -o on_divergence=warn to only warn"
+        always = [p for p in problems if p[2]]
+        if always or self.mode == "stop":
+            shown = always or problems
+            what = "; ".join(p[1] for p in shown[:3]) + (f" (and {len(shown) - 3} more)" if len(shown) > 3 else "")
+            hint = "" if always else ", or pass -o on_divergence=warn to only warn"
             raise UserError(f"step {step}: {what}; training stopped ({where}); lower the learning rate or check "
                             f"the data for outliers{hint}")
-        if name not in self.warned:
-            self.warned.add(name)
+        new = [p for p in problems if p[0] not in self.warned]
+        if new:
+            self.warned.update(p[0] for p in new)
+            what = "; ".join(p[1] for p in new[:3]) + (f" (and {len(new) - 3} more)" if len(new) > 3 else "")
             warn(f"step {step}: {what}; training goes on (on_divergence=warn; {where})")
 
     def state(self) -> dict:

@@ -10,6 +10,7 @@ the final save.
 from __future__ import annotations
 
 import math
+import re
 import time
 from dataclasses import dataclass
 from typing import Callable, Optional
@@ -18,6 +19,10 @@ from wmil.errors import UserError
 from wmil.progress import progress_bar
 from wmil.runs import RunDir
 from wmil.train.divergence import DivergenceGuard
+
+
+#: Messages of torch errors caused by non-finite numbers (distributions, multinomial, …).
+_NON_FINITE = re.compile(r"\b(nan|inf)\b|invalid values", re.IGNORECASE)
 
 
 @dataclass
@@ -62,7 +67,14 @@ def run_loop(run: RunDir, config: LoopConfig, start_step: int,
     window_started, window_updates = time.perf_counter(), 0
     try:
         for step in range(start_step + 1, config.steps + 1):
-            metrics = update(step)
+            try:
+                metrics = update(step)
+            except (RuntimeError, ValueError) as exc:
+                if not _NON_FINITE.search(str(exc)):
+                    raise
+                # Parameters driven to inf/NaN by the previous step break sampling (torch checks
+                # distribution parameters) before this step's metrics exist: the same divergence.
+                guard.failed(step, (str(exc).splitlines() or [""])[0][:160])
             guard.check(step, metrics)
             window_updates += 1
             if step % config.log_every == 0 or step == config.steps:

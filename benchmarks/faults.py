@@ -65,14 +65,21 @@ def run(command, env, out: Path, final: str = "") -> tuple[float, float]:
     return (first if first is not None else wall), (done if done is not None else wall)
 
 
-def kill_once(command, env, out: Path, timing: tuple[float, float], rng: random.Random, mid_checkpoint: bool) -> dict:
-    """Start ``command``, kill -9 it: at a random moment of its training (between the first
-    metrics row and the end of an uninterrupted run), or the instant a checkpoint's temporary
-    file appears."""
+def newest_step(out: Path) -> int:
+    found = sorted((out / "checkpoints").glob("step_*.pt")) if (out / "checkpoints").is_dir() else []
+    return int(found[-1].name[5:13]) if found else 0
+
+
+def kill_once(command, env, out: Path, timing: tuple[float, float], steps: int, rng: random.Random,
+              mid_checkpoint: bool) -> dict:
+    """Start ``command``, kill -9 it: at a random moment of the training it has left (the
+    training span of an uninterrupted run, shortened by the steps a resumed run skips, after
+    its start-up), or the instant a checkpoint's temporary file appears."""
+    first, done = timing
+    remaining = (done - first) * (1 - newest_step(out) / steps)
     process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     started = time.perf_counter()
-    first, done = timing
-    deadline = started + (done * 3 if mid_checkpoint else rng.uniform(first, done))
+    deadline = started + (done * 3 if mid_checkpoint else first + rng.uniform(0, remaining))
     checkpoints = out / "checkpoints"
     while process.poll() is None and time.perf_counter() < deadline:
         if mid_checkpoint and checkpoints.is_dir() and any(p.name.endswith(".tmp") for p in checkpoints.iterdir()):
@@ -83,9 +90,9 @@ def kill_once(command, env, out: Path, timing: tuple[float, float], rng: random.
         process.send_signal(signal.SIGKILL)
     process.wait()
     during_write = checkpoints.is_dir() and any(p.name.endswith(".tmp") for p in checkpoints.iterdir())
-    newest = sorted(checkpoints.glob("step_*.pt")) if checkpoints.is_dir() else []
+    newest = newest_step(out)
     return {"killed": alive, "during_write": alive and during_write, "after_s": time.perf_counter() - started,
-            "newest": newest[-1].name if newest else "none"}
+            "newest": newest, "after_final": alive and newest == steps}
 
 
 def unreadable_checkpoints(out: Path) -> int:
@@ -169,43 +176,46 @@ def main() -> None:
             timings[name] = run(make(out), env, out, f"step_{WM_STEPS if name == 'train-model' else POLICY_STEPS:08d}.pt")
             references[name] = out
         for name, make in cmds.items():
-            counts = dict(kills=0, during_write=0, unreadable=0, lost=0, duplicated=0, tb_duplicates=0, identical=0,
-                          runs=0)
+            counts = dict(kills=0, during_write=0, after_final=0, unreadable=0, lost=0, duplicated=0, tb_duplicates=0,
+                          identical=0, runs=0)
+            steps = WM_STEPS if name == "train-model" else POLICY_STEPS
             reference_steps = metric_steps(references[name])
             reference_final = final_checkpoint(references[name])
             for trial in range(args.runs):
                 out = root / f"{name}-{trial}"
                 for k in range(args.kills_per_run):
                     mid = (trial + k) % 2 == 1
-                    result = kill_once(make(out), env, out, timings[name], rng, mid)
+                    result = kill_once(make(out), env, out, timings[name], steps, rng, mid)
                     counts["kills"] += result["killed"]
                     counts["during_write"] += result["during_write"]
+                    counts["after_final"] += result["after_final"]
                     counts["unreadable"] += unreadable_checkpoints(out)
                     details.append(f"{name} run {trial} kill {k}: {'mid-checkpoint watch' if mid else 'random'}, "
                                    f"{'killed' if result['killed'] else 'had finished'} after {result['after_s']:.2f} s"
                                    f"{' while a checkpoint was being written' if result['during_write'] else ''}, "
-                                   f"newest checkpoint {result['newest']}")
+                                   f"newest checkpoint then: step {result['newest']} of {steps}")
                 run(make(out), env, out)  # resume to the end
-                steps = metric_steps(out)
-                counts["lost"] += len(set(reference_steps) - set(steps))
-                counts["duplicated"] += len(steps) - len(set(steps))
+                logged = metric_steps(out)
+                counts["lost"] += len(set(reference_steps) - set(logged))
+                counts["duplicated"] += len(logged) - len(set(logged))
                 counts["tb_duplicates"] += tensorboard_duplicates(out)
                 counts["identical"] += same(final_checkpoint(out), reference_final)
                 counts["runs"] += 1
                 print(name, trial, counts, flush=True)
             rows.append([name, counts["runs"], f"{counts['kills']} ({args.runs * args.kills_per_run})",
-                         counts["during_write"], counts["unreadable"],
+                         counts["during_write"], counts["after_final"], counts["unreadable"],
                          counts["lost"], counts["duplicated"], counts["tb_duplicates"],
                          f"{counts['identical']}/{counts['runs']}"])
     total_kills = sum(int(r[2].split()[0]) for r in rows)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    body = table(["command", "runs", "kill -9's (of attempts)", "during a checkpoint write", "unreadable checkpoints",
+    body = table(["command", "runs", "kill -9's (of attempts)", "during a checkpoint write", "after the final checkpoint", "unreadable checkpoints",
                   "lost metric rows", "duplicated metric rows", "duplicated TensorBoard steps",
                   "final checkpoint bit-identical"], rows)
     body += (f"\n\n{total_kills} kill -9's in all. train-model: rssm tiny, {WM_STEPS} updates, a checkpoint every 20; "
              f"imagine: DITTO tiny on that model, {POLICY_STEPS} updates, a checkpoint every 10. Random kills fall "
              "uniformly between the first metrics row and the final checkpoint of an uninterrupted run (an attempt "
-             "on a resumed run that finished first is not a kill). 'During a checkpoint "
+             "on a resumed run that finished first is not a kill). 'After the final checkpoint': killed while shutting "
+             "down (the resume then reports the run complete). 'During a checkpoint "
              "write': a checkpoint's temporary file existed at the kill. Load average at the end: "
              f"{load:.1f} (2 cores, shared).\n\n<details><summary>every kill</summary>\n\n"
              + "\n".join(f"- {d}" for d in details) + "\n\n</details>\n")

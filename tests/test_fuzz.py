@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -60,7 +61,6 @@ def pristine(tmp_path_factory):
     try:
         _write("fz/disc-v0")
         _write("fz/cont-v0", discrete=False)
-        overrides = dict(zip(WM[1::2], WM[1::2]))
         overrides = {k.split("=")[0]: k.split("=")[1] for k in WM[1::2]}
         train_world_model("fz/disc-v0", model="dynamics", preset="tiny", out=base / "wm", steps=2,
                           overrides=overrides, progress=False, device="cpu")
@@ -483,15 +483,11 @@ def test_malformed_input_is_one_line_and_writes_nothing(name, pristine, tmp_path
     if outcome == "warning":
         assert code == 0, err
         assert err.startswith("warning: ") and err.count("\n") == 1, err
-        import re
-
         assert re.search(expect, err), err
         return
     assert code == 2, f"accepted (exit {code}): {out}{err}"
     assert err.startswith("error: ") and err.count("\n") == 1, err
     assert out == "", f"printed as if it worked: {out}"
-    import re
-
     assert re.search(expect, err), err
     after = _tree(world.root)
     assert after == before, f"changed: {sorted(set(after.items()) ^ set(before.items()))[:6]}"

@@ -133,7 +133,8 @@ class RunDir:
         self.kind = kind
         self._tb = None
         self._lock = None
-        #: The checkpoint a resumed run started from (None for a fresh start).
+        #: Step and divergence-guard state of the checkpoint a resumed run started from (None
+        #: for a fresh start); the loop restores its guard from it.
         self.resumed: Optional[dict] = None
         self._truncated_at: Optional[int] = None
 
@@ -220,8 +221,8 @@ class RunDir:
 
         An existing run with a readable checkpoint must have the same config except the fields
         in ``may_change`` (a UserError names the fields that differ); changed ones are recorded
-        in config.yaml, and the newest readable checkpoint is returned (also kept as
-        :attr:`resumed`), with metrics after it dropped. A run without a checkpoint, or a new
+        in config.yaml, and the newest readable checkpoint is returned (its step and guard state
+        kept as :attr:`resumed`), with metrics after it dropped. A run without a checkpoint, or a new
         one, gets ``config`` written and empty metrics, and None is returned. ``trust`` loads
         checkpoints that need unpickling (see the module docstring)."""
         self.acquire()
@@ -232,7 +233,7 @@ class RunDir:
             if checkpoint is not None:
                 step = int(checkpoint["step"])
                 complete = self._check_resumable(previous, config, step, tuple(may_change))
-                self.resumed = checkpoint
+                self.resumed = {"step": step, "divergence": checkpoint.get("divergence")}  # not the weights
                 self.truncate_metrics(step)
                 if complete:
                     self.release()  # nothing will be written

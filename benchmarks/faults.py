@@ -208,13 +208,14 @@ def main() -> None:
                          f"{counts['identical']}/{counts['runs']}"])
     total_kills = sum(int(r[2].split()[0]) for r in rows)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    body = table(["command", "runs", "kill -9's (of attempts)", "during a checkpoint write", "after the final checkpoint", "unreadable checkpoints",
-                  "lost metric rows", "duplicated metric rows", "duplicated TensorBoard steps",
+    body = table(["command", "runs", "kill -9's (of attempts)", "during a checkpoint write", "after the final checkpoint",
+                  "unreadable checkpoints", "lost metric rows", "duplicated metric rows", "duplicated TensorBoard steps",
                   "final checkpoint bit-identical"], rows)
     body += (f"\n\n{total_kills} kill -9's in all. train-model: rssm tiny, {WM_STEPS} updates, a checkpoint every 20; "
              f"imagine: DITTO tiny on that model, {POLICY_STEPS} updates, a checkpoint every 10. Random kills fall "
-             "uniformly between the first metrics row and the final checkpoint of an uninterrupted run (an attempt "
-             "on a resumed run that finished first is not a kill). 'After the final checkpoint': killed while shutting "
+             "uniformly in the training a run has left (an uninterrupted run's span from its first metrics row to "
+             "its final checkpoint, shortened by the steps a resumed run skips; an attempt on a run that finished "
+             "first is not a kill). 'After the final checkpoint': killed while shutting "
              "down (the resume then reports the run complete). 'During a checkpoint "
              "write': a checkpoint's temporary file existed at the kill. Load average at the end: "
              f"{load:.1f} (2 cores, shared).\n\n<details><summary>every kill</summary>\n\n"

@@ -387,6 +387,10 @@ def _number_cases():
         "split:fraction-nan": (["datasets", "split", "fz/disc-v0", "--train", "fz/a-v0", "--validation", "fz/b-v0",
                                 "--fraction", "nan"], "validation fraction nan"),
         "unknown-option": (["train-model", "--stepz", "3"], "No such option '--stepz'"),
+        "train-model:on-divergence-choice": (train + ["-o", "on_divergence=maybe"],
+                                             "on_divergence='maybe': choose one of stop, warn"),
+        "imagine:on-divergence-choice": (imagine + ["-o", "on_divergence=sometimes"],
+                                         "on_divergence='sometimes': choose one of stop, warn"),
     }
     for key, (args, expect) in numbers.items():
         case(f"number:{key}", expect)(lambda w, args=args: args)

@@ -20,6 +20,7 @@ from wmil.config import override, split_overrides, to_dict
 from wmil.data.dataset import Dataset, load
 from wmil.errors import UserError
 from wmil.runs import RunDir, from_config, resolve_device, rng_state, seed_everything, set_rng_state
+from wmil.train.divergence import check_mode
 from wmil.train.loop import LoopConfig, check_finite, run_loop
 
 #: name -> "module:Class". Lazy, so the CLI does not import every algorithm.
@@ -142,6 +143,7 @@ def train_policy(algo: str, model: Optional[str | os.PathLike], expert: str | Da
                             f"has {len(expert_ds)} episodes")
         expert_ds = expert_ds.head(train_cfg.expert_episodes)
 
+    check_mode(train_cfg.on_divergence)
     expert_ds.check(train_cfg.allow_nonfinite)  # every used episode, before anything is written
     run = RunDir(out or Path("runs") / f"{algo}-{expert_ds.name.replace('/', '-')}", "policy")
     wm_config = world_model.run_config if world_model is not None else None

@@ -40,14 +40,18 @@ def _squash(x: float) -> float:
     return math.copysign(math.log1p(abs(x)), x)
 
 
+def check_mode(on_divergence: str) -> str:
+    if on_divergence not in CHOICES:
+        raise UserError(f"on_divergence={on_divergence!r}: choose one of {', '.join(CHOICES)}")
+    return on_divergence
+
+
 class DivergenceGuard:
     """Checks metrics as they are produced; raises a one-line UserError naming the term, the
     step and the last good checkpoint (``last_checkpoint()`` gives its name)."""
 
     def __init__(self, on_divergence: str = "stop", last_checkpoint=lambda: None):
-        if on_divergence not in CHOICES:
-            raise UserError(f"on_divergence={on_divergence!r}: choose one of {', '.join(CHOICES)}")
-        self.mode = on_divergence
+        self.mode = check_mode(on_divergence)
         self.last_checkpoint = last_checkpoint
         self.stats: dict[str, list[float]] = {}   # term -> [updates seen, mean of s, mean |s - mean|]
         self.warned: set[str] = set()

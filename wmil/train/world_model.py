@@ -21,6 +21,7 @@ from wmil.config import override, split_overrides, to_dict
 from wmil.data.dataset import Dataset, SequenceSampler, load
 from wmil.errors import UserError
 from wmil.runs import RunDir, fingerprint, from_config, resolve_device, rng_state, seed_everything, set_rng_state
+from wmil.train.divergence import check_mode
 from wmil.train.loop import LoopConfig, check_finite, run_loop
 from wmil.types import DataSpec, SequenceBatch
 from wmil.world_models.base import total_loss
@@ -169,6 +170,7 @@ def train_world_model(dataset: str | Dataset | Sequence[str | Dataset], model: s
     spec = datasets[0].spec
     train_overrides = {k: v for k, v in (("steps", steps), ("seed", seed)) if v is not None}
     train_cfg, model_cfg = _resolve(model, preset, overrides or {}, train_overrides)
+    check_mode(train_cfg.on_divergence)
     for d in datasets:  # every episode, before anything is written (wmil.data.check)
         d.check(train_cfg.allow_nonfinite)
     dev = resolve_device(device)

@@ -270,7 +270,7 @@ class RunDir:
 
     def write_config(self, config: dict) -> None:
         self.path.mkdir(parents=True, exist_ok=True)
-        _atomic_write_text(self.config_path, yaml.safe_dump({"kind": self.kind, "wmil_version": __version__,
+        write_text_atomic(self.config_path, yaml.safe_dump({"kind": self.kind, "wmil_version": __version__,
                                                              **config}, sort_keys=False, allow_unicode=True))
 
     # ---- metrics -----------------------------------------------------------------------
@@ -307,7 +307,7 @@ class RunDir:
         self._truncated_at = after_step
         kept = [r for r in self.read_metrics() if r["step"] <= after_step] if self.metrics_path.exists() else []
         if self.metrics_path.exists():
-            _atomic_write_text(self.metrics_path, "".join(json.dumps(r) + "\n" for r in kept))
+            write_text_atomic(self.metrics_path, "".join(json.dumps(r) + "\n" for r in kept))
         self._rewrite_events(kept)
 
     def _rewrite_events(self, records: list[dict]) -> None:
@@ -533,7 +533,8 @@ def _atomic_write(path: Path, write) -> None:
         pass
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
+def write_text_atomic(path: Path, text: str) -> None:
+    """Replace ``path`` with ``text`` atomically (readers see the old file or the new one)."""
     _atomic_write(path, lambda f: f.write(text.encode("utf-8")))
 
 

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from wmil.errors import UserError
+from wmil.runs import write_text_atomic
 from wmil.progress import progress_bar
 
 #: Evaluation episodes use seeds far from those of recorded data (0…) and demos (10000…).
@@ -112,7 +113,7 @@ def evaluate_policy(run_dir: str | os.PathLike, env_id: Optional[str] = None, ep
         report["videos"] = [str(save_gif(frames, out_dir / "videos" / f"episode_{i}.gif"))
                             for i, frames in enumerate(frames_by_episode)]
     path = out_dir / "evaluation.json"
-    path.write_text(json.dumps(report, indent=2))
+    write_text_atomic(path, json.dumps(report, indent=2))  # a kill never leaves half a report
     report["report_path"] = str(path)
     return report
 

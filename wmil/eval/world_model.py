@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from wmil.errors import UserError
-from wmil.runs import RunDir
+from wmil.runs import RunDir, from_config, write_text_atomic
 from wmil.train.world_model import HORIZONS, MixedSampler, load_datasets, load_world_model, open_loop_errors
 
 
@@ -30,8 +30,6 @@ def evaluate_model_run(run_dir: str | os.PathLike, datasets: Optional[Sequence[s
         if views[0].spec.to_dict() != config["spec"]:
             raise UserError(f"dataset {views[0].name} does not match the model's spaces {config['spec']}")
     else:
-        from wmil.runs import from_config
-
         views = from_config(RunDir(run_dir, "world_model"), lambda: [
             v for _, v in (d.split(config["train"]["validation_fraction"], seed=config["train"]["seed"])
                            for d in load_datasets(config["datasets"])) if len(v)])
@@ -61,7 +59,7 @@ def evaluate_model_run(run_dir: str | os.PathLike, datasets: Optional[Sequence[s
     if model.spec.pixels:
         report["strip_path"] = str(save_strip(model, first, context, run.path / "open_loop_strip.png"))
     path = run.path / "open_loop.json"
-    path.write_text(json.dumps(report, indent=2))
+    write_text_atomic(path, json.dumps(report, indent=2))  # a kill never leaves half a report
     report["report_path"] = str(path)
     return report
 

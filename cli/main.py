@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import json
 import sys
+import warnings
 
 import click
 
-from wmil.errors import UserError
+from wmil.errors import UserError, WmilWarning
+
+_python_showwarning = warnings.showwarning
 
 
 def _fmt(value) -> str:
@@ -149,17 +152,19 @@ def cli():
 @click.argument("recipe", required=False)
 @click.option("--name", help="Dataset id 'namespace/name-vN' (overrides the recipe).")
 @click.option("--env", "env_id", help="Gymnasium id, e.g. CartPole-v1, ALE/Pong-v5, FetchPush-v4.")
-@click.option("--policy", help="random | expert | module:callable | policy.pt2 (torch.export) | policy.pt (TorchScript) | model.zip (SB3).")
+@click.option("--policy", help="random | expert | module:callable | policy.pt2 (torch.export, loaded without unpickling) | "
+                               "policy.pt (TorchScript) | model.zip (SB3). TorchScript, SB3 and module:callable policies "
+                               "are code: loading one runs it, so use only ones you trust.")
 @click.option("--epsilon", help="ε (or comma list: episodes split evenly), random-action prob. / action noise.")
-@click.option("--episodes", type=int, help="Number of episodes.")
-@click.option("--seed", type=int, help="Episode k is reset with seed+k (default 0).")
-@click.option("--workers", type=int, help="Parallel environment copies (default 1).")
-@click.option("--pixels", type=int, help="Render observations to N×N uint8 images (e.g. 64).")
+@click.option("--episodes", type=click.IntRange(min=1), help="Number of episodes.")
+@click.option("--seed", type=click.IntRange(min=0), help="Episode k is reset with seed+k (default 0).")
+@click.option("--workers", type=click.IntRange(min=1), help="Parallel environment copies (default 1).")
+@click.option("--pixels", type=click.IntRange(8, 512), help="Render observations to N×N uint8 images (e.g. 64).")
 @click.option("--grayscale", is_flag=True, default=None, help="One-channel pixel observations.")
-@click.option("--max-episode-steps", type=int, help="Override the environment's time limit.")
+@click.option("--max-episode-steps", type=click.IntRange(min=1), help="Override the environment's time limit.")
 @click.option("--ref-min-score", type=float, help="Random-policy return (measured if omitted).")
 @click.option("--ref-max-score", type=float, help="Expert return (measured if omitted and an expert exists).")
-@click.option("--ref-episodes", type=int, help="Episodes to measure missing reference scores (0: skip).")
+@click.option("--ref-episodes", type=click.IntRange(min=0), help="Episodes to measure missing reference scores (0: skip).")
 @click.option("--author", help="Author stored in the Minari metadata (default: none).")
 @click.option("--author-email", help="Author's e-mail stored in the Minari metadata (default: none).")
 @click.option("--code-permalink", help="Link to the code that made the data, for the Minari metadata (default: none).")
@@ -244,15 +249,46 @@ def datasets_recipes():
 @datasets_group.command("info")
 @click.argument("name")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-def datasets_info(name, as_json):
-    """Episodes, steps, return/length statistics, spaces and success rate of NAME."""
+@click.option("--allow-nonfinite", is_flag=True, help="Accept NaN/inf in observations, rewards and actions (an error otherwise).")
+def datasets_info(name, as_json, allow_nonfinite):
+    """Episodes, steps, return/length statistics, spaces and success rate of NAME (after its check)."""
     from wmil.data.dataset import load
 
-    summary = load(name).summary()
+    dataset = load(name)
+    dataset.check(allow_nonfinite)
+    summary = dataset.summary()
     if as_json:
         click.echo(json.dumps(summary, indent=2))
     else:
         print_summary(summary)
+
+
+@datasets_group.command("check")
+@click.argument("name")
+@click.option("--allow-nonfinite", is_flag=True, help="Accept NaN/inf in observations, rewards and actions (an error otherwise).")
+def datasets_check(name, allow_nonfinite):
+    """Verify every episode of dataset NAME (a name, a dataset directory, or a D4RL-style HDF5
+    FILE): lengths, dtypes and shapes against the spaces, finite values, flags exactly 0/1,
+    actions inside the action space. Names the first bad episode, field and index."""
+    import time
+    from pathlib import Path
+
+    from wmil.data.dataset import load
+
+    path = Path(name)
+    if path.suffix in (".hdf5", ".h5") and path.is_file() and not (path.parent / "metadata.json").is_file():
+        from wmil.data.transfer import check_d4rl
+
+        started = time.perf_counter()
+        episodes, steps = check_d4rl(path, allow_nonfinite)
+        click.echo(f"ok: {path} (D4RL layout): {episodes} episodes, {steps} steps verified in "
+                   f"{time.perf_counter() - started:.2f} s")
+        return
+    dataset = load(path.parent if path.name == "main_data.hdf5" else name)
+    report = dataset.check(allow_nonfinite)
+    extra = " (NaN/inf allowed)" if allow_nonfinite else ""
+    click.echo(f"ok: dataset {dataset.name}: {report.episodes} episodes, {report.steps} steps verified in "
+               f"{report.seconds:.2f} s{extra}")
 
 
 @datasets_group.command("import")
@@ -261,11 +297,13 @@ def datasets_info(name, as_json):
 @click.option("--ref-min-score", type=float, help="Random-policy return for normalised scores.")
 @click.option("--ref-max-score", type=float, help="Expert return for normalised scores.")
 @click.option("--overwrite", is_flag=True)
-def datasets_import(file, name, ref_min_score, ref_max_score, overwrite):
+@click.option("--allow-nonfinite", is_flag=True, help="Accept NaN/inf in observations, rewards and actions (an error otherwise).")
+def datasets_import(file, name, ref_min_score, ref_max_score, overwrite, allow_nonfinite):
     """Import a D4RL-style flat HDF5 FILE (observations, actions, rewards, terminals, timeouts)."""
     from wmil.data.transfer import import_d4rl
 
-    ds = import_d4rl(file, name, overwrite=overwrite, ref_min_score=ref_min_score, ref_max_score=ref_max_score)
+    ds = import_d4rl(file, name, overwrite=overwrite, ref_min_score=ref_min_score, ref_max_score=ref_max_score,
+                     allow_nonfinite=allow_nonfinite)
     click.echo(f"imported {file} as {ds.name}: {len(ds)} episodes, {ds.total_steps} steps")
 
 
@@ -273,11 +311,12 @@ def datasets_import(file, name, ref_min_score, ref_max_score, overwrite):
 @click.argument("name")
 @click.argument("file", type=click.Path(dir_okay=False))
 @click.option("--overwrite", is_flag=True)
-def datasets_export(name, file, overwrite):
+@click.option("--allow-nonfinite", is_flag=True, help="Accept NaN/inf in observations, rewards and actions (an error otherwise).")
+def datasets_export(name, file, overwrite, allow_nonfinite):
     """Write dataset NAME to FILE in the flat D4RL layout (with next_observations)."""
     from wmil.data.transfer import export_d4rl
 
-    path = export_d4rl(name, file, overwrite=overwrite)
+    path = export_d4rl(name, file, overwrite=overwrite, allow_nonfinite=allow_nonfinite)
     click.echo(f"exported {name} to {path}")
 
 
@@ -285,11 +324,12 @@ def datasets_export(name, file, overwrite):
 @click.argument("sources", nargs=-1, required=True)
 @click.option("--name", required=True, help="Dataset id of the merged dataset.")
 @click.option("--overwrite", is_flag=True)
-def datasets_merge(sources, name, overwrite):
+@click.option("--allow-nonfinite", is_flag=True, help="Accept NaN/inf in observations, rewards and actions (an error otherwise).")
+def datasets_merge(sources, name, overwrite, allow_nonfinite):
     """Concatenate SOURCES (same spaces) into a new dataset."""
     from wmil.data.transfer import merge
 
-    ds = merge(list(sources), name, overwrite=overwrite)
+    ds = merge(list(sources), name, overwrite=overwrite, allow_nonfinite=allow_nonfinite)
     click.echo(f"merged {len(sources)} datasets into {ds.name}: {len(ds)} episodes, {ds.total_steps} steps")
 
 
@@ -297,14 +337,17 @@ def datasets_merge(sources, name, overwrite):
 @click.argument("source")
 @click.option("--train", "train_name", required=True, help="Dataset id for the training part.")
 @click.option("--validation", "validation_name", required=True, help="Dataset id for the validation part.")
-@click.option("--fraction", default=0.1, show_default=True, help="Fraction of episodes for validation.")
-@click.option("--seed", default=0, show_default=True)
+@click.option("--fraction", default=0.1, show_default=True, type=click.FloatRange(0, 1, min_open=True, max_open=True),
+              help="Fraction of episodes for validation.")
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0))
 @click.option("--overwrite", is_flag=True)
-def datasets_split(source, train_name, validation_name, fraction, seed, overwrite):
+@click.option("--allow-nonfinite", is_flag=True, help="Accept NaN/inf in observations, rewards and actions (an error otherwise).")
+def datasets_split(source, train_name, validation_name, fraction, seed, overwrite, allow_nonfinite):
     """Split SOURCE by episode into training and validation datasets."""
     from wmil.data.transfer import split
 
-    train, val = split(source, train_name, validation_name, fraction, seed, overwrite=overwrite)
+    train, val = split(source, train_name, validation_name, fraction, seed, overwrite=overwrite,
+                       allow_nonfinite=allow_nonfinite)
     click.echo(f"{train.name}: {len(train)} episodes; {val.name}: {len(val)} episodes")
 
 
@@ -327,21 +370,29 @@ def datasets_delete(name, yes):
 @click.option("--model", type=LazyChoice(_world_models), default="rssm", show_default=True, help="World model.")
 @click.option("--preset", type=LazyChoice(_presets), default="small", show_default=True,
               help="Sizes: tiny (tests), small (a 2-core CPU), paper (published sizes).")
-@click.option("--steps", type=int, help="Optimiser updates (default from the preset).")
-@click.option("--seed", type=int, help="Seed for initialisation, sampling and the validation split.")
+@click.option("--steps", type=click.IntRange(min=1), help="Optimiser updates (default from the preset).")
+@click.option("--seed", type=click.IntRange(min=0), help="Seed for initialisation, sampling and the validation split.")
 @click.option("--out", type=click.Path(file_okay=False), help="Run directory (default runs/<model>-<dataset>); re-run to resume.")
 @click.option("--device", type=DeviceChoice(), default="auto", show_default=True, help="auto: CUDA when present.")
 @click.option("-o", "overrides", multiple=True, help="Any config field: -o lr=1e-4, -o model.deter=256, -o train.batch_size=16 "
               "(every field: wmil config show MODEL, wmil config show train-model).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.option("--trust-checkpoint", is_flag=True,
+              help="Also load checkpoints that need unpickling (written by older wmil versions). Unpickling can "
+                   "run code stored in the file: use only for files you trust.")
+@click.option("--allow-nonfinite", is_flag=True, help="Accept NaN/inf in observations, rewards and actions (an error otherwise); recorded as train.allow_nonfinite.")
 @threads_option
-def train_model_cmd(datasets, model, preset, steps, seed, out, device, overrides, quiet):
+def train_model_cmd(datasets, model, preset, steps, seed, out, device, overrides, quiet, trust_checkpoint,
+                    allow_nonfinite):
     """Train a world model on all given datasets (mixed quality is the point)."""
     from wmil.config import parse_overrides
     from wmil.train.world_model import train_world_model
 
+    pairs = parse_overrides(overrides)
+    if allow_nonfinite:
+        pairs["train.allow_nonfinite"] = "true"
     trained = train_world_model(list(datasets), model=model, preset=preset, out=out, steps=steps, seed=seed,
-                                device=device, overrides=parse_overrides(overrides), progress=not quiet)
+                                device=device, overrides=pairs, progress=not quiet, trust_checkpoint=trust_checkpoint)
     click.echo(f"trained {model}")
     print_run_summary(trained.run_dir)
 
@@ -349,21 +400,24 @@ def train_model_cmd(datasets, model, preset, steps, seed, out, device, overrides
 @cli.command("evaluate-model")
 @click.argument("run_dir", type=click.Path(file_okay=False))
 @click.option("--dataset", "datasets", multiple=True, help="Evaluate on these datasets (default: the run's held-out episodes).")
-@click.option("--batches", default=8, show_default=True, help="Batches of up to 32 windows.")
-@click.option("--context", default=10, show_default=True, help="Observed steps before imagining.")
+@click.option("--batches", default=8, show_default=True, type=click.IntRange(min=1), help="Batches of up to 32 windows.")
+@click.option("--context", default=10, show_default=True, type=click.IntRange(min=1), help="Observed steps before imagining.")
 @click.option("--expert", help="Expert dataset: also run the reward check (is the imitation reward's best action the "
               "expert's?) on its episodes.")
 @click.option("--reward-features", type=click.Choice(["deter", "mean", "sample"]), default="deter", show_default=True,
               help="Features the checked reward compares (DITTO's reward_features).")
-@click.option("--horizon", default=15, show_default=True, help="Imagined steps of the reward check.")
+@click.option("--horizon", default=15, show_default=True, type=click.IntRange(min=1), help="Imagined steps of the reward check.")
+@click.option("--trust-checkpoint", is_flag=True,
+              help="Also load checkpoints that need unpickling (written by older wmil versions). Unpickling can "
+                   "run code stored in the file: use only for files you trust.")
 @threads_option
-def evaluate_model_cmd(run_dir, datasets, batches, context, expert, reward_features, horizon):
+def evaluate_model_cmd(run_dir, datasets, batches, context, expert, reward_features, horizon, trust_checkpoint):
     """Open-loop prediction error at horizons 1, 5, 15 vs. repeating the last observation, and
     with --expert the reward check of the world model."""
     from wmil.eval.world_model import evaluate_world_model
 
     report = evaluate_world_model(run_dir, list(datasets) or None, batches=batches, context=context, expert=expert,
-                                  reward_features=reward_features, horizon=horizon)
+                                  reward_features=reward_features, horizon=horizon, trust=trust_checkpoint)
     click.echo(f"{'horizon':>8} {'model MSE':>12} {'naive MSE':>12} {'ratio':>8}")
     for h in (1, 5, 15):
         click.echo(f"{h:>8} {report[f'open_loop/mse_h{h}']:>12.5f} {report[f'open_loop/naive_mse_h{h}']:>12.5f} "
@@ -389,24 +443,33 @@ def evaluate_model_cmd(run_dir, datasets, batches, context, expert, reward_featu
 @click.option("--algo", type=LazyChoice(_algorithms), required=True, help="Imitation algorithm (bc needs no --model).")
 @click.option("--model", "model_run", type=click.Path(file_okay=False), help="World-model run directory (wmil train-model); not needed by bc.")
 @click.option("--expert", required=True, help="Expert dataset name or path.")
-@click.option("--expert-episodes", type=int, help="Use only the first K expert episodes.")
+@click.option("--expert-episodes", type=click.IntRange(min=1), help="Use only the first K expert episodes.")
 @click.option("--preset", type=LazyChoice(_presets), default="small", show_default=True,
               help="Sizes: tiny (tests), small (a 2-core CPU), paper (published sizes).")
-@click.option("--steps", type=int, help="Training updates (default from the preset).")
-@click.option("--seed", type=int, help="Seed.")
+@click.option("--steps", type=click.IntRange(min=1), help="Training updates (default from the preset).")
+@click.option("--seed", type=click.IntRange(min=0), help="Seed.")
 @click.option("--out", type=click.Path(file_okay=False), help="Run directory (default runs/<algo>-<expert>); re-run to resume.")
 @click.option("--device", type=DeviceChoice(), default="auto", show_default=True, help="auto: CUDA when present.")
 @click.option("-o", "overrides", multiple=True, help="Any config field: -o gamma=0.99, -o algo.batch_size=128, -o train.eval_every=100 "
               "(every field: wmil config show ALGO, wmil config show imagine).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.option("--trust-checkpoint", is_flag=True,
+              help="Also load checkpoints that need unpickling (written by older wmil versions). Unpickling can "
+                   "run code stored in the file: use only for files you trust.")
+@click.option("--allow-nonfinite", is_flag=True, help="Accept NaN/inf in observations, rewards and actions in the expert data (an error otherwise).")
 @threads_option
-def imagine_cmd(algo, model_run, expert, expert_episodes, preset, steps, seed, out, device, overrides, quiet):
+def imagine_cmd(algo, model_run, expert, expert_episodes, preset, steps, seed, out, device, overrides, quiet,
+                trust_checkpoint, allow_nonfinite):
     """Train an imitation policy entirely inside a world model (no environment access)."""
     from wmil.train.policy import train_policy
     from wmil.config import parse_overrides
 
+    pairs = parse_overrides(overrides)
+    if allow_nonfinite:
+        pairs["train.allow_nonfinite"] = "true"
     policy = train_policy(algo, model_run, expert, out=out, preset=preset, steps=steps, expert_episodes=expert_episodes,
-                          seed=seed, device=device, overrides=parse_overrides(overrides), progress=not quiet)
+                          seed=seed, device=device, overrides=pairs, progress=not quiet,
+                          trust_checkpoint=trust_checkpoint)
     click.echo(f"trained {algo} policy")
     print_run_summary(policy.run_dir)
 
@@ -414,8 +477,8 @@ def imagine_cmd(algo, model_run, expert, expert_episodes, preset, steps, seed, o
 @cli.command("evaluate")
 @click.argument("run_dir", type=click.Path(file_okay=False))
 @click.option("--env", "env_id", help="Environment id (default: the expert dataset's environment).")
-@click.option("--episodes", default=20, show_default=True, help="Evaluation episodes.")
-@click.option("--seed", type=int, help="First evaluation seed (default 1,000,000).")
+@click.option("--episodes", default=20, show_default=True, type=click.IntRange(min=1), help="Evaluation episodes.")
+@click.option("--seed", type=click.IntRange(min=0), help="First evaluation seed (default 1,000,000).")
 @click.option("--n-envs", default=1, show_default=True, type=click.IntRange(min=1),
               help="Environment copies stepped together (gymnasium SyncVectorEnv); same episodes and scores.")
 @click.option("--video", is_flag=True, help="Record the first episodes under RUN_DIR/videos/ (every step, at the env's frame rate).")
@@ -434,9 +497,12 @@ def imagine_cmd(algo, model_run, expert, expert_episodes, preset, steps, seed, o
               help="Std of Gaussian noise added to the observations the policy sees.")
 @click.option("--out", type=click.Path(file_okay=False), help="Write the report here instead of RUN_DIR.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.option("--trust-checkpoint", is_flag=True,
+              help="Also load checkpoints that need unpickling (written by older wmil versions). Unpickling can "
+                   "run code stored in the file: use only for files you trust.")
 @threads_option
 def evaluate_cmd(run_dir, env_id, episodes, seed, n_envs, video, video_episodes, video_format, act, starts, action_noise,
-                 obs_noise, out, quiet):
+                 obs_noise, out, quiet, trust_checkpoint):
     """Roll a trained policy out in the real environment and report its scores (optionally under
     a covariate-shift protocol: shifted starts, action noise, observation noise)."""
     from wmil.eval.evaluate import EVAL_SEED, evaluate_policy
@@ -444,7 +510,7 @@ def evaluate_cmd(run_dir, env_id, episodes, seed, n_envs, video, video_episodes,
     report = evaluate_policy(run_dir, env_id=env_id, episodes=episodes, seed=EVAL_SEED if seed is None else seed,
                              n_envs=n_envs, video=video, video_episodes=video_episodes, video_format=video_format,
                              act=act, starts=starts, action_noise=action_noise, obs_noise=obs_noise,
-                             progress=not quiet, out=out)
+                             progress=not quiet, out=out, trust=trust_checkpoint)
     keys = ["env", "episodes", "step", "act", "return_mean", "return_stderr", "normalized_score", "ref_protocol",
             "success_rate", "success_any", "length_mean", "eval/latent_distance", "eval/action_accuracy",
             "eval/action_mse", "report_path"]
@@ -511,22 +577,42 @@ def config_show(name, preset, overrides):
             click.echo(f"      {line}")
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None):
+    """wmil's own warnings as one ``warning:`` line; others as Python shows them."""
+    if issubclass(category, WmilWarning):
+        click.echo(f"warning: {message}", err=True)
+    else:
+        _python_showwarning(message, category, filename, lineno, file, line)
+
+
 def main(argv=None) -> int:
-    """Entry point: UserError → one line on stderr and exit code 2, never a traceback."""
-    try:
-        cli.main(args=argv, prog_name="wmil", standalone_mode=False)
-    except UserError as exc:
-        click.echo(f"error: {exc}", err=True)
-        return 2
-    except click.exceptions.Abort:
-        click.echo("aborted", err=True)
-        return 1
-    except click.ClickException as exc:
-        exc.show()
-        return exc.exit_code
-    except KeyboardInterrupt:
-        click.echo("interrupted", err=True)
-        return 130
+    """Entry point: UserError (and usage errors, and OS errors on the user's paths) → one line
+    on stderr and exit code 2, never a traceback."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", WmilWarning)
+        warnings.showwarning = _show_warning
+        try:
+            cli.main(args=argv, prog_name="wmil", standalone_mode=False)
+        except UserError as exc:
+            click.echo(f"error: {exc}", err=True)
+            return 2
+        except click.exceptions.Abort:
+            click.echo("aborted", err=True)
+            return 1
+        except click.UsageError as exc:
+            where = f" (see '{exc.ctx.command_path} --help')" if exc.ctx is not None else ""
+            click.echo(f"error: {' '.join(exc.format_message().split())}{where}", err=True)
+            return exc.exit_code
+        except click.ClickException as exc:
+            click.echo(f"error: {' '.join(exc.format_message().split())}", err=True)
+            return exc.exit_code
+        except OSError as exc:  # a path of the user's that cannot be read or written (disk full, permissions)
+            where = f"{exc.filename}: " if exc.filename else ""
+            click.echo(f"error: {where}{exc.strerror or exc}", err=True)
+            return 2
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            return 130
     return 0
 
 

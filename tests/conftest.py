@@ -28,7 +28,7 @@ def write_dataset():
     """Write a synthetic dataset whose values encode (episode, step) for alignment checks.
 
     Episode e has lengths[e] actions; obs[t] = [e, t, 0], action a[t] = t % n_actions (discrete)
-    or [e + t / 100] (continuous), reward r[t] = 1000 e + t.
+    or [(e + t / 100) / 100] (continuous, inside the Box(-1, 1) action space), reward r[t] = 1000 e + t.
     """
     import gymnasium as gym
 
@@ -44,7 +44,7 @@ def write_dataset():
                 if discrete:
                     actions = (np.arange(T) % n_actions).astype(np.int64)
                 else:
-                    actions = (e + np.arange(T, dtype=np.float32) / 100)[:, None].astype(np.float32)
+                    actions = ((e + np.arange(T, dtype=np.float32) / 100) / 100)[:, None].astype(np.float32)
                 terms = np.zeros(T, bool)
                 truncs = np.zeros(T, bool)
                 (terms if terminal_last else truncs)[-1] = True

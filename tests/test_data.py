@@ -192,7 +192,7 @@ def test_transitions(write_dataset):
     tb = ds.transitions(128, seed=0).sample()
     torch.testing.assert_close(tb.next_obs[:, 1], tb.obs[:, 1] + 1)
     assert torch.equal(tb.next_obs[:, 0], tb.obs[:, 0])
-    torch.testing.assert_close(tb.action[:, 0], tb.obs[:, 0] + tb.obs[:, 1] / 100)
+    torch.testing.assert_close(tb.action[:, 0], (tb.obs[:, 0] + tb.obs[:, 1] / 100) / 100)
     torch.testing.assert_close(tb.reward, 1000 * tb.obs[:, 0] + tb.obs[:, 1])
     assert not tb.done.any()  # time-outs are not terminal
 

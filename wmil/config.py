@@ -378,6 +378,10 @@ class LoopConfig(Config):
     """Updates between offline evaluations."""
     checkpoint_every: PosInt = 500
     """Updates between checkpoints (the last step is always saved)."""
+    on_divergence: Literal["stop", "warn"] = "stop"
+    """'stop' or 'warn' when a gradient norm or metric turns non-finite or a loss jumps far above its running level (a non-finite loss always stops)."""
+    allow_nonfinite: bool = False
+    """Accept NaN/inf values in the data (an error otherwise: they can only train to NaN)."""
 
 
 @dataclass(frozen=True)

@@ -90,11 +90,12 @@ class BuildConfig:
 
 
 def load_recipe(path: str | Path, **overrides) -> BuildConfig:
-    """Read a YAML recipe; ``overrides`` (non-None values) replace its fields."""
+    """Read a YAML recipe; ``overrides`` (non-None values) replace its fields. Every field is
+    checked (types, ranges) before anything is recorded; errors name the file and the field."""
     path = Path(path)
     raw = read_recipe(path)
     known = {f.name for f in dataclasses.fields(BuildConfig)}
-    unknown = sorted(set(raw) - known)
+    unknown = sorted(str(k) for k in raw if k not in known)
     if unknown:
         raise UserError(f"{path}: unknown field(s) {', '.join(unknown)}; valid fields: {', '.join(sorted(known))}")
     raw.update({k: v for k, v in overrides.items() if v is not None})
@@ -102,30 +103,93 @@ def load_recipe(path: str | Path, **overrides) -> BuildConfig:
         if required not in raw:
             raise UserError(f"{path}: missing field '{required}'")
     if "parts" in raw:
-        try:
-            raw["parts"] = [Part(policy=p.get("policy", raw.get("policy", "random")), epsilon=float(p.get("epsilon", 0.0)),
-                                 episodes=int(p["episodes"])) for p in raw["parts"]]
-        except (KeyError, TypeError, AttributeError, ValueError):
-            raise UserError(f"{path}: field 'parts' must be a list of {{policy, epsilon, episodes}} mappings") from None
+        raw["parts"] = _parse_parts(raw["parts"], raw.get("policy", "random"), f"{path}: ")
     if "epsilon" in raw and not isinstance(raw["epsilon"], list):
         raw["epsilon"] = [raw["epsilon"]]
-    return BuildConfig(**raw)
+    config = BuildConfig(**raw)
+    validate(config, f"{path}: ")
+    return config
 
 
-def validate(config: BuildConfig) -> None:
+def _parse_parts(parts, default_policy, where: str) -> list[Part]:
+    if not isinstance(parts, list) or not parts:
+        raise UserError(f"{where}field 'parts' must be a non-empty list of {{policy, epsilon, episodes}} mappings")
+    out = []
+    for i, p in enumerate(parts):
+        if not isinstance(p, dict) or not set(p) <= {"policy", "epsilon", "episodes"} or "episodes" not in p:
+            raise UserError(f"{where}field 'parts' entry {i} must be a mapping of policy, epsilon and episodes "
+                            f"(episodes required), got {p!r}")
+        part = Part(policy=p.get("policy", default_policy), epsilon=p.get("epsilon", 0.0), episodes=p["episodes"])
+        _check_type(f"parts[{i}].policy", part.policy, str, where)
+        _check_type(f"parts[{i}].epsilon", part.epsilon, "number", where)
+        _check_type(f"parts[{i}].episodes", part.episodes, int, where)
+        out.append(Part(part.policy, float(part.epsilon), part.episodes))
+    return out
+
+
+#: Field -> the type a recipe (or BuildConfig) must give it; None is allowed where listed.
+_FIELD_TYPES = {"name": str, "env": str, "policy": str, "episodes": int, "seed": int, "workers": int, "pixels": int,
+                "grayscale": bool, "max_episode_steps": int, "ref_min_score": "number", "ref_max_score": "number",
+                "ref_episodes": int, "description": str}
+_OPTIONAL = {"pixels", "max_episode_steps", "ref_min_score", "ref_max_score"}
+
+
+def _check_type(name: str, value, kind, where: str) -> None:
+    if kind == "number":
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        wanted = "a finite number"
+    elif kind is int:
+        ok, wanted = isinstance(value, int) and not isinstance(value, bool), "an integer"
+    elif kind is bool:
+        ok, wanted = isinstance(value, bool), "true or false"
+    else:
+        ok, wanted = isinstance(value, str), "a string"
+    if not ok:
+        shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
+        raise UserError(f"{where}field '{name}' must be {wanted}, got {shown} ({type(value).__name__})")
+
+
+def validate(config: BuildConfig, where: str = "") -> None:
+    """Types and ranges of every field; ``where`` prefixes messages (e.g. the recipe path)."""
+    for name, kind in _FIELD_TYPES.items():
+        value = getattr(config, name)
+        if value is None and name in _OPTIONAL:
+            continue
+        _check_type(name, value, kind, where)
     names.validate_name(config.name)
     if config.seed < 0:
-        raise UserError(f"--seed {config.seed}: must be >= 0")
+        raise UserError(f"{where}--seed {config.seed}: must be >= 0")
     if config.workers < 1:
-        raise UserError(f"--workers {config.workers}: must be >= 1")
-    parts = config.resolved_parts()
+        raise UserError(f"{where}--workers {config.workers}: must be >= 1")
+    if config.episodes < 0 or config.ref_episodes < 0:
+        raise UserError(f"{where}episodes and ref_episodes must be >= 0")
+    if config.max_episode_steps is not None and config.max_episode_steps < 1:
+        raise UserError(f"{where}--max-episode-steps {config.max_episode_steps}: must be >= 1")
+    if config.parts:
+        parts = _parse_parts([dataclasses.asdict(p) if isinstance(p, Part) else p for p in config.parts],
+                             config.policy, where)
+    elif config.episodes <= 0:
+        raise UserError(f"{where}dataset {config.name}: no episodes requested (--episodes must be >= 1)")
+    else:
+        eps = config.epsilon if isinstance(config.epsilon, (list, tuple)) else [config.epsilon]
+        if not eps:
+            raise UserError(f"{where}field 'epsilon' is an empty list; give at least one value")
+        for i, e in enumerate(eps):
+            _check_type(f"epsilon[{i}]", e, "number", where)
+        if len(eps) > config.episodes:
+            raise UserError(f"{where}{len(eps)} epsilon values for {config.episodes} episode(s): the episodes are "
+                            "split evenly between the values, so each needs at least one; give --episodes "
+                            f">= {len(eps)} or fewer values")
+        parts = config.resolved_parts()
     if not parts or sum(p.episodes for p in parts) <= 0:
-        raise UserError(f"dataset {config.name}: no episodes requested (--episodes must be >= 1)")
+        raise UserError(f"{where}dataset {config.name}: no episodes requested (--episodes must be >= 1)")
     for p in parts:
+        if p.episodes < 0:
+            raise UserError(f"{where}dataset {config.name}: a part has {p.episodes} episodes; must be >= 0")
         if not 0.0 <= p.epsilon <= 1.0:
-            raise UserError(f"dataset {config.name}: epsilon {p.epsilon} must be between 0 and 1")
+            raise UserError(f"{where}dataset {config.name}: epsilon {p.epsilon} must be between 0 and 1")
     if config.pixels is not None and not 8 <= config.pixels <= 512:
-        raise UserError(f"--pixels {config.pixels}: use a size between 8 and 512 (64 is the default)")
+        raise UserError(f"{where}--pixels {config.pixels}: use a size between 8 and 512 (64 is the default)")
 
 
 def mean_return(env_config: EnvConfig, policy: str, episodes: int, seed: int, protocol=None) -> float:

@@ -71,9 +71,12 @@ def spec_from_spaces(observation_space: gym.Space, action_space: gym.Space, wher
 def _read_metadata(data_dir: Path) -> dict:
     path = data_dir / "metadata.json"
     try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
+        metadata = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:  # ValueError: bad JSON or bytes that are not UTF-8
         raise UserError(f"{path}: unreadable metadata ({exc}); the dataset is damaged, rebuild or re-import it") from None
+    if not isinstance(metadata, dict):
+        raise UserError(f"{path}: metadata is not a JSON object; the dataset is damaged, rebuild or re-import it")
+    return metadata
 
 
 def _open_h5(path: Path) -> h5py.File:
@@ -103,9 +106,15 @@ class Dataset:
             self.action_space = deserialize_space(self.metadata["action_space"])
         except (KeyError, ValueError, TypeError) as exc:
             raise UserError(f"{self.data_dir / 'metadata.json'}: field 'observation_space'/'action_space' missing or invalid ({exc})") from None
-        total = int(self.metadata.get("total_episodes", 0))
+        total = self.metadata.get("total_episodes", 0)
+        if not isinstance(total, int) or isinstance(total, bool) or total < 0:
+            raise UserError(f"{self.data_dir / 'metadata.json'}: field 'total_episodes' is {total!r}, expected a "
+                            "count; the dataset is damaged, rebuild or re-import it")
         self.episode_ids = np.arange(total) if episode_ids is None else np.asarray(episode_ids, dtype=np.int64)
         self._file: Optional[h5py.File] = None
+        #: Accept NaN/inf in observations, rewards and actions (``--allow-nonfinite``).
+        self.allow_nonfinite = False
+        self._report = None   # the CheckReport of this view, once checked
 
     # ---- basic facts -------------------------------------------------------------------
     @cached_property
@@ -131,11 +140,38 @@ class Dataset:
             return self.file[f"episode_{int(episode_id)}"]
         except KeyError:
             raise UserError(f"dataset {self.name}: episode {episode_id} is missing from {self.h5_path}; the file is truncated, rebuild it") from None
+        except (OSError, RuntimeError, ValueError) as exc:
+            raise UserError(f"dataset {self.name}: episode {episode_id} cannot be read from {self.h5_path} "
+                            f"({(str(exc).splitlines() or [type(exc).__name__])[0][:120]}); the file is corrupted, "
+                            "rebuild or re-import it") from None
+
+    def check(self, allow_nonfinite: Optional[bool] = None):
+        """Verify every episode of this view once (``wmil.data.check``); returns the CheckReport.
+
+        Reading data (samplers, ``episode``, ``summary``) runs it first, so nothing is trained
+        on or reported from a dataset that fails it. ``allow_nonfinite`` (default: this view's
+        :attr:`allow_nonfinite`) accepts NaN/inf values."""
+        from wmil.data.check import check_dataset
+
+        if allow_nonfinite is not None:
+            self.allow_nonfinite = bool(allow_nonfinite)
+        done = self._report
+        if done is None or (done.nonfinite_allowed and not self.allow_nonfinite):
+            self._report = check_dataset(self, self.allow_nonfinite)
+        return self._report
 
     @cached_property
     def lengths(self) -> np.ndarray:
-        """Number of actions T of every selected episode."""
-        return np.array([int(self._group(i)["actions"].shape[0]) for i in self.episode_ids], dtype=np.int64)
+        """Number of actions T of every selected episode (from the array shapes alone)."""
+        out = np.empty(len(self.episode_ids), np.int64)
+        for k, i in enumerate(self.episode_ids):
+            group = self._group(i)
+            actions = group.get("actions") if isinstance(group, h5py.Group) else None
+            if not isinstance(actions, h5py.Dataset) or len(actions.shape) == 0:
+                raise UserError(f"dataset {self.name}: episode {int(i)} field 'actions' is missing or not an array; "
+                                "the dataset is damaged (wmil datasets check names every problem)")
+            out[k] = actions.shape[0]
+        return out
 
     @property
     def total_steps(self) -> int:
@@ -160,7 +196,8 @@ class Dataset:
 
     # ---- episodes ----------------------------------------------------------------------
     def episode(self, i: int) -> Episode:
-        """The i-th selected episode, read whole."""
+        """The i-th selected episode, read whole (after the dataset's check)."""
+        self.check()
         group = self._group(self.episode_ids[i])
         infos = {}
         if "infos" in group:
@@ -199,7 +236,9 @@ class Dataset:
         return np.array(values)
 
     def summary(self) -> dict:
-        """Episode, step, return and length statistics plus spaces (``wmil datasets info``)."""
+        """Episode, step, return and length statistics plus spaces (``wmil datasets info``); a
+        dataset that fails its check has none (UserError)."""
+        self.check()
         lengths, returns = self.lengths, self.returns()
         stats = lambda x: {"mean": float(np.mean(x)), "std": float(np.std(x)), "min": float(np.min(x)),
                            "max": float(np.max(x))} if len(x) else None
@@ -226,7 +265,13 @@ class Dataset:
         indices = np.asarray(indices, dtype=np.int64)
         if len(indices) and (indices.min() < 0 or indices.max() >= len(self)):
             raise UserError(f"dataset {self.name}: episode index out of range (it has {len(self)} episodes)")
-        return Dataset(self.data_dir, self.episode_ids[indices])
+        view = Dataset(self.data_dir, self.episode_ids[indices])
+        view.allow_nonfinite = self.allow_nonfinite
+        if self._report is not None:  # every episode of a checked view passed
+            from wmil.data.check import CheckReport
+
+            view._report = CheckReport(self.name, len(view), -1, 0.0, self._report.nonfinite_allowed)
+        return view
 
     def head(self, k: int) -> "Dataset":
         if k > len(self):
@@ -292,38 +337,30 @@ class AlignedArrays:
         is_first = np.zeros(total, bool)
         is_terminal = np.zeros(total, bool)
         action_mask = np.zeros(total, bool)
-        where = f"dataset {dataset.name}"
+        dataset.check()  # lengths, shapes, dtypes, ranges and finiteness hold below
+        from wmil.data.check import read_episode
+
+        names = ("actions", "rewards", "terminations") + (("observations",) if obs is not None else ())
         for e, episode_id in enumerate(dataset.episode_ids):
-            group = dataset._group(episode_id)
+            fields = read_episode(dataset.file, episode_id, names)
             start, n = int(offsets[e]), int(n_obs[e])
             T = n - 1
-            acts = group["actions"][()]
+            acts = fields["actions"]
             if spec.discrete:
                 acts = acts.reshape(-1).astype(np.int64)
-                if len(acts) and (acts.min() < 0 or acts.max() >= A):
-                    raise UserError(f"{where}: episode {episode_id} field 'actions' has values outside 0..{A - 1}")
                 onehot = np.zeros((T, A), np.float32)
                 onehot[np.arange(T), acts] = 1.0
                 acts = onehot
             else:
                 acts = acts.reshape(T, A).astype(np.float32)
-            rewards = group["rewards"][()].astype(np.float32)
-            if not (np.isfinite(acts).all() and np.isfinite(rewards).all()):
-                raise UserError(f"{where}: episode {episode_id} has NaN/inf in 'actions' or 'rewards'; clean and re-import the data")
             action[start:start + T] = acts
             prev_action[start + 1:start + n] = acts
-            reward[start + 1:start + n] = rewards
+            reward[start + 1:start + n] = fields["rewards"]
             is_first[start] = True
             action_mask[start:start + T] = True
-            is_terminal[start + T] = bool(group["terminations"][-1]) if T > 0 else False
+            is_terminal[start + T] = bool(fields["terminations"][-1]) if T > 0 else False
             if obs is not None:
-                ob = group["observations"]
-                if not isinstance(ob, h5py.Dataset) or ob.shape != (n, *spec.obs_shape):
-                    raise UserError(f"{where}: episode {episode_id} field 'observations' has shape "
-                                    f"{getattr(ob, 'shape', None)}, expected {(n, *spec.obs_shape)}")
-                obs[start:start + n] = ob[()]
-                if not spec.pixels and not np.isfinite(obs[start:start + n]).all():
-                    raise UserError(f"{where}: episode {episode_id} field 'observations' contains NaN or inf; clean and re-import the data")
+                obs[start:start + n] = fields["observations"]
         return AlignedArrays(obs, prev_action, action, reward, is_first, is_terminal, action_mask, offsets, n_obs)
 
 

@@ -11,9 +11,14 @@ Policy strings (CLI ``--policy``):
   ``expert``                 the scripted expert of the env (see ``wmil.data.experts``)
   ``module.path:callable``   ``callable(obs) -> action`` (a class is instantiated first)
   ``path/to/policy.pt2``     a ``torch.export`` program (``torch.export.save``) mapping a (1, *O)
-                             float tensor to logits/action — the successor of TorchScript
+                             float tensor to logits/action — the successor of TorchScript; loaded
+                             without unpickling anything (files that would need it are refused)
   ``path/to/policy.pt``      a TorchScript module, same signature (deprecated by torch 2.13 but read)
   ``path/to/model.zip``      a stable-baselines3 model (needs ``stable-baselines3`` installed)
+
+TorchScript files, SB3 zips and ``module:callable`` policies are programs by design: loading
+one runs code from it (TorchScript code, SB3's pickled objects, an imported module). Use them
+only from sources you trust; a ``.pt2`` is the format to accept from others.
 With ``epsilon`` > 0 the chosen action is replaced by a uniform random one with probability ε
 (discrete), or perturbed by Gaussian noise of std ε·(high − low)/2 and clipped (continuous).
 """
@@ -190,15 +195,118 @@ def _batch_of_one(module) -> Callable:
 
 
 def _exported(path: Path) -> Callable:
+    """A ``torch.export`` program, loaded so that nothing in the file is unpickled.
+
+    ``torch.export.load`` unpickles some entries (tensor subclasses, opaque and custom
+    constants, legacy weight files) and, when a safe read of the sample inputs fails, falls
+    back to a full unpickle; AOTInductor entries are native code. So the archive is read into
+    memory once, checked by :func:`_pt2_refusal` (only the entries a plain exported program has,
+    no entry marked for pickling, sample inputs that load with ``weights_only=True``), and
+    loaded from those same bytes with every ``torch.load`` inside forced to ``weights_only``.
+    """
+    import io
+
     import torch
 
     try:
-        module = torch.export.load(str(path)).module()
-    except Exception as exc:  # a zip that is not an exported program, a version mismatch, …
+        data = path.read_bytes()
+    except OSError as exc:
+        raise UserError(f"policy {path}: cannot read it ({exc.strerror})") from None
+    refusal = _pt2_refusal(data)
+    if refusal and refusal.startswith("not a"):
+        raise UserError(f"policy {path}: {refusal}; save one with "
+                        "torch.export.save(torch.export.export(module, (example_obs,)), path)")
+    if refusal:
+        raise UserError(f"policy {path}: {refusal}; refused, since loading it would need unpickling, which can "
+                        "run code (re-export it with torch.export.save from plain tensors)")
+    try:
+        with _weights_only_loads():
+            module = torch.export.load(io.BytesIO(data)).module()
+    except Exception as exc:  # a version mismatch, a damaged graph, a refused unpickle, …
         first = (str(exc).splitlines() or [type(exc).__name__])[0]
-        raise UserError(f"policy {path}: not a torch.export program ({first}); save one with "
+        raise UserError(f"policy {path}: not a loadable torch.export program ({first[:200]}); save one with "
                         "torch.export.save(torch.export.export(module, (example_obs,)), path)") from None
     return _batch_of_one(module)
+
+
+#: Entries of a torch.export archive (below its root folder) that hold no pickles: the format
+#: markers, the graph (JSON), tensor payloads described by JSON configs, text extras.
+_PT2_PLAIN = ("archive_format", "archive_version", "byteorder", ".data/version", ".data/serialization_id")
+
+
+def _pt2_refusal(data: bytes) -> Optional[str]:
+    """Why the archive ``data`` cannot be loaded without unpickling, or None when it can."""
+    import io
+    import json
+    import zipfile
+
+    import torch
+
+    try:
+        archive = zipfile.ZipFile(io.BytesIO(data))
+        names = archive.namelist()
+    except (zipfile.BadZipFile, ValueError, OSError):
+        return "not a torch.export program (not a zip archive)"
+    roots = {name.split("/", 1)[0] for name in names}
+    if len(roots) != 1 or any("/" not in name for name in names):
+        return "not a torch.export program (entries outside one root folder)"
+    root = roots.pop() + "/"
+    entries = {name[len(root):]: name for name in names}
+    if "archive_version" not in entries or "archive_format" not in entries:
+        return "not a torch.export program of the current format (no archive_version; an old-format file)"
+    try:
+        for entry, name in entries.items():
+            if entry in _PT2_PLAIN or entry.startswith("extra/") or (entry.startswith("models/") and entry.endswith(".json")):
+                continue
+            if entry.startswith(("data/weights/", "data/constants/")) and not entry.endswith(".pt"):
+                if entry.endswith("_config.json"):
+                    config = json.loads(archive.read(name)).get("config", {})
+                    for fqn, meta in config.items():
+                        if not isinstance(meta, dict) or meta.get("use_pickle"):
+                            return f"entry {entry} stores {fqn!r} as a pickle"
+                        if not str(meta.get("path_name", "")).startswith(("tensor_", "weight_")):
+                            return f"entry {entry} stores {fqn!r} as a Python object ({meta.get('path_name')})"
+                continue
+            if entry.startswith("data/sample_inputs/") and entry.endswith(".pt"):
+                try:
+                    torch.load(io.BytesIO(archive.read(name)), weights_only=True)
+                except Exception:
+                    return f"entry {entry} (sample inputs) holds Python objects besides tensors"
+                continue
+            return f"unexpected entry {entry} (pickled, compiled or unknown content)"
+    except (zipfile.BadZipFile, ValueError, OSError, AttributeError, KeyError) as exc:
+        return f"damaged archive ({type(exc).__name__})"
+    return None
+
+
+class _weights_only_loads:
+    """Force every ``torch.load`` inside to ``weights_only=True`` (torch's own switch), even
+    where torch itself asks for ``weights_only=False``."""
+
+    KEY = "TORCH_FORCE_WEIGHTS_ONLY_LOAD"
+    #: torch logs failed loads with a traceback; the UserError says it in one line instead.
+    LOGGERS = ("torch.export", "torch._export")
+
+    def __enter__(self):
+        import logging
+        import os
+
+        self.saved = os.environ.get(self.KEY)
+        os.environ[self.KEY] = "1"
+        self.levels = {name: logging.getLogger(name).level for name in self.LOGGERS}
+        for name in self.LOGGERS:
+            logging.getLogger(name).setLevel(logging.CRITICAL)
+
+    def __exit__(self, *exc):
+        import logging
+        import os
+
+        if self.saved is None:
+            os.environ.pop(self.KEY, None)
+        else:
+            os.environ[self.KEY] = self.saved
+        for name, level in self.levels.items():
+            logging.getLogger(name).setLevel(level)
 
 
 def _sb3(path: Path) -> Callable:

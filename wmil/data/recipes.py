@@ -63,9 +63,10 @@ def find_recipe(recipe: str) -> Path:
 def read_recipe(path: Path) -> dict:
     """The YAML mapping of a recipe file (a one-line UserError when unreadable or not a mapping)."""
     try:
-        raw = yaml.safe_load(Path(path).read_text()) or {}
-    except (OSError, yaml.YAMLError) as exc:
-        raise UserError(f"{path}: cannot read recipe ({str(exc).splitlines()[0]})") from None
+        raw = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError, ValueError) as exc:  # ValueError: bytes that are not UTF-8
+        reason = (str(exc).splitlines() or [type(exc).__name__])[0][:160]
+        raise UserError(f"{path}: cannot read recipe ({reason})") from None
     if not isinstance(raw, dict):
         raise UserError(f"{path}: a recipe must be a YAML mapping of BuildConfig fields")
     return raw

@@ -73,14 +73,6 @@ class Episode:
         )
 
 
-def check_finite(episode: Episode, where: str) -> None:
-    """Raise a UserError naming the field when an episode holds NaN or inf."""
-    for key in ("observations", "actions", "rewards"):
-        value = getattr(episode, key)
-        if np.issubdtype(value.dtype, np.floating) and not np.isfinite(value).all():
-            raise UserError(f"{where}: field '{key}' contains NaN or inf values; clean the data before importing")
-
-
 @contextmanager
 def _minari_root(path: Path) -> Iterator[None]:
     old = os.environ.get("MINARI_DATASETS_PATH")
@@ -114,9 +106,13 @@ class DatasetWriter:
     def __init__(self, name: str, observation_space: gym.Space, action_space: gym.Space, *,
                  env_spec=None, overwrite: bool = False, description: str = "",
                  algorithm_name: str = "wmil", author: Optional[str] = None, author_email: Optional[str] = None,
-                 code_permalink: Optional[str] = None):
+                 code_permalink: Optional[str] = None, allow_nonfinite: bool = False):
+        from wmil.data.dataset import spec_from_spaces
+
         self.name = names.validate_name(name)
         self.final_dir = check_writable(name, overwrite)
+        self.spec = spec_from_spaces(observation_space, action_space, f"dataset {name}")
+        self.allow_nonfinite = allow_nonfinite
         self.observation_space = observation_space
         self.action_space = action_space
         self.env_spec = env_spec
@@ -139,7 +135,13 @@ class DatasetWriter:
         self._build_root = Path(tempfile.mkdtemp(prefix=".wmil-build-", dir=root))
         return self
 
-    def add(self, episode: Episode) -> None:
+    def add(self, episode: Episode, where: Optional[str] = None) -> None:
+        """Queue ``episode`` after the dataset check (``wmil.data.check``): nothing that fails it
+        is ever written. ``where`` names the episode's source in an error message."""
+        from wmil.data.check import FIELDS, check_episode
+
+        check_episode({name: getattr(episode, name) for name in FIELDS}, self.spec,
+                      where or f"dataset {self.name}: episode {self.episodes}", self.allow_nonfinite)
         self._pending.append(episode)
         self._pending_bytes += episode.nbytes
         self.episodes += 1

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from wmil.errors import UserError
+from wmil.runs import write_text_atomic
 from wmil.progress import progress_bar
 
 #: Evaluation episodes use seeds far from those of recorded data (0…) and demos (10000…).
@@ -281,12 +282,12 @@ def run_episodes(envs, policies: Sequence, episodes: int, seed: int, determinist
     return [done[i] for i in range(episodes)]
 
 
-def _load(policy_or_run):
+def _load(policy_or_run, trust: bool = False):
     """(policy, run dir or None)."""
     if isinstance(policy_or_run, (str, os.PathLike)):
         from wmil.train.policy import load_policy
 
-        return load_policy(policy_or_run), Path(policy_or_run)
+        return load_policy(policy_or_run, trust=trust), Path(policy_or_run)
     if not (hasattr(policy_or_run, "act") and hasattr(policy_or_run, "reset") and hasattr(policy_or_run, "spec")):
         raise UserError(f"evaluate_policy takes a run directory or a loaded policy (wmil.load_policy), got "
                         f"{type(policy_or_run).__name__}")
@@ -331,8 +332,8 @@ def evaluate_policy(policy_or_run, env=None, *, env_id: Optional[str] = None, en
                     wrappers: Optional[Sequence[Callable]] = None, n_envs: int = 1, episodes: int = 10,
                     seed: int = EVAL_SEED, video: bool = False, video_episodes: int = 1, video_format: str = "gif",
                     act: str = "auto", starts: str = "standard", action_noise: float = 0.0, obs_noise: float = 0.0,
-                    offline: bool = True, progress: bool = True,
-                    out: Optional[str | os.PathLike] = None) -> dict[str, Any]:
+                    offline: bool = True, progress: bool = True, out: Optional[str | os.PathLike] = None,
+                    trust: bool = False) -> dict[str, Any]:
     """Score a policy in a real environment; returns the report (also written as ``evaluation.json``).
 
     ``policy_or_run``: a policy run directory or a loaded policy (``wmil.load_policy``).
@@ -354,7 +355,8 @@ def evaluate_policy(policy_or_run, env=None, *, env_id: Optional[str] = None, en
 
     Writes ``evaluation.json`` (and videos with ``video``: the first ``video_episodes`` episodes,
     ``video_format`` 'gif' or 'mp4', every step at the env's ``render_fps``) into ``out``, or
-    into the run directory when evaluating one.
+    into the run directory when evaluating one. ``trust`` loads a run's checkpoint that needs
+    unpickling (older versions; it can run code).
     """
     from wmil.envs.protocols import Protocol
     from wmil.eval.offline import offline_metrics
@@ -369,7 +371,7 @@ def evaluate_policy(policy_or_run, env=None, *, env_id: Optional[str] = None, en
     if act not in ("auto", "sample", "greedy"):
         raise UserError(f"--act {act!r}: choose auto, sample or greedy")
     protocol = Protocol(starts, float(action_noise), float(obs_noise))
-    policy, run_dir = _load(policy_or_run)
+    policy, run_dir = _load(policy_or_run, trust)
     if act == "auto":
         act = _convention(policy)
     deterministic = act == "greedy"
@@ -417,7 +419,7 @@ def evaluate_policy(policy_or_run, env=None, *, env_id: Optional[str] = None, en
         if not fps_declared:
             report["video_fps_note"] = "the environment declares no render_fps; 30 frames/s assumed"
     path = out_dir / "evaluation.json"
-    path.write_text(json.dumps(report, indent=2))
+    write_text_atomic(path, json.dumps(report, indent=2))  # a kill never leaves half a report
     report["report_path"] = str(path)
     if run_dir is not None and out is None:
         log_evaluation(run_dir, report)

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from wmil.errors import UserError
-from wmil.runs import RunDir
+from wmil.runs import RunDir, from_config, write_text_atomic
 from wmil.data.dataset import MixedSampler, load_all
 from wmil.train.world_model import load_world_model
 from wmil.world_models.base import HORIZONS, open_loop_errors
@@ -25,19 +25,21 @@ from wmil.world_models.base import HORIZONS, open_loop_errors
 
 def evaluate_world_model(run_dir: str | os.PathLike, datasets: Optional[Sequence[str]] = None, batches: int = 8,
                          context: int = 10, seed: int = 0, expert: Optional[str] = None,
-                         reward_features: str = "deter", horizon: int = 15) -> dict:
+                         reward_features: str = "deter", horizon: int = 15, trust: bool = False) -> dict:
     """Open-loop errors of the world model of ``run_dir`` on held-out episodes (or ``datasets``)
     and, with ``expert`` (a dataset name or path), the reward check of
-    :mod:`wmil.eval.reward_check` on its episodes; writes ``open_loop.json`` into the run."""
-    model = load_world_model(run_dir)
+    :mod:`wmil.eval.reward_check` on its episodes; writes ``open_loop.json`` into the run.
+    ``trust`` loads a checkpoint that needs unpickling (older versions; can run code)."""
+    model = load_world_model(run_dir, trust=trust)
     config = model.run_config
     if datasets:
         views = load_all(datasets)
         if views[0].spec.to_dict() != config["spec"]:
             raise UserError(f"dataset {views[0].name} does not match the model's spaces {config['spec']}")
     else:
-        views = [v for _, v in (d.split(config["train"]["validation_fraction"], seed=config["train"]["seed"])
-                                for d in load_all(config["datasets"])) if len(v)]
+        views = from_config(RunDir(run_dir, "world_model"), lambda: [
+            v for _, v in (d.split(config["train"]["validation_fraction"], seed=config["train"]["seed"])
+                           for d in load_all(config["datasets"])) if len(v)])
         if not views:
             raise UserError(f"{run_dir}: the run has no held-out episodes; pass --dataset to evaluate on")
     length = context + max(HORIZONS)
@@ -71,7 +73,7 @@ def evaluate_world_model(run_dir: str | os.PathLike, datasets: Optional[Sequence
     if model.spec.pixels:
         report["strip_path"] = str(save_strip(model, first, context, run.path / "open_loop_strip.png"))
     path = run.path / "open_loop.json"
-    path.write_text(json.dumps(report, indent=2))
+    write_text_atomic(path, json.dumps(report, indent=2))  # a kill never leaves half a report
     report["report_path"] = str(path)
     return report
 

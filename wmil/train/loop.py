@@ -2,12 +2,15 @@
 
 A trainer supplies ``update(step) -> metrics`` (one optimiser step), ``evaluate(step) ->
 metrics`` and ``checkpoint() -> payload``; the loop owns cadence, the frames/s figure, the
-NaN guard (a non-finite loss stops training before anything is saved) and the final save.
+divergence guard (``wmil.train.divergence``: a non-finite loss, a non-finite gradient norm or
+metric, or a loss far above its running level stops training before anything is saved) and
+the final save.
 """
 
 from __future__ import annotations
 
 import math
+import re
 import sys
 import time
 from typing import Callable, Optional
@@ -17,14 +20,25 @@ from wmil.errors import UserError
 from wmil.progress import progress_bar
 from wmil.runs import RunDir
 from wmil.threads import RateWatch
+from wmil.train.divergence import DivergenceGuard
+
+
+#: Messages of torch errors caused by non-finite numbers (distributions, multinomial, …).
+_NON_FINITE = re.compile(r"\b(nan|inf)\b|invalid values", re.IGNORECASE)
+
+
+def _last_checkpoint(run: RunDir) -> Optional[str]:
+    found = run.checkpoints()
+    return found[-1].name if found else None
 
 
 def check_finite(step: int, losses: dict, run: RunDir) -> None:
+    """Stop on a NaN/inf loss term before the optimiser applies it."""
     for name, value in losses.items():
         v = float(value.detach()) if hasattr(value, "detach") else float(value)
         if not math.isfinite(v):
-            last = run.checkpoints()
-            where = f"the last checkpoint ({last[-1].name}) is intact" if last else "no checkpoint was written"
+            last = _last_checkpoint(run)
+            where = f"the last checkpoint ({last}) is intact" if last else "no checkpoint was written"
             raise UserError(f"step {step}: loss term '{name}' is {v}; training stopped ({where}); "
                             "lower the learning rate or check the data for outliers")
 
@@ -34,14 +48,26 @@ def run_loop(run: RunDir, config: LoopConfig, start_step: int,
              checkpoint: Callable[[], dict], progress: bool = True, desc: str = "training",
              postfix_keys: tuple[str, ...] = (), frames_per_update: int = 0) -> dict:
     """Run updates ``start_step+1 … steps`` at the cadence of ``config``; returns the last logged
-    metrics. ``frames_per_update`` (B×T) adds a frames/s figure (0: updates/s only)."""
-    bar = progress_bar(config.steps, desc, progress, unit="upd", initial=start_step)
+    metrics. ``frames_per_update`` (B×T) adds a frames/s figure (0: updates/s only). The run is
+    closed (TensorBoard flushed, lock released) however the loop ends."""
+    guard = DivergenceGuard(config.on_divergence, lambda: _last_checkpoint(run))
+    if run.resumed is not None:
+        guard.load_state(run.resumed.get("divergence"))
+    bar = progress_bar(config.steps, desc, progress and start_step < config.steps, unit="upd", initial=start_step)
     last: dict = {}
     watch = RateWatch()  # warns once if updates/s collapses (e.g. OpenMP threads on a busy CPU)
     window_started, window_updates = time.perf_counter(), 0
     try:
         for step in range(start_step + 1, config.steps + 1):
-            metrics = update(step)
+            try:
+                metrics = update(step)
+            except (RuntimeError, ValueError) as exc:
+                if not _NON_FINITE.search(str(exc)):
+                    raise
+                # Parameters driven to inf/NaN by the previous step break sampling (torch checks
+                # distribution parameters) before this step's metrics exist: the same divergence.
+                guard.failed(step, (str(exc).splitlines() or [""])[0][:160])
+            guard.check(step, metrics)
             window_updates += 1
             if step % config.log_every == 0 or step == config.steps:
                 elapsed = max(time.perf_counter() - window_started, 1e-9)
@@ -53,7 +79,9 @@ def run_loop(run: RunDir, config: LoopConfig, start_step: int,
                 if frames_per_update:
                     metrics["perf/frames_per_s"] = rate * frames_per_update
                 if evaluate is not None and (step % config.eval_every == 0 or step == config.steps):
-                    metrics.update(evaluate(step))
+                    evaluation = evaluate(step)
+                    guard.check(step, evaluation)
+                    metrics.update(evaluation)
                 run.log(step, metrics)
                 last = metrics
                 window_started, window_updates = time.perf_counter(), 0
@@ -64,7 +92,7 @@ def run_loop(run: RunDir, config: LoopConfig, start_step: int,
                     shown["upd/s"] = f"{rate:.1f}"
                 bar.set_postfix(shown, refresh=False)
             if step % config.checkpoint_every == 0 or step == config.steps:
-                run.save_checkpoint(step, checkpoint())
+                run.save_checkpoint(step, {**checkpoint(), "divergence": guard.state()})
             bar.update(1)
     finally:
         bar.close()

@@ -18,7 +18,7 @@ from wmil.config import LoopConfig, PosInt, build_config, split_overrides, to_di
 from wmil.data.dataset import Dataset, load
 from wmil.errors import UserError
 from wmil.policy import DeployedPolicy
-from wmil.runs import RunDir, resolve_device, rng_state, seed_everything, set_rng_state
+from wmil.runs import RunDir, from_config, resolve_device, rng_state, seed_everything, set_rng_state
 from wmil.train.loop import check_finite, run_loop
 from wmil.train.world_model import load_world_model
 from wmil.types import DataSpec
@@ -39,26 +39,28 @@ class ImagineTrainConfig(LoopConfig):
     }
 
 
-def _world_model_from_run(model_run: str | os.PathLike, device: str):
-    run = RunDir(model_run, "world_model")
+def _world_model_from_run(model_run: str | os.PathLike, device: str, trust: bool = False):
+    run = RunDir(model_run, "any")
     config = run.read_config() if run.exists() else None
     if config is None:
         raise UserError(f"--model {model_run}: not a world-model run directory (no config.yaml); "
                         "train one with 'wmil train-model'")
     if config.get("kind") != "world_model":
         raise UserError(f"--model {model_run}: holds a {config.get('kind')} run, not a world model")
-    return load_world_model(model_run, device)
+    return load_world_model(model_run, device, trust=trust)
 
 
 def train_policy(algo: str, model: Optional[str | os.PathLike], expert: str | Dataset,
                  out: Optional[str | os.PathLike] = None, preset: str = "small", steps: Optional[int] = None,
                  expert_episodes: Optional[int] = None, seed: Optional[int] = None, device: str = "auto",
-                 overrides: Optional[dict[str, str]] = None, progress: bool = True) -> DeployedPolicy:
+                 overrides: Optional[dict[str, str]] = None, progress: bool = True,
+                 trust_checkpoint: bool = False) -> DeployedPolicy:
     """Train (or resume) an imitation policy, inside the world model of run ``model`` when the
     algorithm uses one (``model`` may be None for model-free ones such as BC).
 
     Returns the deployable policy (``run_dir`` set to its run directory). ``expert`` is a dataset name/path/object; ``overrides``
-    are ``-o`` pairs for the run (``steps``…) or the algorithm (``gamma``…).
+    are ``-o`` pairs for the run (``steps``…) or the algorithm (``gamma``…). ``trust_checkpoint``
+    loads checkpoints that need unpickling (older versions): only for files you trust.
     """
     cls = algorithm_class(algo)
     routed = split_overrides(overrides or {}, {"train": ImagineTrainConfig, "algo": cls.config_cls})
@@ -69,7 +71,8 @@ def train_policy(algo: str, model: Optional[str | os.PathLike], expert: str | Da
     dev = resolve_device(device)
     if cls.world_models is not None and model is None:
         raise UserError(f"--algo {algo} trains inside a world model: pass --model RUN_DIR (from wmil train-model)")
-    world_model = _world_model_from_run(model, str(dev)) if model is not None and cls.world_models is not None else None
+    world_model = (_world_model_from_run(model, str(dev), trust_checkpoint)
+                   if model is not None and cls.world_models is not None else None)
     expert_ds = expert if isinstance(expert, Dataset) else load(expert)
     if world_model is not None and expert_ds.spec != world_model.spec:
         raise UserError(f"expert dataset {expert_ds.name} has {expert_ds.spec.describe()} but the world model in "
@@ -81,19 +84,22 @@ def train_policy(algo: str, model: Optional[str | os.PathLike], expert: str | Da
                             f"has {len(expert_ds)} episodes")
         expert_ds = expert_ds.head(train_cfg.expert_episodes)
 
+    expert_ds.check(train_cfg.allow_nonfinite)  # every used episode, before anything is written
     run = RunDir(out or Path("runs") / f"{algo}-{expert_ds.name.replace('/', '-')}", "policy")
     wm_config = world_model.run_config if world_model is not None else None
     config = {
         "algo": algo, "preset": preset,
         "world_model_run": str(Path(model).resolve()) if world_model is not None else None,
         "world_model": {k: wm_config[k] for k in ("model", "preset", "spec", "model_config")} if wm_config else None,
+        "world_model_checkpoint": {"step": world_model.checkpoint_step, "sha256": world_model.fingerprint}
+        if world_model is not None else None,
         "spec": expert_ds.spec.to_dict(), "expert": expert_ds.name,
         "expert_episode_ids": [int(i) for i in expert_ds.episode_ids],
         "env": expert_ds.wmil_metadata.get("env"),
         "ref_min_score": expert_ds.ref_min_score, "ref_max_score": expert_ds.ref_max_score,
         "train": to_dict(train_cfg), "algo_config": to_dict(algo_cfg),
     }
-    resume = run.start_or_resume(config, ("algo", "world_model", "expert", "expert_episode_ids", "algo_config"))
+    resume = run.start_or_resume(config, trust=trust_checkpoint)
     seed_everything(train_cfg.seed)
     if world_model is not None:
         for parameter in world_model.parameters():
@@ -123,24 +129,29 @@ def train_policy(algo: str, model: Optional[str | os.PathLike], expert: str | Da
     return policy
 
 
-def load_policy(run_dir: str | os.PathLike, device: str = "cpu") -> DeployedPolicy:
+def load_policy(run_dir: str | os.PathLike, device: str = "cpu", trust: bool = False) -> DeployedPolicy:
     """The deployable policy of a ``wmil imagine`` run (``reset()``, ``act(obs)``); its
-    ``run_config`` holds the run's config."""
+    ``run_config`` holds the run's config. ``trust`` loads a checkpoint that needs unpickling
+    (older versions; it can run code)."""
     run = RunDir(run_dir, "policy")
     config = run.read_config()
     run.check_kind(config)
-    checkpoint = run.load_checkpoint()
+    checkpoint = run.load_checkpoint(trust=trust)
     if checkpoint is None:
         raise UserError(f"{run.path}: no checkpoint yet; train the policy first")
-    cls = algorithm_class(config["algo"])
-    algo_cfg = build_config(cls.config_cls, "small", config["algo_config"], f"{run.config_path} (algo_config)")
-    world_model = None
-    if config.get("world_model"):  # BC acts on observations and has none
-        wm = config["world_model"]
-        world_model = make_world_model(wm["model"], DataSpec.from_dict(wm["spec"]),
-                                       config_for(wm["model"], wm.get("preset", "small"), **wm["model_config"]))
-        world_model.load_state_dict(checkpoint["world_model"])
-        world_model.eval()
-    policy = cls.deployable(world_model, algo_cfg, checkpoint["algo"], DataSpec.from_dict(config["spec"]))
+
+    def build():
+        cls = algorithm_class(config["algo"])
+        algo_cfg = build_config(cls.config_cls, "small", config["algo_config"], f"{run.config_path} (algo_config)")
+        world_model = None
+        if config.get("world_model"):  # BC acts on observations and has none
+            wm = config["world_model"]
+            world_model = make_world_model(wm["model"], DataSpec.from_dict(wm["spec"]),
+                                           config_for(wm["model"], wm.get("preset", "small"), **wm["model_config"]))
+            world_model.load_state_dict(checkpoint["world_model"])
+            world_model.eval()
+        return cls.deployable(world_model, algo_cfg, checkpoint["algo"], DataSpec.from_dict(config["spec"]))
+
+    policy = from_config(run, build)
     policy.run_config = config
     return policy.to(resolve_device(device))

@@ -19,7 +19,8 @@ import torch
 from wmil.config import LoopConfig, PosInt, Prob, build_config, split_overrides, to_dict
 from wmil.data.dataset import Dataset, MixedSampler, load_all
 from wmil.errors import UserError
-from wmil.runs import RunDir, resolve_device, rng_state, seed_everything, set_rng_state
+from wmil.runs import RunDir, fingerprint, from_config, resolve_device, rng_state, seed_everything, set_rng_state
+from wmil.train.divergence import check_mode
 from wmil.train.loop import check_finite, run_loop
 from wmil.types import DataSpec
 from wmil.world_models.base import HORIZONS, WorldModelBase, open_loop_errors, total_loss
@@ -66,18 +67,22 @@ def _resolve(model: str, preset: str, overrides: dict[str, str], train_overrides
 
 def train_world_model(dataset: str | Dataset | Sequence[str | Dataset], model: str = "rssm", preset: str = "small",
                       out: Optional[str | os.PathLike] = None, steps: Optional[int] = None, seed: Optional[int] = None,
-                      device: str = "auto", overrides: Optional[dict[str, str]] = None,
-                      progress: bool = True) -> WorldModelBase:
+                      device: str = "auto", overrides: Optional[dict[str, str]] = None, progress: bool = True,
+                      trust_checkpoint: bool = False) -> WorldModelBase:
     """Train (or resume) a world model; returns the trained model (in eval mode, ``run_dir`` set).
 
     ``dataset`` is one or more dataset names/paths/objects; ``overrides`` are ``-o`` pairs such
-    as ``{"lr": "1e-4", "model.deter": "256"}``.
+    as ``{"lr": "1e-4", "model.deter": "256"}``. ``trust_checkpoint`` resumes from a checkpoint
+    that needs unpickling (older versions): only for files you trust, since it can run code.
     """
     names = [dataset] if isinstance(dataset, (str, Dataset, os.PathLike)) else list(dataset)
     datasets = load_all(names)
     spec = datasets[0].spec
     train_overrides = {k: v for k, v in (("steps", steps), ("seed", seed)) if v is not None}
     train_cfg, model_cfg = _resolve(model, preset, overrides or {}, train_overrides)
+    check_mode(train_cfg.on_divergence)
+    for d in datasets:  # every episode, before anything is written (wmil.data.check)
+        d.check(train_cfg.allow_nonfinite)
     dev = resolve_device(device)
     run = RunDir(out or Path("runs") / f"{model}-{datasets[0].name.replace('/', '-')}", "world_model")
     config = {
@@ -85,7 +90,7 @@ def train_world_model(dataset: str | Dataset | Sequence[str | Dataset], model: s
         "dataset_paths": [str(d.data_dir.parent) for d in datasets], "spec": spec.to_dict(),
         "train": to_dict(train_cfg), "model_config": to_dict(model_cfg),
     }
-    resume = run.start_or_resume(config, ("model", "spec", "model_config", "datasets"))
+    resume = run.start_or_resume(config, trust=trust_checkpoint)
     seed_everything(train_cfg.seed)
     world_model = make_world_model(model, spec, model_cfg)
     split = [d.split(train_cfg.validation_fraction, seed=train_cfg.seed) for d in datasets]
@@ -179,22 +184,28 @@ def _validate(world_model, val: _ValidationSampler, cfg: WorldModelTrainConfig, 
         torch.set_rng_state(cpu_state)
 
 
-def load_world_model(run_dir: str | os.PathLike, device: str = "cpu") -> WorldModelBase:
-    """Load the newest checkpoint of a ``train-model`` run for use (eval mode)."""
+def load_world_model(run_dir: str | os.PathLike, device: str = "cpu", trust: bool = False) -> WorldModelBase:
+    """Load the newest checkpoint of a ``train-model`` run for use (eval mode).
+
+    The model carries ``run_config`` (config.yaml), ``checkpoint_step`` and ``fingerprint`` (a
+    hash of its parameters, which imagination runs record to notice a model trained further).
+    ``trust`` loads a checkpoint that needs unpickling (older versions; can run code).
+    """
     run = RunDir(run_dir, "world_model")
     config = run.read_config()
     run.check_kind(config)
-    spec = DataSpec.from_dict(config["spec"])
-    model_cfg = config_for(config["model"], config.get("preset", "small"), **config["model_config"])
-    model = make_world_model(config["model"], spec, model_cfg)
-    checkpoint = run.load_checkpoint()
+    model = from_config(run, lambda: make_world_model(config["model"], DataSpec.from_dict(config["spec"]), config_for(
+        config["model"], config.get("preset", "small"), **config["model_config"])))
+    checkpoint = run.load_checkpoint(trust=trust)
     if checkpoint is None:
         raise UserError(f"{run.path}: no checkpoint yet; train the model first (wmil train-model --out {run.path})")
     try:
         model.load_state_dict(checkpoint["model"])
-    except RuntimeError as exc:
+    except (RuntimeError, KeyError, TypeError) as exc:
         raise UserError(f"{run.path}: checkpoint does not fit the model in config.yaml ({str(exc).splitlines()[0]})") from None
     model.to(resolve_device(device))
     model.eval()
     model.run_config = config
+    model.checkpoint_step = int(checkpoint["step"])
+    model.fingerprint = fingerprint(checkpoint["model"])
     return model

@@ -519,6 +519,42 @@ def evaluate_cmd(run_dir, env_id, episodes, seed, n_envs, video, video_episodes,
         click.echo(f"video: {path}  ({frames} frames at {report['video_fps']:g} fps)")
 
 
+@cli.command("compare")
+@click.argument("runs", nargs=-1, required=True, type=click.Path(file_okay=False))
+@click.option("--starts", "protocols", multiple=True, type=click.Choice(["standard", "shifted"]),
+              default=("standard", "shifted"), show_default=True, help="Start-state protocols to score under.")
+@click.option("--episodes", default=20, show_default=True, type=click.IntRange(min=1),
+              help="Evaluation episodes per policy and protocol.")
+@click.option("--act", type=click.Choice(["auto", "sample", "greedy"]), default="auto", show_default=True,
+              help="How the policies act (auto: each algorithm's convention).")
+@click.option("--seed", type=click.IntRange(min=0), help="First evaluation seed (default 1,000,000).")
+@threads_option
+def compare_cmd(runs, protocols, episodes, act, seed):
+    """Score several trained policies side by side under each protocol (expert-normalised score,
+    with the expert's and a random policy's returns under the same protocol; return)."""
+    from wmil.eval.evaluate import EVAL_SEED, evaluate_policy
+    from wmil.train.policy import load_policy
+
+    rows = []
+    for run in runs:
+        policy = load_policy(run)  # a loaded policy: the run directory's own evaluation files are left alone
+        cells = []
+        for protocol in protocols:
+            report = evaluate_policy(policy, episodes=episodes, act=act, starts=protocol, progress=False,
+                                     seed=EVAL_SEED if seed is None else seed)
+            score = report.get("normalized_score")
+            cells.append(f"{score:6.2f} ({report['return_mean']:7.1f})" if score is not None
+                         else f"   -   ({report['return_mean']:7.1f})")
+        demos = len(policy.run_config.get("expert_episode_ids") or [])
+        rows.append((f"{run}", f"{report.get('algo') or '?'}, {demos} demo{'s' if demos != 1 else ''}", cells))
+    width = max(len(r[0]) for r in rows)
+    click.echo(f"{'run':<{width}}  {'algorithm':<16}" + "".join(f"  {p + ' starts':>18}" for p in protocols))
+    for run, what, cells in rows:
+        click.echo(f"{run:<{width}}  {what:<16}" + "".join(f"  {c:>18}" for c in cells))
+    click.echo(f"expert-normalised score (return) over {episodes} episodes; 1 = the scripted expert from the same "
+               "starts, 0 = a random policy")
+
+
 @cli.command("plot")
 @click.argument("runs", nargs=-1, required=True, type=click.Path(file_okay=False))
 @click.option("--metric", "metrics", multiple=True, help="Metric key(s) to draw (default: the main ones of the run kind).")

@@ -16,7 +16,10 @@ from wmil.eval import plot
 def fake_run(path, kind, rows, evaluations=None):
     """A run directory with ``config.yaml`` and ``metrics.jsonl`` (and ``evaluations.jsonl``)."""
     path.mkdir(parents=True)
-    (path / "config.yaml").write_text(yaml.safe_dump({"kind": kind}))
+    from wmil.runs import REQUIRED_FIELDS
+
+    fields = {name: {} for name in REQUIRED_FIELDS.get(kind, ())}  # what a run's config.yaml must hold
+    (path / "config.yaml").write_text(yaml.safe_dump({"kind": kind, **fields}))
     (path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     if evaluations:
         (path / "evaluations.jsonl").write_text("".join(json.dumps(r) + "\n" for r in evaluations))

@@ -92,3 +92,22 @@ def test_the_action_convention_follows_the_algorithm():
                                                                              "vins", "gpril")}
     assert conventions == {"ditto": "sample", "dgail": "sample", "dbc": "sample", "sqil": "sample", "bc": "greedy",
                            "vins": "greedy", "gpril": "greedy"}
+
+
+def test_compare_scores_runs_side_by_side_under_each_protocol(env_worlds, tmp_path, monkeypatch, capsys):
+    from cli.main import main as wmil_main
+    from wmil.train.policy import train_policy
+
+    world = env_worlds(True)
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(world.datasets))
+    runs = []
+    for steps in (1, 3):
+        out = tmp_path / f"bc-{steps}"
+        train_policy("bc", None, world.expert, out=out, preset="tiny", steps=steps, progress=False, device="cpu",
+                     expert_episodes=1)
+        runs.append(str(out))
+    assert wmil_main(["compare", *runs, "--episodes", "2"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "standard starts" in lines[0] and "shifted starts" in lines[0]
+    assert all(any(line.startswith(run) and "bc, 1 demo" in line for line in lines) for run in runs)
+    assert not any((tmp_path / f"bc-{s}" / "evaluation.json").exists() for s in (1, 3))   # the runs are left alone

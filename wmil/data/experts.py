@@ -23,6 +23,7 @@ from typing import Callable, Protocol, runtime_checkable
 
 import numpy as np
 
+from wmil.data.minatar_experts import MINATAR_EXPERTS
 from wmil.errors import UserError
 
 __all__ = ["Expert", "make_expert", "EXPERT_ENV_IDS"]
@@ -369,6 +370,7 @@ _EXPERTS: dict[str, Callable[[], Expert]] = {
     "ALE/Pong-v5": PongExpert,
     "ALE/Breakout-v5": BreakoutExpert,
 }
+_EXPERTS.update(MINATAR_EXPERTS)
 
 EXPERT_ENV_IDS: tuple[str, ...] = tuple(_EXPERTS)
 

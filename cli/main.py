@@ -351,12 +351,17 @@ def train_model_cmd(datasets, model, preset, steps, seed, out, device, overrides
 @click.option("--dataset", "datasets", multiple=True, help="Evaluate on these datasets (default: the run's held-out episodes).")
 @click.option("--batches", default=8, show_default=True, help="Batches of up to 32 windows.")
 @click.option("--context", default=10, show_default=True, help="Observed steps before imagining.")
+@click.option("--video", is_flag=True, help="Image models: RUN_DIR/open_loop.gif, real frames beside the model's "
+              "(reconstructed while observing, then imagined open loop from the same start).")
+@click.option("--video-format", type=click.Choice(["gif", "mp4"]), default="gif", show_default=True,
+              help="Video file format (mp4: H.264 through imageio-ffmpeg).")
 @threads_option
-def evaluate_model_cmd(run_dir, datasets, batches, context):
+def evaluate_model_cmd(run_dir, datasets, batches, context, video, video_format):
     """Open-loop prediction error at horizons 1, 5, 15 vs. repeating the last observation."""
     from wmil.eval.world_model import evaluate_world_model
 
-    report = evaluate_world_model(run_dir, list(datasets) or None, batches=batches, context=context)
+    report = evaluate_world_model(run_dir, list(datasets) or None, batches=batches, context=context, video=video,
+                                  video_format=video_format)
     click.echo(f"{'horizon':>8} {'model MSE':>12} {'naive MSE':>12} {'ratio':>8}")
     for h in (1, 5, 15):
         click.echo(f"{h:>8} {report[f'open_loop/mse_h{h}']:>12.5f} {report[f'open_loop/naive_mse_h{h}']:>12.5f} "
@@ -365,6 +370,8 @@ def evaluate_model_cmd(run_dir, datasets, batches, context):
         click.echo("  per coordinate, mean over 15 imagined steps (model / naive): " + ", ".join(
             f"{m:.4f}/{n:.4f}" for m, n in zip(report["per_dim_mse_15_steps"], report["per_dim_naive_mse_15_steps"])))
     click.echo(f"report: {report['report_path']}" + (f"; image strip: {report['strip_path']}" if report.get("strip_path") else ""))
+    if report.get("video_path"):
+        click.echo(f"video: {report['video_path']}  (left: real frames; right: the model, red bar = imagined)")
     warn_ratios(report)
 
 

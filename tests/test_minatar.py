@@ -248,6 +248,15 @@ def test_tiny_minatar_run_through_the_command_line(tmp_path, capsys):
 
     wm = load_world_model(runs / "wm")
     assert isinstance(wm.encoder, GridEncoder) and wm.likelihood == "bernoulli"
+    assert wmil_main(["evaluate-model", str(runs / "wm"), "--dataset", "mini-breakout/expert-v0", "--batches", "1",
+                      "--video"]) == 0
+    assert f"video: {runs / 'wm' / 'open_loop.gif'}" in capsys.readouterr().out
+    from PIL import Image
+
+    with Image.open(runs / "wm" / "open_loop.gif") as gif:   # 4 windows (rows) of real | model, 25 steps
+        assert gif.n_frames >= 2 and gif.size == (160 + 8 + 160, 4 * 166 + 3 * 8)
+        gif.seek(gif.n_frames - 1)
+        gif.convert("RGB").save(runs / "last_frame.png")
     assert wmil_main(["imagine", "--algo", "ditto", "--model", str(runs / "wm"), "--expert", "mini-breakout/expert-v0",
                       "--preset", "tiny", "--steps", "3", "--out", str(runs / "ditto"), "--quiet"]) == 0
     assert wmil_main(["imagine", "--algo", "bc", "--expert", "mini-breakout/expert-v0", "--preset", "tiny",
@@ -255,7 +264,6 @@ def test_tiny_minatar_run_through_the_command_line(tmp_path, capsys):
     assert wmil_main(["evaluate", str(runs / "ditto"), "--episodes", "2", "--video", "--quiet"]) == 0
     printed = capsys.readouterr().out
     assert "normalized_score" in printed and "episode_0.gif" in printed and "at 10 fps" in printed
-    from PIL import Image
 
     with Image.open(runs / "ditto" / "videos" / "episode_0.gif") as gif:
         assert gif.size == (160, 160)                       # the 10×10 grid drawn 16 pixels a cell

@@ -82,15 +82,13 @@ def as_model_obs(obs: Any, obs_shape: tuple[int, ...]) -> np.ndarray:
 
 
 def render_grid(image: np.ndarray, cell: int = CELL) -> np.ndarray:
-    """``(C, H, W)`` channel image (uint8, a cell is on above 127) -> ``(H·cell, W·cell, 3)`` RGB
-    uint8: black background, one colour per channel, thin grid lines so cells stay countable."""
-    image = np.asarray(image)
-    on = image > 127                                                   # (C, H, W)
-    C, H, W = on.shape
-    rgb = np.zeros((H, W, 3), np.uint8)
-    for c in range(C):
-        rgb[on[c]] = PALETTE[c % len(PALETTE)]
-    big = np.repeat(np.repeat(rgb, cell, 0), cell, 1)
+    """``(C, H, W)`` channel image, uint8 (255 = on; a model's predicted probability × 255 draws
+    dimmer) -> ``(H·cell, W·cell, 3)`` RGB uint8: black background, one colour per channel (the
+    brightest wins where channels overlap), thin grid lines so cells stay countable."""
+    level = np.asarray(image, dtype=np.float32) / 255.0                 # (C, H, W) in [0, 1]
+    colours = PALETTE[np.arange(level.shape[0]) % len(PALETTE)].astype(np.float32)   # (C, 3)
+    rgb = (level[..., None] * colours[:, None, None, :]).max(0)         # (H, W, 3)
+    big = np.repeat(np.repeat(rgb.round().astype(np.uint8), cell, 0), cell, 1)
     if cell >= 4:
         big[::cell, :, :] = np.maximum(big[::cell, :, :], 40)
         big[:, ::cell, :] = np.maximum(big[:, ::cell, :], 40)

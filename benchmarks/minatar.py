@@ -111,7 +111,7 @@ def cell_metrics(model, dataset: str, seed: int, batches: int = 8, context: int 
 
 
 def likelihood(args) -> None:
-    from wmil.train.world_model import train_world_model
+    from wmil.train.world_model import load_world_model, train_world_model
 
     world = ensure(f"minatar-{args.game}-world.yaml")
     runs = Path(args.runs)
@@ -120,10 +120,10 @@ def likelihood(args) -> None:
         for kind in ("bernoulli", "gaussian"):
             out = runs / args.game / f"wm-{kind}-s{seed}"
             started = time.perf_counter()
-            model = train_world_model(world, model="rssm", preset="small", out=out, steps=args.steps, seed=seed,
-                                      overrides={"batch_size": "16", "seq_len": "50", "obs_likelihood": kind},
-                                      progress=False)
-            minutes = (time.perf_counter() - started) / 60
+            train_world_model(world, model="rssm", preset="small", out=out, steps=args.steps, seed=seed,
+                              overrides={"batch_size": "16", "seq_len": "50", "obs_likelihood": kind}, progress=False)
+            minutes = (time.perf_counter() - started) / 60  # 0 when the run was complete already (resumed)
+            model = load_world_model(out)
             metrics = cell_metrics(model, world, seed)
             details.append(dict(game=args.game, likelihood=kind, seed=seed, steps=args.steps, minutes=minutes,
                                 **metrics))

@@ -117,7 +117,7 @@ def main() -> None:
                      ", ".join(f"{c} {v:.2f}" for c, v in zip(coords, r2)), f"{float(np.mean(r2)):.2f}",
                      sum(len(f) for f, _, _ in episodes)])
         print(rows[-1], flush=True)
-    body = table(["task", "env", "expert per-pixel std (0-255)", "expert mean |Δframe|", "probe R² per coordinate",
+    body = table(["task", "env", "expert per-pixel std (0-255)", "expert mean abs. frame change", "probe R² per coordinate",
                   "mean R²", "frames"], rows)
     body += (f"\n\n{args.episodes} episodes per task (ε ∈ {{0, 0.3, 0.6, 1}} in turn, seeds 0..), time limit "
              f"{args.max_steps}; the probe is fitted on three quarters of the episodes and scored on the rest.")

@@ -144,12 +144,10 @@ def save_open_loop_video(model, batch, context: int, path: Path, video_format: s
         rows = []
         for i in range(n):
             real, pred = image_frame(real_frames[i, t]), image_frame(model_frames[i, t])
-            bar = np.zeros((6, pred.shape[1], 3), np.uint8)
-            if t >= context:
-                bar[..., 0] = 220
+            blank = np.full((6, pred.shape[1], 3), 255, np.uint8)
+            bar = np.array([220, 0, 0], np.uint8) * np.ones_like(blank) if t >= context else blank
             gap = np.full((real.shape[0] + 6, 8, 3), 255, np.uint8)
-            rows.append(np.concatenate([np.concatenate([real, np.zeros_like(bar)], 0), gap,
-                                        np.concatenate([pred, bar], 0)], 1))
+            rows.append(np.concatenate([np.concatenate([real, blank], 0), gap, np.concatenate([pred, bar], 0)], 1))
             rows.append(np.full((8, rows[-1].shape[1], 3), 255, np.uint8))
         frames.append(np.concatenate(rows[:-1], 0))
     return write_video(frames, path, VIDEO_FPS, video_format)

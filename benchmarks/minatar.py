@@ -110,6 +110,17 @@ def cell_metrics(model, dataset: str, seed: int, batches: int = 8, context: int 
     return {k: float(np.mean(v)) for k, v in out.items()}
 
 
+#: Likelihood variants compared: world-model overrides of each.
+VARIANTS = {
+    "bernoulli": {"obs_likelihood": "bernoulli"},
+    "gaussian": {"obs_likelihood": "gaussian"},
+    # DreamerV3's 1 % uniform mix in every categorical, against the latent collapse seen with
+    # the Bernoulli likelihood (posterior entropy 0.08 nats after 500 updates).
+    "bernoulli-unimix": {"obs_likelihood": "bernoulli", "unimix": "0.01"},
+    "gaussian-unimix": {"obs_likelihood": "gaussian", "unimix": "0.01"},
+}
+
+
 def likelihood(args) -> None:
     from wmil.train.world_model import load_world_model, train_world_model
 
@@ -117,30 +128,42 @@ def likelihood(args) -> None:
     runs = Path(args.runs)
     details = []
     for seed in args.seeds:
-        for kind in ("bernoulli", "gaussian"):
+        for kind in args.variants:
             out = runs / args.game / f"wm-{kind}-s{seed}"
-            started = time.perf_counter()
             train_world_model(world, model="rssm", preset="small", out=out, steps=args.steps, seed=seed,
-                              overrides={"batch_size": "16", "seq_len": "50", "obs_likelihood": kind}, progress=False)
-            minutes = (time.perf_counter() - started) / 60  # 0 when the run was complete already (resumed)
+                              overrides={"batch_size": "16", "seq_len": "50", **VARIANTS[kind]}, progress=False)
             model = load_world_model(out)
             metrics = cell_metrics(model, world, seed)
+            rows_ = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
+            last = [r for r in rows_ if "train/posterior_entropy" in r][-1]
+            # Training time from the run's own rate (also right when the run had finished before).
+            rate = float(np.median([r["perf/updates_per_s"] for r in rows_ if "perf/updates_per_s" in r]))
+            minutes = args.steps / rate / 60
             details.append(dict(game=args.game, likelihood=kind, seed=seed, steps=args.steps, minutes=minutes,
-                                **metrics))
+                                posterior_entropy=last["train/posterior_entropy"], kl=last["train/kl"], **metrics))
             print(json.dumps(details[-1]), flush=True)
+    jsonl = RESULTS / f"minatar-likelihood-{args.game}.jsonl"
+    if jsonl.exists():  # merge: a rerun of a variant, seed and budget replaces it
+        new = {(d["likelihood"], d["seed"], d["steps"]) for d in details}
+        earlier = [json.loads(line) for line in jsonl.read_text().splitlines() if line.strip()]
+        details = [d for d in earlier if (d["likelihood"], d["seed"], d["steps"]) not in new] + details
     rows = []
-    for kind in ("bernoulli", "gaussian"):
-        ds = [d for d in details if d["likelihood"] == kind]
+    for kind, steps in sorted({(d["likelihood"], d["steps"]) for d in details}, key=lambda k: (k[1], k[0])):
+        ds = [d for d in details if d["likelihood"] == kind and d["steps"] == steps]
 
         def m(key):
             return float(np.mean([d[key] for d in ds]))
 
-        rows.append([kind, len(ds), *(f"{m(f'open_loop/mse_h{h}'):.4f} ({m(f'open_loop/ratio_h{h}'):.2f})" for h in (1, 5, 15)),
+        rows.append([kind, steps, len(ds),
+                     *(f"{m(f'open_loop/mse_h{h}'):.4f} ({m(f'open_loop/ratio_h{h}'):.2f})" for h in (1, 5, 15)),
                      *(f"{100 * m(f'cell_error_h{h}'):.2f} %" for h in (1, 15)),
-                     *(f"{100 * m(f'on_recall_h{h}'):.1f} %" for h in (1, 15)), f"{m('minutes'):.1f}"])
-    body = table(["likelihood", "seeds", "open-loop MSE h1 (÷ naive)", "h5", "h15", "cell error h1", "cell error h15",
-                  "on-cell recall h1", "on-cell recall h15", "train min"], rows)
-    body += (f"\n\nGame {args.game}: `rssm` small preset, batch 16×50, {args.steps} updates, on the recipe's world "
+                     *(f"{100 * m(f'on_recall_h{h}'):.1f} %" for h in (1, 15)),
+                     f"{m('posterior_entropy'):.2f}" if all("posterior_entropy" in d for d in ds) else "",
+                     f"{m('minutes'):.1f}"])
+    body = table(["variant", "updates", "seeds", "open-loop MSE h1 (÷ naive)", "h5", "h15", "cell error h1",
+                  "cell error h15", "on-cell recall h1", "on-cell recall h15", "posterior entropy (nats)",
+                  "train min (shared machine)"], rows)
+    body += (f"\n\nGame {args.game}: `rssm` small preset, batch 16×50, on the recipe's world "
              "dataset; evaluated on its held-out episodes (8 batches of 32 windows, 10 observed steps then 15 "
              "imagined with the logged actions). MSE is in `preprocess_pixels` space ([-0.5, 0.5]; a cell that is "
              "wrong costs 1); 'naive' repeats the last observed frame. Cell error: the imagined frame thresholded at "
@@ -148,7 +171,7 @@ def likelihood(args) -> None:
              "cells that the imagined frame shows.")
     write(f"minatar-likelihood-{args.game}.md", f"MinAtar {args.game}: Bernoulli vs Gaussian observation likelihood",
           body)
-    (RESULTS / f"minatar-likelihood-{args.game}.jsonl").write_text("".join(json.dumps(d) + "\n" for d in details))
+    jsonl.write_text("".join(json.dumps(d) + "\n" for d in details))
 
 
 def main() -> None:
@@ -161,6 +184,7 @@ def main() -> None:
     p.add_argument("--game", choices=sorted(GAMES), default="breakout")
     p.add_argument("--steps", type=int, default=1500)
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
+    p.add_argument("--variants", nargs="+", choices=sorted(VARIANTS), default=["bernoulli", "gaussian"])
     p.add_argument("--runs", default=str(ROOT / "runs" / "minatar"))
     args = parser.parse_args()
     {"experts": experts, "likelihood": likelihood}[args.command](args)

@@ -44,8 +44,8 @@ FETCH_BC = {"continuous_loss": "mse"}
 #: MinAtar and the pixel task (#13): BC is the DITTO paper's baseline, the world model's image
 #: encoder (grid nets on MinAtar, the 64×64 conv nets on pixels; the 'small' preset's depth 16,
 #: ELU) plus the latent actor's MLP (2 × 200 ELU), trained end to end on the demos' frames.
-#: MinAtar world models: rssm small, Bernoulli likelihood (the default on grids;
-#: benchmarks/results/minatar-likelihood-breakout.md), batch 16×50.
+#: MinAtar world models: rssm small with its grid nets and the Gaussian likelihood (measured better
+#: than a Bernoulli per cell: benchmarks/results/minatar-likelihood-breakout.md), batch 16×50.
 WM_BC = {"cnn_depth": "16", "layers": "2", "units": "200", "act": "elu"}
 #: Budgets from CPU time measured on a loaded machine (rssm 16×50 ≈ 0.2 s per update, DITTO ≈ 0.35 s):
 #: world model ≈ 30-40 min, each learner ≈ 10 min, inside the 60 / 15 min targets.

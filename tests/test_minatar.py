@@ -131,26 +131,24 @@ def test_bernoulli_likelihood_by_hand():
     assert torch.allclose(nll_g, 0.5 * (raw - target) ** 2) and torch.equal(prediction_g, raw)
 
 
-def test_likelihood_auto_is_bernoulli_on_grids_only():
+def test_bernoulli_likelihood_needs_images():
     grid = DataSpec((4, 10, 10), "uint8", 3, True)
-    assert resolve_likelihood("auto", grid) == "bernoulli"
-    assert resolve_likelihood("auto", DataSpec((3, 64, 64), "uint8", 3, True)) == "gaussian"
-    assert resolve_likelihood("auto", DataSpec((4,), "float32", 2, True)) == "gaussian"
-    assert resolve_likelihood("gaussian", grid) == "gaussian"
+    assert resolve_likelihood("bernoulli", grid) == "bernoulli" and resolve_likelihood("gaussian", grid) == "gaussian"
     with pytest.raises(UserError, match="needs image observations"):
         resolve_likelihood("bernoulli", DataSpec((4,), "float32", 2, True))
 
 
 @pytest.mark.parametrize("model", ["rssm", "gaussian_rssm"])
-def test_recurrent_models_on_grids_decode_probabilities_and_learn(model):
+def test_recurrent_models_on_grids_with_a_bernoulli_likelihood_decode_probabilities_and_learn(model):
     from wmil.types import SequenceBatch
     from wmil.world_models.base import total_loss
     from wmil.world_models.registry import config_for, make_world_model
 
     torch.manual_seed(0)
     spec = DataSpec((4, 10, 10), "uint8", 3, True)
-    wm = make_world_model(model, spec, config_for(model, "tiny"))
+    wm = make_world_model(model, spec, config_for(model, "tiny", obs_likelihood="bernoulli"))
     assert isinstance(wm.encoder, GridEncoder) and isinstance(wm.decoder, GridDecoder) and wm.likelihood == "bernoulli"
+    assert make_world_model(model, spec, config_for(model, "tiny")).likelihood == "gaussian"   # the default
     B, T = 4, 6
     obs = (torch.rand(B, T, 4, 10, 10) < 0.1).to(torch.uint8) * 255
     obs[:, :, 0] = 0                                           # channel 0 always off, channel 1 always on
@@ -247,7 +245,7 @@ def test_tiny_minatar_run_through_the_command_line(tmp_path, capsys):
     from wmil.train.world_model import load_world_model
 
     wm = load_world_model(runs / "wm")
-    assert isinstance(wm.encoder, GridEncoder) and wm.likelihood == "bernoulli"
+    assert isinstance(wm.encoder, GridEncoder) and wm.likelihood == "gaussian"
     assert wmil_main(["evaluate-model", str(runs / "wm"), "--dataset", "mini-breakout/expert-v0", "--batches", "1",
                       "--video"]) == 0
     assert f"video: {runs / 'wm' / 'open_loop.gif'}" in capsys.readouterr().out

@@ -7,7 +7,7 @@ State: a deterministic GRU state ``h`` (LayerNorm GRU) and a stochastic state ``
     p(z_t | h_t)                                       prior   (predicts without obs_t)
     q(z_t | h_t, e_t),  e_t = enc(obs_t)               posterior
     p(obs_t | h_t, z_t)                                decoder (unit Gaussian: ½‖ô − o‖²; or
-                                                       Bernoulli per cell on binary grids)
+                                                       Bernoulli per cell, obs_likelihood)
 
 Vector observations are standardised per coordinate (``normalize_obs``, statistics of the
 training data fixed by the trainer through :meth:`RSSM.set_normalizer`, as the ``dynamics``
@@ -68,8 +68,8 @@ class RecurrentConfig(OptimizerConfig):
     """Units per hidden layer of those MLPs."""
     cnn_depth: PosInt = 16
     """Channel multiplier of the pixel encoder/decoder (DreamerV2 uses 48); small grids (MinAtar) get the grid nets of wmil.nets.grid."""
-    obs_likelihood: Literal["auto", "gaussian", "bernoulli"] = "auto"
-    """p(o | h, z): unit Gaussian, or Bernoulli per cell for binary images; 'auto' = Bernoulli on small grids (MinAtar), else Gaussian."""
+    obs_likelihood: Literal["gaussian", "bernoulli"] = "gaussian"
+    """p(o | h, z): unit Gaussian, or Bernoulli per cell for binary images (measured worse on MinAtar: wmil/world_models/likelihood.py)."""
     act: Activation = "elu"
     """Activation everywhere: 'elu' (DreamerV2), 'relu', 'silu' or 'tanh'."""
     norm: bool = False

@@ -273,6 +273,7 @@ def test_tiny_minatar_run_through_the_command_line(tmp_path, capsys):
     obs, _ = env.reset(seed=0)
     raw = env.unwrapped.game.state()
     np.testing.assert_array_equal(grid_to_image(raw), obs)
+    assert isinstance(load_policy(runs / "bc").net.encoder, GridEncoder)   # BC on the world models' grid nets
     for run in ("ditto", "bc"):
         a, b = load_policy(runs / run), load_policy(runs / run)
         a.reset(), b.reset()

@@ -47,7 +47,20 @@ ROOT = Path(__file__).resolve().parent.parent
 FETCH_PUSH_VINS = {"state_indices": "0:6,25:28", "perturb_indices": "0:3", "shooting_alpha": "0.05"}
 FETCH_PICK_VINS = {"state_indices": "0:6,9:11,25:28", "perturb_indices": "0:3,9:11", "shooting_alpha": "0.05"}
 FETCH_BC = {"continuous_loss": "mse"}
+#: Evaluation protocols: evaluate_policy's covariate-shift settings (wmil.envs.protocols).
+PROTOCOLS = {"standard": {}, "shifted": dict(starts="shifted"), "noise": dict(action_noise=0.2)}
 SHIFTED = ["standard", "shifted"]
+#: MinAtar and the pixel task (#13): BC is the DITTO paper's baseline, the world model's image
+#: encoder (grid nets on MinAtar, the 64×64 conv nets on pixels; the 'small' preset's depth 16,
+#: ELU) plus the latent actor's MLP (2 × 200 ELU), trained end to end on the demos' frames.
+#: MinAtar world models: rssm small with its grid nets and the Gaussian likelihood (measured better
+#: than a Bernoulli per cell: benchmarks/results/minatar-likelihood-breakout.md), batch 16×50.
+WM_BC = {"cnn_depth": "16", "layers": "2", "units": "200", "act": "elu"}
+#: Budgets from CPU time measured on a loaded machine (rssm 16×50 ≈ 0.2 s per update, DITTO ≈ 0.35 s):
+#: world model ≈ 30-40 min, each learner ≈ 10 min, inside the 60 / 15 min targets.
+MINATAR = dict(model="rssm", wm=dict(steps=8000, batch_size=16, seq_len=50), learner=dict(steps=1500),
+               learner_overrides={"bc": WM_BC}, demos=[1, 4, 16, 64], episodes=50,
+               protocols=["standard", "noise"])
 TASKS = {
     "cartpole": dict(world="cartpole-world.yaml", expert="cartpole-expert.yaml", model="rssm",
                      wm=dict(steps=1500, batch_size=16, seq_len=32), learner=dict(steps=500),
@@ -69,6 +82,16 @@ TASKS = {
                        wm=dict(steps=5000, batch_size=64, seq_len=16), learner=dict(steps=5000),
                        learner_overrides={"*": FETCH_BC, "vins": FETCH_PICK_VINS}, demos=[40, 100, 200], episodes=500,
                        protocols=["standard"]),
+    # The 64×64 pixel task whose frames show the state (benchmarks/results/pixel_task.md: the car
+    # moves 13× more per frame than CartPole's expert pole; a linear probe reads its position
+    # from a frame with R² 1.00 and its velocity from two with 0.87). BC as on MinAtar.
+    "pixel-mountaincar": dict(world="pixel-mountaincar-world.yaml", expert="pixel-mountaincar-expert.yaml",
+                              model="rssm", wm=dict(steps=3000, batch_size=16, seq_len=32), learner=dict(steps=1000),
+                              learner_overrides={"bc": WM_BC}, demos=[4], episodes=50, protocols=["standard"]),
+    "minatar-breakout": dict(world="minatar-breakout-world.yaml", expert="minatar-breakout-expert.yaml", **MINATAR),
+    "minatar-spaceinvaders": dict(world="minatar-spaceinvaders-world.yaml", expert="minatar-spaceinvaders-expert.yaml",
+                                  **MINATAR),
+    "minatar-asterix": dict(world="minatar-asterix-world.yaml", expert="minatar-asterix-expert.yaml", **MINATAR),
 }
 #: Names of the table that are an algorithm on a given world model with given settings.
 ALIASES = {"vmil": dict(algo="dgail", model="gaussian_rssm", overrides={"pair": "zaz"})}
@@ -131,7 +154,9 @@ def main():
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--demos", nargs="+", type=int, help="expert episodes (default: the task's list)")
     parser.add_argument("--episodes", type=int, help="evaluation episodes per seed (default: the task's, 50 or 500)")
-    parser.add_argument("--protocols", nargs="+", choices=SHIFTED, help="start-state protocols (default: the task's)")
+    parser.add_argument("--protocols", nargs="+", choices=sorted(PROTOCOLS),
+                        help="evaluation protocols (default: the task's): standard, shifted starts, noise (a random "
+                             "action with probability 0.2)")
     parser.add_argument("--acts", nargs="+", default=["sample", "greedy"], choices=["sample", "greedy", "auto"],
                         help="how the policy acts when scored")
     parser.add_argument("--model", help="world model of the imagination learners (default: the task's)")
@@ -205,8 +230,8 @@ def main():
                     for protocol in protocols:
                         for act in args.acts:
                             started = time.perf_counter()
-                            report = evaluate_policy(out, episodes=episodes, act=act, starts=protocol,
-                                                     progress=False)
+                            report = evaluate_policy(out, episodes=episodes, act=act, progress=False,
+                                                     **PROTOCOLS[protocol])
                             # Fetch: success at any step, the VINS paper's protocol (its environment stops
                             # at the goal); success at the last step is kept as success_final.
                             score = report.get("success_any", report.get("normalized_score"))

@@ -407,17 +407,24 @@ def train_model_cmd(datasets, model, preset, steps, seed, out, device, overrides
 @click.option("--reward-features", type=click.Choice(["deter", "mean", "sample"]), default="deter", show_default=True,
               help="Features the checked reward compares (DITTO's reward_features).")
 @click.option("--horizon", default=15, show_default=True, type=click.IntRange(min=1), help="Imagined steps of the reward check.")
+@click.option("--video", is_flag=True, help="Image models: RUN_DIR/open_loop.gif, real frames beside the model's "
+              "(reconstructed while observing, then imagined open loop from the same start).")
+@click.option("--video-format", type=click.Choice(["gif", "mp4"]), default="gif", show_default=True,
+              help="Video file format (mp4: H.264 through imageio-ffmpeg).")
 @click.option("--trust-checkpoint", is_flag=True,
               help="Also load checkpoints that need unpickling (written by older wmil versions). Unpickling can "
                    "run code stored in the file: use only for files you trust.")
 @threads_option
-def evaluate_model_cmd(run_dir, datasets, batches, context, expert, reward_features, horizon, trust_checkpoint):
-    """Open-loop prediction error at horizons 1, 5, 15 vs. repeating the last observation, and
-    with --expert the reward check of the world model."""
+def evaluate_model_cmd(run_dir, datasets, batches, context, expert, reward_features, horizon, video, video_format,
+                       trust_checkpoint):
+    """Open-loop prediction error at horizons 1, 5, 15 vs. repeating the last observation; with
+    --expert the reward check of the world model; with --video (image models) real frames beside
+    the model's."""
     from wmil.eval.world_model import evaluate_world_model
 
     report = evaluate_world_model(run_dir, list(datasets) or None, batches=batches, context=context, expert=expert,
-                                  reward_features=reward_features, horizon=horizon, trust=trust_checkpoint)
+                                  reward_features=reward_features, horizon=horizon, trust=trust_checkpoint,
+                                  video=video, video_format=video_format)
     click.echo(f"{'horizon':>8} {'model MSE':>12} {'naive MSE':>12} {'ratio':>8}")
     for h in (1, 5, 15):
         click.echo(f"{h:>8} {report[f'open_loop/mse_h{h}']:>12.5f} {report[f'open_loop/naive_mse_h{h}']:>12.5f} "
@@ -435,6 +442,8 @@ def evaluate_model_cmd(run_dir, datasets, batches, context, expert, reward_featu
                    + (f"; beats a perturbed action {report['reward_check/pairwise']:.2f}"
                       if "reward_check/pairwise" in report else ""))
     click.echo(f"report: {report['report_path']}" + (f"; image strip: {report['strip_path']}" if report.get("strip_path") else ""))
+    if report.get("video_path"):
+        click.echo(f"video: {report['video_path']}  (left: real frames; right: the model, red bar = imagined)")
     warn_ratios(report)
 
 

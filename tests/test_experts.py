@@ -65,6 +65,19 @@ def test_cartpole_expert_reaches_500(seed):
     assert ret == 500.0
 
 
+def test_mountaincar_expert_reaches_the_flag_where_random_play_does_not():
+    returns = [play("MountainCar-v0", s)[0] for s in range(4)]
+    assert all(r > -150 for r in returns), returns   # the flag in under 150 steps, every episode
+    env = make_env(EnvConfig("MountainCar-v0"))
+    env.reset(seed=0)
+    env.action_space.seed(0)
+    total, done = 0.0, False
+    while not done:
+        _, reward, terminated, truncated, _ = env.step(env.action_space.sample())
+        total, done = total + reward, terminated or truncated
+    assert total == -200.0                      # a random policy runs out of time
+
+
 def test_lunarlander_expert():
     returns = [play("LunarLander-v3", s)[0] for s in range(4)]
     assert np.mean(returns) >= 200, returns

@@ -33,8 +33,13 @@ class DeployedPolicy(nn.Module):
         """Call at the start of every episode."""
 
     def _obs(self, obs) -> torch.Tensor:
+        obs = np.asarray(obs)
+        if obs.dtype == np.bool_:  # a raw MinAtar grid (H, W, C): converted as recording did
+            from wmil.envs.minatar import as_model_obs
+
+            obs = as_model_obs(obs, self.spec.obs_shape)
         dtype = torch.uint8 if self.spec.pixels else torch.float32
-        return torch.as_tensor(np.asarray(obs), dtype=dtype, device=self.device).unsqueeze(0)  # (1, *O)
+        return torch.as_tensor(obs, dtype=dtype, device=self.device).unsqueeze(0)  # (1, *O)
 
     def _to_env(self, action: torch.Tensor):
         """(1, A) one-hot or continuous action → the environment's action."""

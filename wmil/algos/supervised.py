@@ -30,7 +30,8 @@ from wmil.algos.base import Selection
 from wmil.config import LearnerConfig, NonNegFloat, NonNegInt, PosInt, Prob
 from wmil.data.dataset import Dataset
 from wmil.errors import UserError
-from wmil.nets import ActionHead, ConvEncoder, Standardizer, preprocess_pixels
+from wmil.nets import ActionHead, Standardizer, preprocess_pixels
+from wmil.nets.grid import image_encoder, is_grid
 from wmil.policy import DeployedPolicy
 from wmil.types import DataSpec
 
@@ -41,7 +42,7 @@ class BCConfig(LearnerConfig):
     """Behaviour cloning: π(a | o) by maximum likelihood on the demos (see the module docstring)."""
 
     cnn_depth: PosInt = 32
-    """Channel multiplier of the conv encoder for pixel observations."""
+    """Channel multiplier of the image encoder (the world models' own architecture; 16 matches their 'small' preset)."""
     weight_decay: NonNegFloat = 0.0
     """Adam (L2) weight decay."""
     continuous_loss: Literal["gaussian", "mse"] = "gaussian"
@@ -117,18 +118,24 @@ def bc_loss(head: ActionHead, x: Tensor, target: Tensor, kind: str = "gaussian")
 
 
 class BCNet(nn.Module):
-    """π(a | input): input standardisation (vectors) or a conv encoder (pixels), then the head.
+    """π(a | input): input standardisation (vectors) or an image encoder (pixels), then the head.
 
     ``in_shape`` is ``(D,)`` for vector observations or world-model features, ``(C, H, W)``
-    uint8 for pixels (resized to 64×64 when another size, for :class:`ConvEncoder`).
+    uint8 for images. The image encoder is the world models' own for that shape
+    (:func:`wmil.nets.grid.image_encoder`: the grid nets for small grids such as MinAtar's, the
+    64×64 :class:`ConvEncoder` otherwise, other sizes resized to 64×64), so with ``cnn_depth``,
+    ``layers`` and ``units`` set to the world model's and the latent actor's sizes BC is the
+    DITTO paper's baseline: the world-model encoder plus the agent's policy, trained end to end.
     """
 
     def __init__(self, in_shape: tuple[int, ...], spec: DataSpec, config: BCConfig):
         super().__init__()
         self.in_shape = tuple(in_shape)
         self.pixels = len(self.in_shape) == 3
+        self.grid = self.pixels and is_grid(self.in_shape)
         if self.pixels:
-            self.encoder: Optional[ConvEncoder] = ConvEncoder(self.in_shape[0], config.cnn_depth, "elu")
+            shape = self.in_shape if self.grid else (self.in_shape[0], 64, 64)
+            self.encoder: Optional[nn.Module] = image_encoder(shape, config.cnn_depth, "elu")
             width = self.encoder.out_dim
         else:
             self.encoder = None
@@ -146,7 +153,7 @@ class BCNet(nn.Module):
         """``(B, *in_shape)`` → ``(B, width)``."""
         if self.pixels:
             x = preprocess_pixels(inputs)
-            if tuple(x.shape[-2:]) != (64, 64):
+            if not self.grid and tuple(x.shape[-2:]) != (64, 64):
                 x = F.interpolate(x, size=(64, 64), mode="bilinear", align_corners=False)
             return self.encoder(x)  # type: ignore[misc]
         return self.standardize(inputs.float())

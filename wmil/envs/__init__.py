@@ -8,6 +8,8 @@ Observations the returned env produces:
   25+3 = 28 for Push / PickAndPlace); ``info["is_success"]`` is a float at every step;
 - ``pixels=N``: ``env.render()`` resized to N x N with PIL (Lanczos), uint8, channels first
   ``(C, N, N)``, C = 1 with ``grayscale`` else 3;
+- MinAtar (``MinAtar/...``): the game's 10×10 grid as uint8 ``(C, 10, 10)`` in {0, 255}
+  (:mod:`wmil.envs.minatar`);
 - ALE (``ALE/...``): standard Atari preprocessing (no-op reset up to 30, frame skip 4 with
   max-pooling, area resize; v5 sticky actions kept), uint8 ``(C, N, N)`` with N = ``pixels``
   or 64, grayscale unless ``grayscale=False``.
@@ -18,7 +20,8 @@ simulator state that scripted experts act on, taken before any pixel transformat
 - vector tasks: the raw observation, flattened, in its own dtype;
 - goal dicts: ``concat(observation, achieved_goal, desired_goal)`` (float64; Fetch Push:
   25 + 3 + 3 = 31);
-- ALE: the 128-byte console RAM, uint8.
+- ALE: the 128-byte console RAM, uint8;
+- MinAtar: the game's internal variables and maps (:func:`wmil.envs.minatar.game_state`).
 
 ``import wmil.envs`` imports neither gymnasium nor any simulator; ``ale_py`` and
 ``gymnasium_robotics`` are imported only when an id needs them.
@@ -245,6 +248,10 @@ def _make(config: EnvConfig, shift) -> "gymnasium.Env":
     ensure_registered(config.env_id)
     if config.is_ale:
         return _make_ale(config)
+    if config.env_id.startswith("MinAtar/"):
+        from wmil.envs.minatar import make_minatar
+
+        return make_minatar(config)
 
     from gymnasium import spaces
 

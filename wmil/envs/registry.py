@@ -81,6 +81,10 @@ def ensure_registered(env_id: str) -> None:
         return
     if is_ale_id(env_id):
         _register_ale()
+    elif env_id.startswith("MinAtar/"):
+        from wmil.envs.minatar import register
+
+        register()
     elif is_robotics_id(env_id):
         _register_robotics()
     else:

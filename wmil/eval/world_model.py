@@ -3,7 +3,8 @@
 Observe ``context`` steps of held-out episodes, imagine the next 15 with the logged actions,
 decode, and compare with the truth at horizons 1, 5 and 15, against the naive baseline
 "repeat the last observed observation". For pixel models an image strip (truth row over
-prediction row) is saved as PNG.
+prediction row) is saved as PNG and, with ``--video``, a GIF/MP4 of real frames beside the
+model's, from the same start (:func:`save_open_loop_video`).
 """
 
 from __future__ import annotations
@@ -25,10 +26,12 @@ from wmil.world_models.base import HORIZONS, open_loop_errors
 
 def evaluate_world_model(run_dir: str | os.PathLike, datasets: Optional[Sequence[str]] = None, batches: int = 8,
                          context: int = 10, seed: int = 0, expert: Optional[str] = None,
-                         reward_features: str = "deter", horizon: int = 15, trust: bool = False) -> dict:
-    """Open-loop errors of the world model of ``run_dir`` on held-out episodes (or ``datasets``)
-    and, with ``expert`` (a dataset name or path), the reward check of
-    :mod:`wmil.eval.reward_check` on its episodes; writes ``open_loop.json`` into the run.
+                         reward_features: str = "deter", horizon: int = 15, trust: bool = False,
+                         video: bool = False, video_format: str = "gif") -> dict:
+    """Open-loop errors of the world model of ``run_dir`` on held-out episodes (or ``datasets``);
+    with ``expert`` (a dataset name or path), the reward check of :mod:`wmil.eval.reward_check`
+    on its episodes; for image models an image strip and, with ``video``, a GIF/MP4 of real frames
+    beside the model's (:func:`save_open_loop_video`). Writes ``open_loop.json`` into the run.
     ``trust`` loads a checkpoint that needs unpickling (older versions; can run code)."""
     model = load_world_model(run_dir, trust=trust)
     config = model.run_config
@@ -72,6 +75,12 @@ def evaluate_world_model(run_dir: str | os.PathLike, datasets: Optional[Sequence
     run = RunDir(run_dir, "world_model")
     if model.spec.pixels:
         report["strip_path"] = str(save_strip(model, first, context, run.path / "open_loop_strip.png"))
+        if video:
+            report["video_path"] = str(save_open_loop_video(model, first, context, run.path / f"open_loop.{video_format}",
+                                                            video_format))
+    elif video:
+        raise UserError(f"{run_dir}: --video shows image predictions; this model's observations are vectors "
+                        f"{tuple(model.spec.obs_shape)}")
     path = run.path / "open_loop.json"
     write_text_atomic(path, json.dumps(report, indent=2))  # a kill never leaves half a report
     report["report_path"] = str(path)
@@ -104,3 +113,53 @@ def save_strip(model, batch, context: int, path: Path, horizon: int = 15) -> Pat
         strip = strip[..., 0]
     Image.fromarray(strip).resize((strip.shape[1] * 2, strip.shape[0] * 2), Image.NEAREST).save(path)
     return path
+
+
+#: Frame rate of open-loop videos (one model step per frame).
+VIDEO_FPS = 5.0
+
+
+def image_frame(image: np.ndarray, size: int = 160) -> np.ndarray:
+    """A uint8 ``(C, H, W)`` observation (or prediction) as an RGB frame about ``size`` pixels
+    high: grids of object channels (MinAtar) drawn one colour per channel, grey or RGB images
+    enlarged with nearest-neighbour pixels."""
+    from wmil.envs.minatar import render_grid
+    from wmil.eval.video import as_rgb
+
+    C, H, W = image.shape
+    scale = max(1, size // H)
+    if C not in (1, 3):
+        return render_grid(image, cell=scale)
+    rgb = as_rgb(image)
+    return np.repeat(np.repeat(rgb, scale, 0), scale, 1)
+
+
+@torch.no_grad()
+def save_open_loop_video(model, batch, context: int, path: Path, video_format: str = "gif", windows: int = 4,
+                         horizon: int = 15) -> Path:
+    """A video of ``windows`` held-out windows (one per row): real frames on the left, the
+    model's on the right. For the first ``context`` steps the model observes (its frame is the
+    reconstruction of its posterior state); after that it imagines from the logged actions alone
+    (open loop), marked by a red bar under its frame."""
+    from wmil.eval.video import write_video
+    from wmil.nets import postprocess_pixels
+
+    n = min(windows, batch.shape[0])
+    part = type(batch)(**{f: (v[:n] if isinstance(v, torch.Tensor) else v) for f, v in vars(batch).items()})
+    posterior, _ = model.observe(part.obs[:, :context], part.prev_action[:, :context], part.is_first[:, :context])
+    seen = model.decode(model.features(posterior))                          # (n, context, C, h, w)
+    imagined = model.open_loop(part, context, horizon)                      # (n, horizon, C, h, w)
+    model_frames = postprocess_pixels(torch.cat([seen, imagined], 1)).cpu().numpy()
+    real_frames = part.obs[:, :context + horizon].cpu().numpy()
+    frames = []
+    for t in range(context + horizon):
+        rows = []
+        for i in range(n):
+            real, pred = image_frame(real_frames[i, t]), image_frame(model_frames[i, t])
+            blank = np.full((6, pred.shape[1], 3), 255, np.uint8)
+            bar = np.array([220, 0, 0], np.uint8) * np.ones_like(blank) if t >= context else blank
+            gap = np.full((real.shape[0] + 6, 8, 3), 255, np.uint8)
+            rows.append(np.concatenate([np.concatenate([real, blank], 0), gap, np.concatenate([pred, bar], 0)], 1))
+            rows.append(np.full((8, rows[-1].shape[1], 3), 255, np.uint8))
+        frames.append(np.concatenate(rows[:-1], 0))
+    return write_video(frames, path, VIDEO_FPS, video_format)

@@ -6,7 +6,8 @@ State: a deterministic GRU state ``h`` (LayerNorm GRU) and a stochastic state ``
     h_t      = GRU(h_{t-1}, [z_{t-1}, a_{t-1}])         recurrent state
     p(z_t | h_t)                                       prior   (predicts without obs_t)
     q(z_t | h_t, e_t),  e_t = enc(obs_t)               posterior
-    p(obs_t | h_t, z_t)                                decoder (unit Gaussian: ½‖ô − o‖²)
+    p(obs_t | h_t, z_t)                                decoder (unit Gaussian: ½‖ô − o‖²; or
+                                                       Bernoulli per cell, obs_likelihood)
 
 Vector observations are standardised per coordinate (``normalize_obs``, statistics of the
 training data fixed by the trainer through :meth:`RSSM.set_normalizer`, as the ``dynamics``
@@ -29,7 +30,7 @@ diagonal Gaussian ``z``.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Annotated, ClassVar, Optional
+from typing import Annotated, ClassVar, Literal, Optional
 
 import torch
 import torch.nn.functional as F
@@ -37,10 +38,12 @@ from torch import nn
 
 from wmil.config import (Activation, NonNegFloat, NonNegInt, OptimizerConfig, PosFloat, PosInt, Prob,
                          Range)
-from wmil.nets import MLP, ConvDecoder, ConvEncoder, LayerNormGRUCell, preprocess_pixels
+from wmil.nets import MLP, LayerNormGRUCell, preprocess_pixels
+from wmil.nets.grid import image_decoder, image_encoder
 from wmil.types import DataSpec, SequenceBatch
 from wmil.types import State
 from wmil.world_models.base import WorldModelBase, check_features
+from wmil.world_models.likelihood import observation_nll, predict, resolve_likelihood
 from wmil.world_models.latent import (categorical_entropy, categorical_kl, gumbel_noise,
                                       kl_balance, masked_mean, straight_through_sample, unimix_logits)
 
@@ -64,7 +67,9 @@ class RecurrentConfig(OptimizerConfig):
     mlp_units: PosInt = 200
     """Units per hidden layer of those MLPs."""
     cnn_depth: PosInt = 16
-    """Channel multiplier of the pixel encoder/decoder (DreamerV2 uses 48)."""
+    """Channel multiplier of the pixel encoder/decoder (DreamerV2 uses 48); small grids (MinAtar) get the grid nets of wmil.nets.grid."""
+    obs_likelihood: Literal["gaussian", "bernoulli"] = "gaussian"
+    """p(o | h, z): unit Gaussian, or Bernoulli per cell for binary images (measured worse on MinAtar: wmil/world_models/likelihood.py)."""
     act: Activation = "elu"
     """Activation everywhere: 'elu' (DreamerV2), 'relu', 'silu' or 'tanh'."""
     norm: bool = False
@@ -125,8 +130,9 @@ class RSSM(WorldModelBase):
         stoch, raw = self._stoch_size(), self._raw_size()
         D, H, A = config.deter, config.hidden, spec.action_dim
 
-        if spec.pixels:
-            self.encoder: nn.Module = ConvEncoder(spec.obs_shape[0], config.cnn_depth, config.act)
+        self.likelihood = resolve_likelihood(config.obs_likelihood, spec)
+        if spec.pixels:  # 64×64 conv nets, or grid nets for small grids (chosen by the shape)
+            self.encoder: nn.Module = image_encoder(spec.obs_shape, config.cnn_depth, config.act)
         else:
             self.encoder = MLP(spec.obs_shape[0], None, config.mlp_layers, config.mlp_units,
                                config.act, config.norm)
@@ -151,8 +157,8 @@ class RSSM(WorldModelBase):
 
         self.feature_dim = D + stoch
         if spec.pixels:
-            self.decoder: nn.Module = ConvDecoder(self.feature_dim, spec.obs_shape[0],
-                                                  config.cnn_depth, config.act)
+            self.decoder: nn.Module = image_decoder(self.feature_dim, spec.obs_shape,
+                                                    config.cnn_depth, config.act)
         else:
             self.decoder = MLP(self.feature_dim, spec.obs_shape[0], config.mlp_layers,
                                config.mlp_units, config.act, config.norm)
@@ -253,7 +259,7 @@ class RSSM(WorldModelBase):
         return torch.cat([state.deter, stoch], -1)  # (..., D + S)
 
     def decode(self, features: Tensor) -> Tensor:
-        prediction = self.decoder(features)  # (..., *O), standardised for vector observations
+        prediction = predict(self.decoder(features), self.likelihood)  # (..., *O), standardised for vectors
         return prediction if self.spec.pixels else prediction * self.obs_std + self.obs_mean
 
     def observe(self, obs: Tensor, prev_action: Tensor, is_first: Tensor,
@@ -329,9 +335,10 @@ class RSSM(WorldModelBase):
         features = self.features(posterior)                      # (B, T, F)
 
         obs_dims = tuple(range(2, target.dim()))
-        squared = (self.decoder(features) - target).pow(2)
+        nll, prediction = observation_nll(self.decoder(features), target, self.likelihood)
+        squared = (prediction.detach() - target).pow(2)
         mask = batch.mask                                        # (B, T) or None: padding is left out
-        losses = {"obs": masked_mean(0.5 * squared.sum(obs_dims), mask)}  # unit-Gaussian NLL
+        losses = {"obs": masked_mean(nll.sum(obs_dims), mask)}   # −log p(o | h, z)
         losses["kl"], kl_value = kl_balance(self._kl, post_params, prior_params,
                                             c.kl_balance, c.free_nats, mask)
         if self.reward is not None:

@@ -427,7 +427,7 @@ class LatentConfig(LearnerConfig):
     """A learner whose policy reads world-model latents."""
 
     features: Features = "sample"
-    """Latent features the policy (and critic) read: 'sample' [h, z], 'mean' [h, E z], 'deter' h."""
+    """Latent features the policy (and critic) read: 'sample' [h, z] (z from the prior in imagination, from the posterior when deployed: the distributions the prior is trained to match), 'mean' [h, E z] (the prior's class probabilities in imagination but the posterior's when deployed: a mismatch for learners that imagine), 'deter' h."""
     horizon: PosInt = 15
     """Imagined steps per rollout (H); also the horizon of the latent-distance metric."""
     eval_starts: PosInt = 256

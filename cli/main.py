@@ -194,15 +194,16 @@ def datasets_delete(name, yes):
 @click.option("--seed", type=int, help="Seed for initialisation, sampling and the validation split.")
 @click.option("--out", type=click.Path(file_okay=False), help="Run directory (default runs/<model>-<dataset>); re-run to resume.")
 @click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda.")
+@click.option("--precision", type=click.Choice(["fp32", "bf16"]), help="fp32 (default) or bf16 autocast; KL, losses and latents stay fp32.")
 @click.option("-o", "overrides", multiple=True, help="Any config field: -o lr=1e-4, -o model.deter=256, -o train.batch_size=16.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def train_model_cmd(datasets, model, preset, steps, seed, out, device, overrides, quiet):
+def train_model_cmd(datasets, model, preset, steps, seed, out, device, precision, overrides, quiet):
     """Train a world model on all given datasets (mixed quality is the point)."""
     from wmil.config import parse_overrides
     from wmil.train.world_model import train_world_model
 
     train_world_model(list(datasets), model=model, preset=preset, out=out, steps=steps, seed=seed, device=device,
-                      overrides=parse_overrides(overrides), progress=not quiet)
+                      overrides=parse_overrides(overrides), progress=not quiet, precision=precision)
     from wmil.runs import RunDir
 
     run = RunDir(out, "world_model") if out else None

@@ -78,17 +78,20 @@ class RunDir:
         if self.kind != "any" and config.get("kind") != self.kind:
             raise UserError(f"{self.path} holds a {config.get('kind')} run, not a {self.kind} run; choose another --out")
 
-    def start_or_resume(self, config: dict, must_match: tuple[str, ...]) -> Optional[dict]:
+    def start_or_resume(self, config: dict, must_match: tuple[str, ...],
+                        defaults: Optional[dict] = None) -> Optional[dict]:
         """Open the run: for an existing one, check ``must_match`` keys of its config equal
         ``config``'s and return its newest checkpoint (None if it has none yet); for a new one,
         write ``config`` and start empty metrics. Call :meth:`truncate_metrics` with the
-        resumed step once the checkpoint is restored."""
+        resumed step once the checkpoint is restored. ``defaults`` gives the value a key had
+        in runs written before it was recorded."""
         if self.exists():
             previous = self.read_config()
             self.check_kind(previous)
             for key in must_match:
-                if previous.get(key) != config.get(key):
-                    raise UserError(f"{self.path} holds a run with a different {key} ({previous.get(key)} vs "
+                before = previous.get(key, (defaults or {}).get(key))
+                if before != config.get(key):
+                    raise UserError(f"{self.path} holds a run with a different {key} ({before} vs "
                                     f"{config.get(key)}); choose another --out or delete that directory")
             checkpoint = self.load_checkpoint()
             if checkpoint is not None:

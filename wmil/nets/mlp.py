@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from wmil.precision import float32
+
 ACTIVATIONS: dict[str, type[nn.Module]] = {
     "elu": nn.ELU,
     "relu": nn.ReLU,
@@ -78,7 +80,10 @@ class LayerNormGRUCell(nn.Module):
 
     def forward(self, x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
         # x (B, input_dim), h (B, hidden_dim) -> (B, hidden_dim)
-        parts = self.norm(self.linear(torch.cat([x, h], -1)))
+        # Under bf16 autocast the product runs in bf16 (h joins x's dtype rather than the
+        # concatenation being promoted and cast back), while the LayerNorm, the gates and the
+        # recurrent state stay float32: h is carried through every step of the sequence.
+        parts = self.norm(float32(self.linear(torch.cat([x, h.to(x.dtype)], -1))))
         size = self.hidden_dim
         gates = torch.sigmoid(parts[..., : 2 * size] + self.gate_offset)
         reset, update = gates[..., :size], gates[..., size:]

@@ -20,6 +20,7 @@ import torch
 from wmil.config import override, split_overrides, to_dict
 from wmil.data.dataset import Dataset, SequenceSampler, load
 from wmil.errors import UserError
+from wmil.precision import autocast, check_precision
 from wmil.runs import RunDir, resolve_device, rng_state, seed_everything, set_rng_state
 from wmil.train.loop import LoopConfig, check_finite, run_loop
 from wmil.types import DataSpec, SequenceBatch
@@ -52,6 +53,8 @@ class WorldModelTrainConfig:
     """Validation batches per evaluation."""
     open_loop_context: int = 10
     """Observed steps before open-loop prediction."""
+    precision: str = "fp32"
+    """'fp32', or 'bf16' autocast for the forward pass (KL, losses, latents and the GRU state stay float32)."""
 
 
 TRAIN_PRESETS: dict[str, dict[str, Any]] = {
@@ -146,31 +149,37 @@ def _resolve(model: str, preset: str, overrides: dict[str, str], train_overrides
     model_cfg = config_for(model, preset)
     routed = split_overrides(overrides, {"train": train, "model": model_cfg})
     train = override(train, {**routed["train"], **train_overrides}, "train")
+    check_precision(train.precision, "train.precision")
     model_cfg = config_for(model, preset, **routed["model"])
     return train, model_cfg
 
 
 def train_world_model(dataset: str | Dataset | Sequence[str | Dataset], model: str = "rssm", preset: str = "small",
                       out: Optional[str | os.PathLike] = None, steps: Optional[int] = None, seed: Optional[int] = None,
-                      device: str = "auto", overrides: Optional[dict[str, str]] = None, progress: bool = True):
+                      device: str = "auto", overrides: Optional[dict[str, str]] = None, progress: bool = True,
+                      precision: Optional[str] = None):
     """Train (or resume) a world model; returns the trained model (in eval mode).
 
     ``dataset`` is one or more dataset names/paths/objects; ``overrides`` are ``-o`` pairs such
-    as ``{"lr": "1e-4", "model.deter": "256"}``.
+    as ``{"lr": "1e-4", "model.deter": "256"}``; ``precision`` 'fp32' or 'bf16' (default:
+    the config's, fp32).
     """
     names = [dataset] if isinstance(dataset, (str, Dataset, os.PathLike)) else list(dataset)
     datasets = load_datasets(names)
     spec = datasets[0].spec
-    train_overrides = {k: v for k, v in (("steps", steps), ("seed", seed)) if v is not None}
+    train_overrides = {k: v for k, v in (("steps", steps), ("seed", seed), ("precision", precision))
+                       if v is not None}
     train_cfg, model_cfg = _resolve(model, preset, overrides or {}, train_overrides)
     dev = resolve_device(device)
     run = RunDir(out or Path("runs") / f"{model}-{datasets[0].name.replace('/', '-')}", "world_model")
     config = {
         "model": model, "preset": preset, "datasets": [d.name for d in datasets],
         "dataset_paths": [str(d.data_dir.parent) for d in datasets], "spec": spec.to_dict(),
-        "train": to_dict(train_cfg), "model_config": to_dict(model_cfg),
+        "train": to_dict(train_cfg), "model_config": to_dict(model_cfg), "precision": train_cfg.precision,
     }
-    resume = run.start_or_resume(config, ("model", "spec", "model_config", "datasets"))
+    # Runs from before the precision option were fp32.
+    resume = run.start_or_resume(config, ("model", "spec", "model_config", "datasets", "precision"),
+                                 defaults={"precision": "fp32"})
     seed_everything(train_cfg.seed)
     world_model = make_world_model(model, spec, model_cfg)
     split = [d.split(train_cfg.validation_fraction, seed=train_cfg.seed) for d in datasets]
@@ -196,7 +205,8 @@ def train_world_model(dataset: str | Dataset | Sequence[str | Dataset], model: s
     def update(step: int) -> dict:
         world_model.train()
         batch = sampler.sample().to(dev)
-        losses, metrics, _ = world_model.loss(batch)
+        with autocast(dev, train_cfg.precision):
+            losses, metrics, _ = world_model.loss(batch)
         check_finite(step, losses, run)
         loss = total_loss(losses, scales)
         optimizer.zero_grad(set_to_none=True)
@@ -246,18 +256,22 @@ def _validation_sampler(datasets, cfg: WorldModelTrainConfig, length: int) -> _V
 
 @torch.no_grad()
 def evaluate_world_model(world_model, val: _ValidationSampler, cfg: WorldModelTrainConfig, dev) -> dict:
-    """Validation loss terms and open-loop errors (no random state of training is touched)."""
+    """Validation loss terms and open-loop errors (no random state of training is touched), in
+    the training precision."""
     world_model.eval()
     cpu_state = torch.get_rng_state()
     torch.manual_seed(cfg.seed + 15485863)  # the model samples latents: make evaluation repeatable
     try:
         totals: dict[str, list[float]] = {}
         for batch in val.padded:
-            losses, _, _ = world_model.loss(batch.to(dev))
+            with autocast(dev, cfg.precision):
+                losses, _, _ = world_model.loss(batch.to(dev))
             for k, v in losses.items():
                 totals.setdefault(f"val/{k}", []).append(float(v))
         for batch in val.batches:
-            for k, v in open_loop_errors(world_model, batch.to(dev), cfg.open_loop_context).items():
+            with autocast(dev, cfg.precision):
+                errors = open_loop_errors(world_model, batch.to(dev), cfg.open_loop_context)
+            for k, v in errors.items():
                 totals.setdefault(k, []).append(v)
         return {k: float(np.mean(v)) for k, v in totals.items()}
     finally:

@@ -11,6 +11,8 @@ from typing import Callable, Optional
 import torch
 import torch.nn.functional as F
 
+from wmil.precision import float32
+
 Tensor = torch.Tensor
 
 
@@ -53,6 +55,7 @@ def straight_through_sample(logits: Tensor, classes: int, noise: Optional[Tensor
     categorical (a sample, by the Gumbel-max trick). Gradient: that of ``softmax(logits)``.
     Returns ``(..., stoch * classes)``.
     """
+    logits = float32(logits)  # bf16 logits would shift the sampled probabilities
     shape = logits.shape
     logits = logits.reshape(*shape[:-1], -1, classes)
     if noise is None:
@@ -72,7 +75,9 @@ def categorical_mode(logits: Tensor, classes: int) -> Tensor:
 
 
 def categorical_kl(logits_q: Tensor, logits_p: Tensor, classes: int) -> Tensor:
-    """KL(q || p) of independent categoricals, summed over them: flat ``(..., S*K) -> (...)``."""
+    """KL(q || p) of independent categoricals, summed over them: flat ``(..., S*K) -> (...)``.
+    Computed in float32 whatever the inputs' dtype (bf16 autocast)."""
+    logits_q, logits_p = float32(logits_q), float32(logits_p)
     shape = logits_q.shape
     log_q = torch.log_softmax(logits_q.reshape(*shape[:-1], -1, classes), -1)
     log_p = torch.log_softmax(logits_p.reshape(*shape[:-1], -1, classes), -1)
@@ -81,13 +86,16 @@ def categorical_kl(logits_q: Tensor, logits_p: Tensor, classes: int) -> Tensor:
 
 def categorical_entropy(logits: Tensor, classes: int) -> Tensor:
     """Entropy summed over independent categoricals: flat ``(..., S*K) -> (...)``."""
+    logits = float32(logits)
     shape = logits.shape
     log_p = torch.log_softmax(logits.reshape(*shape[:-1], -1, classes), -1)
     return -(log_p.exp() * log_p).sum((-2, -1))
 
 
 def std_from_raw(raw: Tensor, min_std: float) -> Tensor:
-    """Standard deviation of a Gaussian latent: ``softplus(raw) + min_std`` (PlaNet/Dreamer)."""
+    """Standard deviation of a Gaussian latent: ``softplus(raw) + min_std`` (PlaNet/Dreamer),
+    in float32."""
+    raw = float32(raw)
     return F.softplus(raw) + min_std
 
 
@@ -95,8 +103,9 @@ def gaussian_kl(mean_q: Tensor, std_q: Tensor, mean_p: Tensor, std_p: Tensor) ->
     """KL(N(mean_q, std_q²) || N(mean_p, std_p²)) of diagonal Gaussians, summed over the last
     dimension: ``(..., S) -> (...)``.
 
-    Per dimension: ``log(σp/σq) + (σq² + (μq − μp)²) / (2σp²) − 1/2``.
+    Per dimension: ``log(σp/σq) + (σq² + (μq − μp)²) / (2σp²) − 1/2``. Computed in float32.
     """
+    mean_q, std_q, mean_p, std_p = (float32(x) for x in (mean_q, std_q, mean_p, std_p))
     var_ratio = (std_q / std_p).pow(2)
     mahalanobis = ((mean_q - mean_p) / std_p).pow(2)
     return 0.5 * (var_ratio + mahalanobis - 1.0 - torch.log(var_ratio)).sum(-1)
@@ -104,6 +113,7 @@ def gaussian_kl(mean_q: Tensor, std_q: Tensor, mean_p: Tensor, std_p: Tensor) ->
 
 def gaussian_entropy(std: Tensor) -> Tensor:
     """Entropy of a diagonal Gaussian, summed over the last dimension: ``(..., S) -> (...)``."""
+    std = float32(std)
     return (torch.log(std) + 0.5 * (1.0 + torch.log(torch.tensor(2.0 * torch.pi)))).sum(-1)
 
 

@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from wmil.nets import MLP, ConvDecoder, ConvEncoder, LayerNormGRUCell, preprocess_pixels
+from wmil.precision import float32, lowered_dtype
 from wmil.types import DataSpec, SequenceBatch
 from wmil.world_models.base import State, WorldModelBase, check_features
 from wmil.world_models.latent import (categorical_entropy, categorical_kl, gumbel_noise,
@@ -257,7 +258,7 @@ class RSSM(WorldModelBase):
         return torch.cat([state.deter, stoch], -1)  # (..., D + S)
 
     def decode(self, features: Tensor) -> Tensor:
-        prediction = self.decoder(features)  # (..., *O), standardised for vector observations
+        prediction = float32(self.decoder(features))  # (..., *O), standardised for vector observations
         return prediction if self.spec.pixels else prediction * self.obs_std + self.obs_mean
 
     def observe(self, obs: Tensor, prev_action: Tensor, is_first: Tensor,
@@ -280,7 +281,7 @@ class RSSM(WorldModelBase):
         act = self._act
         x = act(self.img_in_stoch(state.stoch) + self.img_in_action(action))
         deter = self.cell(x, state.deter)
-        raw = self.prior_out(act(self.prior_hidden(deter)))
+        raw = float32(self.prior_out(act(self.prior_hidden(deter))))
         stoch = self._sample(raw, self._noise(tuple(deter.shape[:-1])))
         return self._state(deter, stoch, self._params_from_raw(raw))
 
@@ -301,6 +302,9 @@ class RSSM(WorldModelBase):
         w_stoch = self.img_in_stoch.weight.t()
         w_post = self.post_deter.weight.t()
         w_out, b_out = self.post_out.weight.t(), self.post_out.bias
+        low = lowered_dtype(embed_in.device.type)
+        if low is not None:  # bf16 autocast: cast the weights once, not at every step
+            w_stoch, w_post, w_out, b_out = (w.to(low) for w in (w_stoch, w_post, w_out, b_out))
 
         deter, stoch = state.deter, state.stoch
         deters, stochs, raws = [], [], []
@@ -310,7 +314,8 @@ class RSSM(WorldModelBase):
                 stoch = stoch * keep[t]
             x = act(torch.addmm(action_in[t], stoch, w_stoch))
             deter = self.cell(x, deter)
-            raw = torch.addmm(b_out, act(torch.addmm(embed_in[t], deter, w_post)), w_out)
+            # Latent logits and samples stay float32 under bf16 autocast.
+            raw = float32(torch.addmm(b_out, act(torch.addmm(embed_in[t], deter, w_post)), w_out))
             stoch = self._sample(raw, noise[t])
             deters.append(deter)
             stochs.append(stoch)
@@ -319,7 +324,7 @@ class RSSM(WorldModelBase):
         deter_seq = torch.stack(deters, 1)  # (B, T, D)
         posterior = self._state(deter_seq, torch.stack(stochs, 1),
                                 self._params_from_raw(torch.stack(raws, 1)))
-        prior_raw = self.prior_out(act(self.prior_hidden(deter_seq)))  # (B, T, R), batched
+        prior_raw = float32(self.prior_out(act(self.prior_hidden(deter_seq))))  # (B, T, R), batched
         return posterior, prior_raw
 
     def loss(self, batch: SequenceBatch) -> tuple[dict[str, Tensor], dict[str, float], State]:
@@ -333,16 +338,16 @@ class RSSM(WorldModelBase):
         features = self.features(posterior)                      # (B, T, F)
 
         obs_dims = tuple(range(2, target.dim()))
-        squared = (self.decoder(features) - target).pow(2)
+        squared = (float32(self.decoder(features)) - target).pow(2)
         mask = batch.mask                                        # (B, T) or None: padding is left out
         losses = {"obs": masked_mean(0.5 * squared.sum(obs_dims), mask)}  # unit-Gaussian NLL
         losses["kl"], kl_value = kl_balance(self._kl, post_params, prior_params,
                                             c.kl_balance, c.free_nats, mask)
         if self.reward is not None:
-            reward = self.reward(features).squeeze(-1)
+            reward = float32(self.reward(features)).squeeze(-1)
             losses["reward"] = masked_mean(0.5 * (reward - batch.reward).pow(2), mask)
         if self.cont is not None:
-            logits = self.cont(features).squeeze(-1)
+            logits = float32(self.cont(features)).squeeze(-1)
             target_cont = (~batch.is_terminal).to(logits.dtype)
             losses["cont"] = masked_mean(F.binary_cross_entropy_with_logits(logits, target_cont, reduction="none"), mask)
         assert set(losses) == set(self.loss_scales), "loss terms and loss_scales differ"

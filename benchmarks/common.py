@@ -54,9 +54,11 @@ def table(header: list[str], rows: list[list]) -> str:
     return "\n".join(lines)
 
 
-def write(name: str, title: str, body: str) -> Path:
+def write(name: str, title: str, body: str, stamped: str | None = None) -> Path:
+    """Write ``results/name``; ``stamped``: a :func:`stamp` taken when the measurement started
+    (a long run outlives commits made meanwhile), else one taken now."""
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / name
-    path.write_text(f"# {title}\n\n{stamp()}\n\n{body}\n")
+    path.write_text(f"# {title}\n\n{stamped or stamp()}\n\n{body}\n")
     print(path.read_text())
     return path

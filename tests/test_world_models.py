@@ -201,6 +201,31 @@ def test_bf16_autocast_lowers_the_products_and_keeps_the_sensitive_parts_fp32(na
         assert param.grad.dtype == torch.float32 and torch.isfinite(param.grad).all(), pname
 
 
+@pytest.mark.parametrize("name,obs,discrete", [c for c in CASES if c[0] != "dynamics"],
+                         ids=[i for c, i in zip(CASES, IDS) if c[0] != "dynamics"])
+def test_step_tape_changes_only_the_rounding_of_the_gradients(name, obs, discrete, monkeypatch):
+    """The posterior loop's weight gradients summed once per sequence (the default) against
+    plain autograd: the same loss bit for bit, the same gradients up to float32 rounding."""
+    from wmil.world_models.rssm import RSSM
+
+    model, spec = build(name, obs, discrete)
+    batch = make_batch(spec)
+    results = []
+    for tape in (False, True):
+        monkeypatch.setattr(RSSM, "step_tape", tape)
+        model.zero_grad()
+        torch.manual_seed(5)
+        losses, _, _ = model.loss(batch)
+        total_loss(losses, model.loss_scales).backward()
+        results.append(({k: v.detach() for k, v in losses.items()},
+                        {k: p.grad.clone() for k, p in model.named_parameters()}))
+    (plain_losses, plain), (taped_losses, taped) = results
+    assert all(torch.equal(plain_losses[k], taped_losses[k]) for k in plain_losses)
+    for key in plain:
+        scale = plain[key].abs().max()
+        torch.testing.assert_close(taped[key], plain[key], rtol=1e-5, atol=1e-6 * float(scale), msg=key)
+
+
 def test_bf16_changes_the_loss_only_by_rounding():
     """The same model and batch in fp32 and under bf16 autocast: every loss term agrees to bf16
     precision (a cast in the wrong place, e.g. of a latent sample, would change far more)."""

@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from wmil.nets import MLP, ConvDecoder, ConvEncoder, LayerNormGRUCell, preprocess_pixels
+from wmil.nets.step_linear import StepTape
 from wmil.precision import float32, lowered_dtype
 from wmil.types import DataSpec, SequenceBatch
 from wmil.world_models.base import State, WorldModelBase, check_features
@@ -285,6 +286,11 @@ class RSSM(WorldModelBase):
         stoch = self._sample(raw, self._noise(tuple(deter.shape[:-1])))
         return self._state(deter, stoch, self._params_from_raw(raw))
 
+    #: Compute the weight gradients of the layers inside the posterior loop once per sequence
+    #: (:mod:`wmil.nets.step_linear`) rather than once per step. Only the rounding of those
+    #: sums differs; False gives plain autograd (the tests compare the two).
+    step_tape: bool = True
+
     def _filter(self, embed: Tensor, prev_action: Tensor, is_first: Tensor,
                 state: Optional[State]) -> tuple[State, Tensor]:
         """The sequential posterior loop. ``embed (B, T, E)``, ``prev_action (B, T, A)``,
@@ -297,25 +303,41 @@ class RSSM(WorldModelBase):
         action_in = self.img_in_action(prev_action).transpose(0, 1).contiguous()  # (T, B, H)
         embed_in = self.post_embed(embed).transpose(0, 1).contiguous()            # (T, B, H)
         noise = self._noise((T, B))                                                # (T, B, S)
-        resets = is_first.any(0).tolist()
+        # Which steps reset some row: read on the host once per sequence on a CPU; on an
+        # accelerator every step multiplies by `keep` instead (x·1 = x exactly), so the loop
+        # never waits for the device.
+        resets = is_first.any(0).tolist() if is_first.device.type == "cpu" else [True] * T
         keep = (~is_first).transpose(0, 1).unsqueeze(-1).to(embed_in.dtype)       # (T, B, 1)
-        w_stoch = self.img_in_stoch.weight.t()
-        w_post = self.post_deter.weight.t()
-        w_out, b_out = self.post_out.weight.t(), self.post_out.bias
+        cell = self.cell
+        # The step's linear maps as (in, out) matrices: [stoch-in, GRU, posterior hidden,
+        # posterior out]; only the last has a bias (the others' come with action_in/embed_in).
+        weights = [self.img_in_stoch.weight.t(), cell.linear.weight.t(), self.post_deter.weight.t(),
+                   self.post_out.weight.t()]
+        biases = [None, None, None, self.post_out.bias]
         low = lowered_dtype(embed_in.device.type)
         if low is not None:  # bf16 autocast: cast the weights once, not at every step
-            w_stoch, w_post, w_out, b_out = (w.to(low) for w in (w_stoch, w_post, w_out, b_out))
+            weights = [w.to(low) for w in weights]
+            biases = [None if b is None else b.to(low) for b in biases]
 
         deter, stoch = state.deter, state.stoch
+        if self.step_tape and torch.is_grad_enabled():
+            tape = StepTape(weights, biases)
+            deter, stoch = tape.start(deter, stoch)
+            linear = tape.linear
+        else:
+            def linear(layer: int, x: Tensor, add: Optional[Tensor] = None) -> Tensor:
+                base = add if add is not None else biases[layer]
+                return torch.mm(x, weights[layer]) if base is None else torch.addmm(base, x, weights[layer])
+
         deters, stochs, raws = [], [], []
         for t in range(T):
             if resets[t]:  # back to the (zero) initial state where an episode starts
                 deter = deter * keep[t]
                 stoch = stoch * keep[t]
-            x = act(torch.addmm(action_in[t], stoch, w_stoch))
-            deter = self.cell(x, deter)
+            x = act(linear(0, stoch, action_in[t]))
+            deter = cell.from_linear(linear(1, cell.linear_input(x, deter)), deter)
             # Latent logits and samples stay float32 under bf16 autocast.
-            raw = float32(torch.addmm(b_out, act(torch.addmm(embed_in[t], deter, w_post)), w_out))
+            raw = float32(linear(3, act(linear(2, deter, embed_in[t]))))
             stoch = self._sample(raw, noise[t])
             deters.append(deter)
             stochs.append(stoch)

@@ -299,22 +299,24 @@ class RSSM(WorldModelBase):
         act = self._act
         if state is None:
             state = self.initial(B)
-        # Batched before the loop, time-major so that [t] is a contiguous (B, H) slice.
-        action_in = self.img_in_action(prev_action).transpose(0, 1).contiguous()  # (T, B, H)
-        embed_in = self.post_embed(embed).transpose(0, 1).contiguous()            # (T, B, H)
-        noise = self._noise((T, B))                                                # (T, B, S)
+        # Batched before the loop, time-major so that each step's (B, H) slice is contiguous.
+        # Split with unbind: its backward stacks the T slices' gradients once, where indexing
+        # [t] would give every step a zero-filled (T, B, H) gradient to add up (O(T²) work).
+        action_in = self.img_in_action(prev_action).transpose(0, 1).contiguous().unbind(0)  # T × (B, H)
+        embed_in = self.post_embed(embed).transpose(0, 1).contiguous().unbind(0)            # T × (B, H)
+        noise = self._noise((T, B))                                                          # (T, B, S)
         # Which steps reset some row: read on the host once per sequence on a CPU; on an
         # accelerator every step multiplies by `keep` instead (x·1 = x exactly), so the loop
         # never waits for the device.
         resets = is_first.any(0).tolist() if is_first.device.type == "cpu" else [True] * T
-        keep = (~is_first).transpose(0, 1).unsqueeze(-1).to(embed_in.dtype)       # (T, B, 1)
+        keep = (~is_first).transpose(0, 1).unsqueeze(-1).to(embed_in[0].dtype)    # (T, B, 1)
         cell = self.cell
         # The step's linear maps as (in, out) matrices: [stoch-in, GRU, posterior hidden,
         # posterior out]; only the last has a bias (the others' come with action_in/embed_in).
         weights = [self.img_in_stoch.weight.t(), cell.linear.weight.t(), self.post_deter.weight.t(),
                    self.post_out.weight.t()]
         biases = [None, None, None, self.post_out.bias]
-        low = lowered_dtype(embed_in.device.type)
+        low = lowered_dtype(embed.device.type)
         if low is not None:  # bf16 autocast: cast the weights once, not at every step
             weights = [w.to(low) for w in weights]
             biases = [None if b is None else b.to(low) for b in biases]

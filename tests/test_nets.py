@@ -99,3 +99,36 @@ def test_step_tape_gives_the_gradients_of_plain_autograd():
         assert expected.abs().sum() > 0
         torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
         assert torch.equal(got, again)
+
+
+@pytest.mark.parametrize("kernel,size,cin,cout", [(5, 5, 8, 4), (6, 13, 4, 3), (6, 30, 4, 1), (4, 7, 2, 2)])
+def test_conv_transpose2x_is_the_transposed_convolution(kernel, size, cin, cout):
+    """The sub-pixel forward and the transposed convolution's backward give the layer's values
+    and gradients (float64: exact up to summation order)."""
+    from wmil.nets.conv import conv_transpose2x
+
+    torch.manual_seed(0)
+    layer = torch.nn.ConvTranspose2d(cin, cout, kernel, stride=2).double()
+    x = torch.randn(3, cin, size, size, dtype=torch.float64, requires_grad=True)
+    expected = layer(x)
+    got = conv_transpose2x(x, layer)
+    assert got.shape == expected.shape == (3, cout, 2 * size - 2 + kernel, 2 * size - 2 + kernel)
+    torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
+    grad = torch.randn_like(expected)
+    wanted = torch.autograd.grad(expected, [x, layer.weight, layer.bias], grad)
+    for a, b in zip(torch.autograd.grad(got, [x, layer.weight, layer.bias], grad), wanted):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_conv_transpose2x_under_bf16_autocast():
+    from wmil.nets.conv import conv_transpose2x
+
+    torch.manual_seed(0)
+    layer = torch.nn.ConvTranspose2d(8, 1, 6, stride=2)
+    x = torch.randn(2, 8, 30, 30, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        expected, got = layer(x), conv_transpose2x(x, layer)
+    assert got.dtype == expected.dtype == torch.bfloat16
+    torch.testing.assert_close(got.float(), expected.float(), rtol=0.02, atol=0.02)
+    got.float().sum().backward()
+    assert layer.weight.grad.dtype == torch.float32 and x.grad.dtype == torch.float32

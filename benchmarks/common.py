@@ -11,6 +11,20 @@ import sys
 from pathlib import Path
 
 RESULTS = Path(__file__).parent / "results"
+ROOT = Path(__file__).resolve().parent.parent
+#: Each task's world-model dataset recipe (datasets/).
+WORLD_RECIPES = {"cartpole": "cartpole-world.yaml", "lunar": "lunar-world.yaml", "pendulum": "pendulum-world.yaml"}
+
+
+def ensure_dataset(recipe: str) -> str:
+    """Build the dataset of ``datasets/<recipe>`` unless it exists; its name."""
+    from wmil.data import names
+    from wmil.data.build import build_dataset, load_recipe
+
+    config = load_recipe(ROOT / "datasets" / recipe)
+    if not names.exists(config.name):
+        build_dataset(config, progress=False)
+    return config.name
 
 
 def cpu_model() -> str:

@@ -29,10 +29,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(__file__))
-from common import stamp, table, write  # noqa: E402
+from common import WORLD_RECIPES, ensure_dataset, stamp, table, write  # noqa: E402
 
-ROOT = Path(__file__).resolve().parent.parent
-RECIPES = {"cartpole": "cartpole-world.yaml", "lunar": "lunar-world.yaml", "pendulum": "pendulum-world.yaml"}
 HORIZONS = (1, 5, 15)
 PRECISIONS = ("fp32", "bf16")
 DEFAULT_OVERRIDES = ["batch_size=16", "seq_len=50", "eval_every=500", "checkpoint_every=1500"]
@@ -71,8 +69,6 @@ def main():
     import torch
 
     from wmil.config import parse_overrides
-    from wmil.data import names
-    from wmil.data.build import build_dataset, load_recipe
     from wmil.eval.world_model import evaluate_model_run
     from wmil.runs import RunDir
     from wmil.train.world_model import train_world_model
@@ -84,16 +80,14 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         runs = Path(args.out or tmp)
         for task in args.tasks:
-            config = load_recipe(ROOT / "datasets" / RECIPES[task])
-            if not names.exists(config.name):
-                build_dataset(config, progress=False)
+            dataset = ensure_dataset(WORLD_RECIPES[task])
             ratios = {p: {h: [] for h in HORIZONS} for p in PRECISIONS}
             speed = {p: [] for p in PRECISIONS}
             for seed in args.seeds:
                 for precision in PRECISIONS:  # side by side, so load changes hit both alike
                     out = runs / f"{task}-{args.model}-{precision}-s{seed}"
                     started = time.perf_counter()
-                    train_world_model(config.name, model=args.model, preset=args.preset, out=out, steps=args.steps,
+                    train_world_model(dataset, model=args.model, preset=args.preset, out=out, steps=args.steps,
                                       seed=seed, device="cpu", overrides=overrides, progress=False,
                                       precision=precision)
                     minutes = (time.perf_counter() - started) / 60

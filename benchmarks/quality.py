@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(__file__))
-from common import RESULTS, table, write  # noqa: E402
+from common import RESULTS, ensure_dataset, table, write  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -68,16 +68,6 @@ MODEL_FREE = {"bc"}
 ACTOR_CRITIC = {"ditto", "dgail"}
 #: Learners whose own model is a ``dynamics`` one whatever the task's world model is.
 DYNAMICS = {"vins"}
-
-
-def ensure(recipe: str):
-    from wmil.data import names
-    from wmil.data.build import build_dataset, load_recipe
-
-    config = load_recipe(ROOT / "datasets" / recipe)
-    if not names.exists(config.name):
-        build_dataset(config, progress=False)
-    return config.name
 
 
 def algo_fields(algo: str) -> set[str]:
@@ -142,14 +132,14 @@ def main():
     def world_model(task, spec, model, seed):
         out = runs / task / f"wm-{model}-s{seed}"
         started = time.perf_counter()
-        train_world_model(ensure(spec["world"]), model=model, preset="small", out=out,
+        train_world_model(ensure_dataset(spec["world"]), model=model, preset="small", out=out,
                           steps=args.wm_steps or spec["wm"]["steps"], seed=seed,
                           overrides={k: str(v) for k, v in spec["wm"].items() if k != "steps"}, progress=False)
         return out, (time.perf_counter() - started) / 60
 
     for task in args.tasks:
         spec = TASKS[task]
-        expert = ensure(spec["expert"])
+        expert = ensure_dataset(spec["expert"])
         model = args.model or spec["model"]
         episodes = args.episodes or spec["episodes"]
         for seed in args.seeds:

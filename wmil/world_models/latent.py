@@ -25,7 +25,22 @@ def scale_grad(x: Tensor, scale: float) -> Tensor:
         return x
     if scale == 0.0:
         return x.detach()
-    return x.detach() + scale * (x - x.detach())
+    return _ScaleGrad.apply(x, scale)
+
+
+class _ScaleGrad(torch.autograd.Function):
+    """The identity with its gradient times ``scale``: the value of
+    ``sg(x) + scale · (x − sg(x))`` without its three elementwise passes over the tensor (KL
+    balancing applies it to every latent logit of the batch)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, scale: float) -> Tensor:
+        ctx.scale = scale
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        return grad * ctx.scale, None
 
 
 def gumbel_noise(shape: tuple[int, ...], generator: Optional[torch.Generator] = None,

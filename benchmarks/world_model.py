@@ -291,8 +291,8 @@ def bench(config: BenchConfig, rounds: int, updates: int, reference: bool, preci
     def adam(net):
         return torch.optim.Adam(net.parameters(), 3e-4, eps=1e-5)
 
-    with_heads = heads and len(config.obs_shape) == 1  # the like-for-like row is vector-small's
-    variants = [(p, False) for p in precisions] + ([(p, True) for p in precisions] if with_heads else [])
+    heads_here = heads and len(config.obs_shape) == 1  # the like-for-like row is vector-small's
+    variants = [(p, False) for p in precisions] + ([(p, True) for p in precisions] if heads_here else [])
     for precision, with_heads in variants:
         torch.manual_seed(0)
         extra = dict(reward_head=True, continue_head=True) if with_heads else {}

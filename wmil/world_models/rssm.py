@@ -22,8 +22,12 @@ KL balancing ``α·KL(sg(q) ‖ p) + (1 − α)·KL(q ‖ sg(p))``, α = ``kl_ba
 Only what depends on the previous step runs inside the sequential loop (the input layer,
 the GRU, the posterior head and the sample); the encoder, the action and embedding halves of
 the input/posterior layers, the priors, the decoder and every loss run batched over all
-B×T steps. :class:`wmil.world_models.gaussian_rssm.GaussianRSSM` reuses this skeleton with a
-diagonal Gaussian ``z``.
+B×T steps. The weight gradients of the four in-loop linear maps are summed once per sequence
+after the loop (:mod:`wmil.nets.step_linear`). Under bf16 autocast (``train-model --precision
+bf16``) the products run in bf16 and everything the loss or the recurrence accumulates stays
+float32: h, the GRU's LayerNorm and gates, the latent logits and samples, the KL, the
+predictions and the loss terms. :class:`wmil.world_models.gaussian_rssm.GaussianRSSM` reuses
+this skeleton with a diagonal Gaussian ``z``.
 """
 
 from __future__ import annotations

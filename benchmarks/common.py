@@ -11,6 +11,20 @@ import sys
 from pathlib import Path
 
 RESULTS = Path(__file__).parent / "results"
+ROOT = Path(__file__).resolve().parent.parent
+#: Each task's world-model dataset recipe (datasets/).
+WORLD_RECIPES = {"cartpole": "cartpole-world.yaml", "lunar": "lunar-world.yaml", "pendulum": "pendulum-world.yaml"}
+
+
+def ensure_dataset(recipe: str) -> str:
+    """Build the dataset of ``datasets/<recipe>`` unless it exists; its name."""
+    from wmil.data import names
+    from wmil.data.build import build_dataset, load_recipe
+
+    config = load_recipe(ROOT / "datasets" / recipe)
+    if not names.exists(config.name):
+        build_dataset(config, progress=False)
+    return config.name
 
 
 def cpu_model() -> str:
@@ -54,9 +68,11 @@ def table(header: list[str], rows: list[list]) -> str:
     return "\n".join(lines)
 
 
-def write(name: str, title: str, body: str, directory: Path = RESULTS) -> Path:
+def write(name: str, title: str, body: str, directory: Path = RESULTS, stamped: str | None = None) -> Path:
+    """Write ``directory/name``; ``stamped``: a :func:`stamp` taken when the measurement started
+    (a long run outlives commits made meanwhile), else one taken now."""
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / name
-    path.write_text(f"# {title}\n\n{stamp()}\n\n{body}\n")
+    path.write_text(f"# {title}\n\n{stamped or stamp()}\n\n{body}\n")
     print(path.read_text())
     return path

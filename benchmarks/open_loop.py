@@ -15,10 +15,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.common import table, write
+from benchmarks.common import WORLD_RECIPES, ensure_dataset, table, write
 
-ROOT = Path(__file__).resolve().parent.parent
-RECIPES = {"cartpole": "cartpole-world.yaml", "lunar": "lunar-world.yaml", "pendulum": "pendulum-world.yaml"}
 
 
 def main():
@@ -33,8 +31,6 @@ def main():
     args = parser.parse_args()
 
     from wmil.config import parse_overrides
-    from wmil.data import names
-    from wmil.data.build import build_dataset, load_recipe
     from wmil.eval.world_model import evaluate_world_model
     from wmil.train.world_model import train_world_model
 
@@ -43,13 +39,11 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         runs = Path(args.out or tmp)
         for task in args.tasks:
-            config = load_recipe(ROOT / "datasets" / RECIPES[task])
-            if not names.exists(config.name):
-                build_dataset(config, progress=False)
+            dataset = ensure_dataset(WORLD_RECIPES[task])
             for model in args.models:
                 started = time.perf_counter()
                 out = runs / f"{task}-{model}"
-                train_world_model(config.name, model=model, preset=args.preset, out=out, steps=args.steps,
+                train_world_model(dataset, model=model, preset=args.preset, out=out, steps=args.steps,
                                   seed=args.seed, overrides=overrides, progress=False)
                 minutes = (time.perf_counter() - started) / 60
                 report = evaluate_world_model(out, batches=8)

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import RESULTS, table, write
+from benchmarks.common import RESULTS, ensure_dataset, table, write
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -98,16 +98,6 @@ ALIASES = {"vmil": dict(algo="dgail", model="gaussian_rssm", overrides={"pair": 
 MODEL_FREE = {"bc"}
 #: Learners whose own model is a ``dynamics`` one whatever the task's world model is.
 DYNAMICS = {"vins"}
-
-
-def ensure(recipe: str):
-    from wmil.data import names
-    from wmil.data.build import build_dataset, load_recipe
-
-    config = load_recipe(ROOT / "datasets" / recipe)
-    if not names.exists(config.name):
-        build_dataset(config, progress=False)
-    return config.name
 
 
 def resolve(name: str, task_model: str) -> tuple[str, str | None, dict[str, str]]:
@@ -194,7 +184,7 @@ def main():
         out = runs / task / f"wm-{kind}-s{seed}"
         started = time.perf_counter()
         overrides = {**{k: str(v) for k, v in spec["wm"].items() if k != "steps"}, **wm_cli}
-        train_world_model(ensure(spec["world"]), model=kind, preset="small", out=out,
+        train_world_model(ensure_dataset(spec["world"]), model=kind, preset="small", out=out,
                           steps=args.wm_steps or spec["wm"]["steps"], seed=seed, overrides=overrides,
                           progress=False)
         minutes = (time.perf_counter() - started) / 60
@@ -207,7 +197,7 @@ def main():
 
     for task in args.tasks:
         spec = TASKS[task]
-        expert = ensure(spec["expert"])
+        expert = ensure_dataset(spec["expert"])
         task_model = args.model or spec["model"]
         episodes = args.episodes or spec["episodes"]
         protocols = [p for p in (args.protocols or spec["protocols"]) if p in spec["protocols"]]

@@ -1,20 +1,29 @@
-"""World-model update throughput on the CPU, against a plainly written reference RSSM.
+"""World-model update throughput on the CPU: wmil's ``rssm`` in fp32 and bf16, against a
+plainly written reference RSSM.
 
-One update = forward over the whole sequence + loss + backward + Adam step, on synthetic data.
-For each configuration the script measures, interleaved in the same process so that machine
-noise hits both alike:
+One update = what ``wmil train-model`` does per step on a batch: forward over the whole
+sequence + loss (under bf16 autocast for ``bf16``, as ``--precision bf16`` runs it) + backward +
+gradient clip + Adam step, on synthetic data. For each configuration the script measures,
+interleaved in the same process (round-robin) so that machine noise hits all alike:
 
 * frames/s (B×T per second, median of ``--rounds`` rounds of ``--updates`` updates) of the
-  wmil ``rssm`` and of a reference RSSM written the way typical implementations are (every
-  step's prior and posterior computed inside the loop from concatenated inputs, both sampled
-  with ``torch.distributions``, the KL balanced with two ``kl_divergence`` calls);
+  wmil ``rssm`` in each of ``--precisions`` (and with its reward and continue heads on, with
+  ``--heads``: the like-for-like reference for dreamerv3-torch), and of a reference RSSM written
+  the way typical implementations are (every step's prior and posterior computed inside the
+  loop from concatenated inputs, both sampled with ``torch.distributions``, the KL balanced
+  with two ``kl_divergence`` calls; fp32);
 * FLOPs per update (``torch.utils.flop_counter.FlopCounterMode`` over forward + backward) and the
-  achieved GFLOP/s as a fraction of the measured fp32 GEMM rate on the same threads.
+  achieved GFLOP/s as a fraction of the measured GEMM rate on the same threads, in the row's
+  precision (fp32, or bf16 GEMMs for bf16).
+
+The peers (the DITTO authors' code, dreamerv3-torch) are timed side by side with the shared
+harness ``../shared/bench/peer_throughput.py``; its table is kept in
+``benchmarks/results/peer_throughput.md``.
 
 Usage::
 
-    python -m benchmarks.world_model                      # vector-small and pixel-small
-    python -m benchmarks.world_model --configs pixel-paper --rounds 2 --no-reference
+    python -m benchmarks.world_model                      # vector-small and pixel-small, fp32 and bf16
+    python -m benchmarks.world_model --configs pixel-paper --rounds 3 --no-reference
 
 Writes ``benchmarks/results/world_model.md``.
 """
@@ -38,9 +47,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from wmil.nets import MLP, preprocess_pixels
+from wmil.precision import PRECISIONS, autocast
 from wmil.types import DataSpec, SequenceBatch
 from wmil.world_models import config_for, make_world_model, total_loss
-from wmil.nets import MLP, preprocess_pixels
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -56,14 +66,20 @@ class BenchConfig:
     peer: str      # the best peer's figure measured with the peer harness, for the table
 
 
+# Targets of issue 17 / BENCHMARKS.md, from the peer figures measured side by side with the
+# shared harness (2 threads, fp32): ≥ 2.5× the best peer in fp32 at every config, ≥ 4× with
+# bf16 on the pixel configs (pixel-paper ≥ 450 f/s), vector-small with heads ≥ 4×
+# dreamerv3-torch. Frames/s on this machine; the ratios themselves come from the harness.
 CONFIGS = {
-    "vector-small": BenchConfig("vector-small", (8,), 50, 50, "small", 4000.0,
-                                "dreamerv3-torch 2,007 f/s"),
-    "pixel-small": BenchConfig("pixel-small", (1, 64, 64), 16, 50, "small", 1040.0,
-                               "DITTO code 520 f/s"),
-    "pixel-paper": BenchConfig("pixel-paper", (1, 64, 64), 50, 50, "paper", 160.0,
-                               "DITTO code 81 f/s"),
+    "vector-small": BenchConfig("vector-small", (8,), 50, 50, "small", 2.5 * 2810,
+                                "dreamerv3-torch 2,810 f/s (with heads: wmil + heads ≥ 11,240)"),
+    "pixel-small": BenchConfig("pixel-small", (1, 64, 64), 16, 50, "small", 2.5 * 686,
+                               "dreamerv3-torch 686 f/s, DITTO code 666 (bf16: ≥ 2,744)"),
+    "pixel-paper": BenchConfig("pixel-paper", (1, 64, 64), 50, 50, "paper", 2.5 * 116,
+                               "DITTO code 116 f/s (bf16: ≥ 464)"),
 }
+BF16_TARGETS = {"pixel-small": 4 * 686, "pixel-paper": max(4 * 116, 450)}
+HEADS_TARGET = 4 * 2810  # vector-small, wmil with reward and continue heads
 ACTIONS = 6  # discrete, one-hot
 
 
@@ -213,18 +229,26 @@ def make_batch(spec: DataSpec, B: int, T: int) -> SequenceBatch:
                          action_mask=torch.ones(B, T, dtype=torch.bool))
 
 
-def wmil_update(model, optimizer, batch):
-    losses, _, _ = model.loss(batch)
-    loss = total_loss(losses, model.loss_scales)
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
+def wmil_updater(precision: str):
+    """The update of ``wmil train-model`` in ``precision`` (less the sampler and bookkeeping)."""
+
+    def update(model, optimizer, batch):
+        with autocast("cpu", precision):
+            losses, _, _ = model.loss(batch)
+        loss = total_loss(losses, model.loss_scales)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), model.config.grad_clip)
+        optimizer.step()
+
+    return update
 
 
 def reference_update(model, optimizer, batch):
     loss = model.loss(batch)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), model.c.grad_clip)
     optimizer.step()
 
 
@@ -236,9 +260,9 @@ def count_flops(update, model, optimizer, batch) -> int:
     return counter.get_total_flops()
 
 
-def gemm_rate(size: int = 1024, repeats: int = 30) -> float:
-    """Median fp32 GEMM FLOP/s on the current thread count."""
-    a, b = torch.randn(size, size), torch.randn(size, size)
+def gemm_rate(size: int = 1024, repeats: int = 30, dtype=torch.float32) -> float:
+    """Median GEMM FLOP/s in ``dtype`` on the current thread count."""
+    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
     for _ in range(3):
         a @ b
     times = []
@@ -256,31 +280,44 @@ def timed(update, model, optimizer, batch, updates: int) -> float:
     return (time.perf_counter() - start) / updates
 
 
-def bench(config: BenchConfig, rounds: int, updates: int, reference: bool) -> dict:
+def bench(config: BenchConfig, rounds: int, updates: int, reference: bool, precisions: list[str],
+          heads: bool) -> dict:
     spec = DataSpec(config.obs_shape, "uint8" if len(config.obs_shape) == 3 else "float32",
                     action_dim=ACTIONS, discrete=True)
     model_config = config_for("rssm", config.preset)
     batch = make_batch(spec, config.batch, config.steps)
     runners = {}
-    torch.manual_seed(0)
-    model = make_world_model("rssm", spec, model_config)
-    runners["wmil"] = (wmil_update, model, torch.optim.Adam(model.parameters(), 3e-4, eps=1e-5))
-    if reference:
+
+    def adam(net):
+        return torch.optim.Adam(net.parameters(), 3e-4, eps=1e-5)
+
+    heads_here = heads and len(config.obs_shape) == 1  # the like-for-like row is vector-small's
+    variants = [(p, False) for p in precisions] + ([(p, True) for p in precisions] if heads_here else [])
+    for precision, with_heads in variants:
+        torch.manual_seed(0)
+        extra = dict(reward_head=True, continue_head=True) if with_heads else {}
+        model = make_world_model("rssm", spec, config_for("rssm", config.preset, **extra))
+        name = f"wmil{' + heads' if with_heads else ''} {precision}"
+        runners[name] = (wmil_updater(precision), model, adam(model), precision)
+    if reference and config.preset != "paper":  # at paper size it takes minutes and adds nothing
         torch.manual_seed(0)
         ref = ReferenceRSSM(spec, model_config)
-        runners["reference"] = (reference_update, ref, torch.optim.Adam(ref.parameters(), 3e-4, eps=1e-5))
-    result = {"config": config, "params": sum(p.numel() for p in model.parameters())}
-    for name, (update, net, optimizer) in runners.items():
+        runners["reference fp32"] = (reference_update, ref, adam(ref), "fp32")
+    result = {"config": config, "params": sum(p.numel() for p in runners[next(iter(runners))][1].parameters()),
+              "runners": list(runners), "precision": {n: r[3] for n, r in runners.items()}}
+    for name, (update, net, optimizer, _) in runners.items():
         result[f"{name}_flops"] = count_flops(update, net, optimizer, batch)
         update(net, optimizer, batch)  # warm-up
     times: dict[str, list[float]] = {name: [] for name in runners}
-    for _ in range(rounds):  # interleaved, so that load changes hit both
-        for name, (update, net, optimizer) in runners.items():
+    for r in range(rounds):  # round-robin, order rotated, so that load changes hit all alike
+        names = list(runners)
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            update, net, optimizer, _ = runners[name]
             times[name].append(timed(update, net, optimizer, batch, updates))
     frames = config.batch * config.steps
-    if reference:  # per-round ratios: each pair ran back to back, under similar load
-        result["ratio_rounds"] = [r / w for w, r in zip(times["wmil"], times["reference"])]
-    for name in runners:
+    base = f"wmil {precisions[0]}"
+    for name in runners:  # per-round ratios to the first wmil row: each round ran all back to back
+        result[f"{name}_ratio_rounds"] = [b / t for b, t in zip(times[base], times[name])]
         seconds = statistics.median(times[name])
         result[f"{name}_fps"] = frames / seconds
         result[f"{name}_fps_all"] = [frames / s for s in times[name]]
@@ -316,26 +353,32 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--configs", default="vector-small,pixel-small",
                         help=f"comma-separated, from {sorted(CONFIGS)}")
+    parser.add_argument("--precisions", default="fp32,bf16", help=f"comma-separated, from {PRECISIONS}")
+    parser.add_argument("--heads", action="store_true",
+                        help="also time wmil with its reward and continue heads on, for vector "
+                             "observations (vector-small's like-for-like row against dreamerv3-torch)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=5, help="timed rounds per model (median)")
     parser.add_argument("--updates", type=int, default=3, help="updates per timed round")
-    parser.add_argument("--no-reference", action="store_true", help="skip the reference RSSM")
+    parser.add_argument("--no-reference", action="store_true",
+                        help="skip the reference RSSM (always skipped at paper size)")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "world_model.md"))
     args = parser.parse_args(argv)
+    precisions = [p.strip() for p in args.precisions.split(",") if p.strip()]
+    if not precisions or any(p not in PRECISIONS for p in precisions):
+        parser.error(f"--precisions: choose from {PRECISIONS}")
     torch.set_num_threads(args.threads)
     info = machine()
-    gemm = gemm_rate()
-    print(f"GEMM fp32 1024^3 on {args.threads} threads: {gemm / 1e9:.1f} GFLOP/s", flush=True)
+    gemm = {p: gemm_rate(dtype=torch.float32 if p == "fp32" else torch.bfloat16) for p in PRECISIONS}
+    print("GEMM 1024^3 on {} threads: {}".format(args.threads, ", ".join(
+        f"{p} {r / 1e9:.1f} GFLOP/s" for p, r in gemm.items())), flush=True)
 
     rows = []
     for name in args.configs.split(","):
-        result = bench(CONFIGS[name], args.rounds, args.updates, not args.no_reference)
+        result = bench(CONFIGS[name], args.rounds, args.updates, not args.no_reference, precisions, args.heads)
         rows.append(result)
-        line = f"{name}: wmil {result['wmil_fps']:.0f} f/s"
-        if "reference_fps" in result:
-            line += f", reference {result['reference_fps']:.0f} f/s, ratio (median of rounds) " \
-                    f"{statistics.median(result['ratio_rounds']):.2f}"
-        print(line, flush=True)
+        print(f"{name}: " + ", ".join(f"{n} {result[f'{n}_fps']:,.0f} f/s" for n in result["runners"]), flush=True)
+    load_end = os.getloadavg()[0]
 
     command = "python " + " ".join([os.path.relpath(__file__, ROOT)] + sys.argv[1:]) \
         if argv is None else "python -m benchmarks.world_model " + " ".join(argv)
@@ -345,41 +388,51 @@ def main(argv=None) -> None:
         f"- date: {datetime.date.today().isoformat()}",
         f"- commit: `{info['commit']}`",
         f"- CPU: {info['cpu']}, {info['cores']} cores; torch {info['torch']}, "
-        f"{args.threads} threads; 1-min load average at start {info['load']:.2f} "
+        f"{args.threads} threads; 1-min load average {info['load']:.2f} at start, {load_end:.2f} at end "
         "(shared machine)",
         f"- command: `{command}` (from the repository root)",
-        f"- measured fp32 GEMM rate (1024³, {args.threads} threads, median): "
-        f"**{gemm / 1e9:.1f} GFLOP/s**",
-        f"- one update = forward over the sequence + loss + backward + Adam step; frames = B×T; "
-        f"median of {args.rounds} rounds × {args.updates} updates, wmil and reference "
-        "interleaved in the same process; FLOPs counted with `FlopCounterMode` (forward + "
-        "backward; matmuls and convolutions)",
+        f"- measured GEMM rate (1024³, {args.threads} threads, median): "
+        + ", ".join(f"**{p} {r / 1e9:.1f} GFLOP/s**" for p, r in gemm.items()),
+        "- one update = `wmil train-model`'s step: forward over the sequence + loss (bf16: under "
+        "autocast) + backward + grad clip + Adam step; frames = B×T; median of "
+        f"{args.rounds} rounds × {args.updates} updates, all rows of a config round-robin in the "
+        "same process; FLOPs counted with `FlopCounterMode` (forward + backward; matmuls and "
+        "convolutions); % of GEMM rate against the rate of the row's precision",
         "",
-        "Medians (and, in brackets, the best round, the closest to an unloaded machine); the "
-        "ratio is the median of the per-round ratios (each round runs wmil and the reference "
-        "back to back).",
+        f"Medians (and, in brackets, the best round, the closest to an unloaded machine); the ratio "
+        f"is the median of the per-round ratios to `wmil {precisions[0]}` (> 1: faster).",
         "",
-        "| config | B×T | wmil frames/s | reference frames/s | ratio | target | best peer "
-        "| GFLOP/update | wmil GFLOP/s | % of GEMM rate |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| config | B×T | implementation | frames/s | ratio | target | GFLOP/update | GFLOP/s | % of GEMM rate |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         c = r["config"]
-        ref = (f"{r['reference_fps']:,.0f} ({r['reference_fps_best']:,.0f})"
-               if "reference_fps" in r else "—")
-        ratio = f"{statistics.median(r['ratio_rounds']):.2f}×" if "ratio_rounds" in r else "—"
-        met = "met" if r["wmil_fps"] >= c.target else "not met"
-        lines.append(
-            f"| {c.name} (obs {c.obs_shape}, rssm `{c.preset}`) | {c.batch}×{c.steps} "
-            f"| **{r['wmil_fps']:,.0f}** ({r['wmil_fps_best']:,.0f}) | {ref} | {ratio} | ≥ {c.target:,.0f} ({met}) | {c.peer} "
-            f"| {r['wmil_flops'] / 1e9:.2f} | {r['wmil_gflops']:.1f} "
-            f"| {100 * r['wmil_gflops'] / (gemm / 1e9):.0f} % |")
-    lines += ["", "Per-round frames/s (spread on this shared machine):", ""]
+        for n in r["runners"]:
+            precision = r["precision"][n]
+            target = "—"
+            if n == "wmil fp32":
+                target = f"≥ {c.target:,.0f} ({'met' if r[f'{n}_fps'] >= c.target else 'not met'})"
+            elif n == "wmil bf16" and c.name in BF16_TARGETS:
+                wanted = BF16_TARGETS[c.name]
+                target = f"≥ {wanted:,.0f} ({'met' if r[f'{n}_fps'] >= wanted else 'not met'})"
+            elif n.startswith("wmil + heads") and c.name == "vector-small":
+                target = f"≥ {HEADS_TARGET:,.0f} ({'met' if r[f'{n}_fps'] >= HEADS_TARGET else 'not met'})"
+            lines.append(
+                f"| {c.name} (obs {c.obs_shape}, rssm `{c.preset}`) | {c.batch}×{c.steps} | {n} "
+                f"| **{r[f'{n}_fps']:,.0f}** ({r[f'{n}_fps_best']:,.0f}) "
+                f"| {statistics.median(r[f'{n}_ratio_rounds']):.2f}× | {target} "
+                f"| {r[f'{n}_flops'] / 1e9:.2f} | {r[f'{n}_gflops']:.1f} "
+                f"| {100 * r[f'{n}_gflops'] / (gemm[precision] / 1e9):.0f} % |")
+    lines += ["", "Targets (issue 17): fp32 ≥ 2.5× the best peer, bf16 ≥ 4× on the pixel configs "
+              "(pixel-paper ≥ 450 f/s), vector-small with heads ≥ 4× dreamerv3-torch; the peer "
+              "figures are those measured with the shared harness on 2 threads "
+              "(`benchmarks/results/peer_throughput.md`): " + "; ".join(
+                  f"{r['config'].name}: {r['config'].peer}" for r in rows) + ".",
+              "", "Per-round frames/s (spread on this shared machine):", ""]
     for r in rows:
-        for name in ("wmil", "reference"):
-            if f"{name}_fps_all" in r:
-                values = ", ".join(f"{v:,.0f}" for v in r[f"{name}_fps_all"])
-                lines.append(f"- {r['config'].name} {name}: {values}")
+        for n in r["runners"]:
+            values = ", ".join(f"{v:,.0f}" for v in r[f"{n}_fps_all"])
+            lines.append(f"- {r['config'].name} {n}: {values}")
     Path(args.out).write_text("\n".join(lines) + "\n")
     print(f"wrote {args.out}")
 

@@ -374,6 +374,8 @@ def datasets_delete(name, yes):
 @click.option("--seed", type=click.IntRange(min=0), help="Seed for initialisation, sampling and the validation split.")
 @click.option("--out", type=click.Path(file_okay=False), help="Run directory (default runs/<model>-<dataset>); re-run to resume.")
 @click.option("--device", type=DeviceChoice(), default="auto", show_default=True, help="auto: CUDA when present.")
+@click.option("--precision", type=click.Choice(["fp32", "bf16"]),
+              help="fp32 (default) or bf16 autocast for the world model's forward pass; KL, losses and latents stay fp32.")
 @click.option("-o", "overrides", multiple=True, help="Any config field: -o lr=1e-4, -o model.deter=256, -o train.batch_size=16 "
               "(every field: wmil config show MODEL, wmil config show train-model).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
@@ -382,7 +384,7 @@ def datasets_delete(name, yes):
                    "run code stored in the file: use only for files you trust.")
 @click.option("--allow-nonfinite", is_flag=True, help="Accept NaN/inf in observations, rewards and actions (an error otherwise); recorded as train.allow_nonfinite.")
 @threads_option
-def train_model_cmd(datasets, model, preset, steps, seed, out, device, overrides, quiet, trust_checkpoint,
+def train_model_cmd(datasets, model, preset, steps, seed, out, device, precision, overrides, quiet, trust_checkpoint,
                     allow_nonfinite):
     """Train a world model on all given datasets (mixed quality is the point)."""
     from wmil.config import parse_overrides
@@ -392,7 +394,8 @@ def train_model_cmd(datasets, model, preset, steps, seed, out, device, overrides
     if allow_nonfinite:
         pairs["train.allow_nonfinite"] = "true"
     trained = train_world_model(list(datasets), model=model, preset=preset, out=out, steps=steps, seed=seed,
-                                device=device, overrides=pairs, progress=not quiet, trust_checkpoint=trust_checkpoint)
+                                device=device, overrides=pairs, progress=not quiet, trust_checkpoint=trust_checkpoint,
+                                precision=precision)
     click.echo(f"trained {model}")
     print_run_summary(trained.run_dir)
 

@@ -24,15 +24,15 @@ def _params(model):
     return {k: v.clone() for k, v in model.state_dict().items()}
 
 
-@pytest.mark.parametrize("model", ["rssm", "gaussian_rssm", "dynamics"])
-def test_resume_continues_exactly(world, tmp_path, model):
-    full = train_world_model(world, model=model, preset="tiny", out=tmp_path / "full", steps=7,
-                             overrides=TINY, progress=False, device="cpu")
+@pytest.mark.parametrize("model,precision", [("rssm", "fp32"), ("gaussian_rssm", "fp32"), ("dynamics", "fp32"),
+                                             ("rssm", "bf16"), ("gaussian_rssm", "bf16")])
+def test_resume_continues_exactly(world, tmp_path, model, precision):
+    kw = dict(model=model, preset="tiny", overrides=TINY, progress=False, device="cpu", precision=precision)
+    full = train_world_model(world, out=tmp_path / "full", steps=7, **kw)
     part = tmp_path / "part"
-    train_world_model(world, model=model, preset="tiny", out=part, steps=4, overrides=TINY, progress=False, device="cpu")
+    train_world_model(world, out=part, steps=4, **kw)
     # The run was "interrupted" after step 4; its last checkpoint is step 4 (saved at the end).
-    resumed = train_world_model(world, model=model, preset="tiny", out=part, steps=7, overrides=TINY,
-                                progress=False, device="cpu")
+    resumed = train_world_model(world, out=part, steps=7, **kw)
     a, b = _params(full), _params(resumed)
     assert a.keys() == b.keys()
     for key in a:
@@ -58,6 +58,41 @@ def test_run_dir_contents_and_loading(world, tmp_path):
     loaded = load_world_model(out)
     for key, value in model.state_dict().items():
         torch.testing.assert_close(loaded.state_dict()[key], value)
+
+
+def test_precision_is_recorded_and_a_resume_with_another_is_refused(world, tmp_path, capsys):
+    out = tmp_path / "bf16"
+    args = ["train-model", "--dataset", "wm/world-v0", "--preset", "tiny", "--steps", "2", "--quiet", "--device", "cpu"]
+    args += [a for k, v in TINY.items() for a in ("-o", f"{k}={v}")]
+    assert wmil_main(args + ["--out", str(out), "--precision", "bf16"]) == 0
+    config = RunDir(out, "world_model").read_config()
+    assert config["train"]["precision"] == "bf16"
+    with pytest.raises(UserError, match=r"different train.precision \('bf16' → 'fp32'\)"):
+        train_world_model(world, preset="tiny", out=out, steps=4, overrides=TINY, progress=False, device="cpu")
+    with pytest.raises(UserError, match=r"different train.precision \('bf16' → 'fp32'\)"):
+        train_world_model(world, preset="tiny", out=out, steps=4, progress=False, device="cpu",
+                          overrides={**TINY, "precision": "fp32"})
+    capsys.readouterr()
+    assert wmil_main(args + ["--out", str(tmp_path / "x"), "-o", "train.precision=fp16"]) == 2
+    assert "field 'precision': precision='fp16' is not one of ['fp32', 'bf16']" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists(), "nothing is written for a bad precision"
+    assert wmil_main(args + ["--out", str(tmp_path / "y"), "--precision", "fp16"]) == 2
+
+
+def test_runs_from_before_the_precision_option_resume_as_fp32(world, tmp_path):
+    import yaml
+
+    out = tmp_path / "old"
+    train_world_model(world, preset="tiny", out=out, steps=3, overrides=TINY, progress=False, device="cpu")
+    path = RunDir(out, "world_model").config_path
+    config = yaml.safe_load(path.read_text())
+    del config["train"]["precision"]
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    train_world_model(world, preset="tiny", out=out, steps=5, overrides=TINY, progress=False, device="cpu")
+    assert [m["step"] for m in RunDir(out, "world_model").read_metrics()] == [2, 3, 4, 5]
+    with pytest.raises(UserError, match=r"different train.precision \('fp32' → 'bf16'\)"):
+        train_world_model(world, preset="tiny", out=out, steps=6, overrides=TINY, progress=False, device="cpu",
+                          precision="bf16")
 
 
 def test_cli_train_model_and_overrides(world, tmp_path, capsys):

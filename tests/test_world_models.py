@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from wmil.errors import UserError
+from wmil.precision import autocast
 from wmil.types import DataSpec, SequenceBatch
 from wmil.world_models import (PRESETS, WORLD_MODELS, State, config_for, field_docs,
                                make_world_model, total_loss)
@@ -171,6 +172,73 @@ def test_deterministic_under_a_fixed_seed(name, obs, discrete):
     (losses_a, feats_a), (losses_b, feats_b) = results
     assert all(torch.equal(losses_a[k], losses_b[k]) for k in losses_a)
     assert torch.equal(feats_a, feats_b)
+
+
+@pytest.mark.parametrize("name,obs,discrete", CASES, ids=IDS)
+def test_bf16_autocast_lowers_the_products_and_keeps_the_sensitive_parts_fp32(name, obs, discrete):
+    """Under bf16 autocast the linear and conv layers run in bf16, while the latent state, the
+    latent parameters, the predictions and every loss term stay float32, and the float32
+    parameters get finite gradients (DESIGN.md: KL and losses in fp32)."""
+    model, spec = build(name, obs, discrete)
+    lowered = []
+    for module in model.modules():
+        if isinstance(module, (torch.nn.Linear, torch.nn.Conv2d, torch.nn.ConvTranspose2d)):
+            module.register_forward_hook(lambda m, args, out: lowered.append(out.dtype))
+    batch = make_batch(spec)
+    with autocast("cpu", "bf16"):
+        losses, metrics, posterior = model.loss(batch)
+        state = model.imagine_step(posterior[:, -1], batch.action[:, -1])
+        prediction = model.decode(model.features(state))
+    assert lowered and set(lowered) == {torch.bfloat16}, set(lowered)
+    assert all(v.dtype == torch.float32 for v in losses.values()), {k: v.dtype for k, v in losses.items()}
+    for which in (posterior, state):
+        assert {v.dtype for v in which.tensors().values()} == {torch.float32}, which
+    assert prediction.dtype == torch.float32
+    assert all(math.isfinite(v) for v in metrics.values())
+    total_loss(losses, model.loss_scales).backward()
+    for pname, param in model.named_parameters():
+        assert param.dtype == torch.float32 and param.grad is not None, pname
+        assert param.grad.dtype == torch.float32 and torch.isfinite(param.grad).all(), pname
+
+
+@pytest.mark.parametrize("name,obs,discrete", [c for c in CASES if c[0] != "dynamics"],
+                         ids=[i for c, i in zip(CASES, IDS) if c[0] != "dynamics"])
+def test_step_tape_changes_only_the_rounding_of_the_gradients(name, obs, discrete, monkeypatch):
+    """The posterior loop's weight gradients summed once per sequence (the default) against
+    plain autograd: the same loss bit for bit, the same gradients up to float32 rounding."""
+    from wmil.world_models.rssm import RSSM
+
+    model, spec = build(name, obs, discrete)
+    batch = make_batch(spec)
+    results = []
+    for tape in (False, True):
+        monkeypatch.setattr(RSSM, "step_tape", tape)
+        model.zero_grad()
+        torch.manual_seed(5)
+        losses, _, _ = model.loss(batch)
+        total_loss(losses, model.loss_scales).backward()
+        results.append(({k: v.detach() for k, v in losses.items()},
+                        {k: p.grad.clone() for k, p in model.named_parameters()}))
+    (plain_losses, plain), (taped_losses, taped) = results
+    assert all(torch.equal(plain_losses[k], taped_losses[k]) for k in plain_losses)
+    for key in plain:
+        scale = plain[key].abs().max()
+        torch.testing.assert_close(taped[key], plain[key], rtol=1e-5, atol=1e-6 * float(scale), msg=key)
+
+
+def test_bf16_changes_the_loss_only_by_rounding():
+    """The same model and batch in fp32 and under bf16 autocast: every loss term agrees to bf16
+    precision (a cast in the wrong place, e.g. of a latent sample, would change far more)."""
+    model, spec = build("rssm", "vector", True)
+    batch = make_batch(spec, batch=16, steps=12)
+    terms = {}
+    for precision in ("fp32", "bf16"):
+        torch.manual_seed(3)
+        with autocast("cpu", precision):
+            losses, _, _ = model.loss(batch)
+        terms[precision] = {k: float(v.detach()) for k, v in losses.items()}
+    assert terms["bf16"] != terms["fp32"], "autocast changed nothing: bf16 did not run"
+    assert terms["bf16"] == pytest.approx(terms["fp32"], rel=0.05)
 
 
 @pytest.mark.parametrize("name,obs,discrete", [("rssm", "vector", True), ("gaussian_rssm", "vector", False),
@@ -427,9 +495,11 @@ def point_mass_batch(gen: torch.Generator, batch: int, steps: int, discrete: boo
                          action_mask=torch.ones(batch, steps, dtype=torch.bool))
 
 
-@pytest.mark.parametrize("name,discrete", [("rssm", True), ("gaussian_rssm", False),
-                                           ("dynamics", False)])
-def test_learns_a_point_mass_and_beats_repeating_the_last_observation(name, discrete):
+@pytest.mark.parametrize("name,discrete,precision", [("rssm", True, "fp32"), ("gaussian_rssm", False, "fp32"),
+                                                     ("dynamics", False, "fp32"), ("rssm", True, "bf16"),
+                                                     pytest.param("gaussian_rssm", False, "bf16",
+                                                                  marks=pytest.mark.slow)])
+def test_learns_a_point_mass_and_beats_repeating_the_last_observation(name, discrete, precision):
     torch.manual_seed(0)
     spec = DataSpec((2,), "float32", action_dim=4 if discrete else 2, discrete=discrete)
     model = make_world_model(name, spec, config_for(name, "tiny", lr=3e-3))
@@ -437,7 +507,8 @@ def test_learns_a_point_mass_and_beats_repeating_the_last_observation(name, disc
     gen = torch.Generator().manual_seed(0)
     history = []  # the prediction terms (the KL may rise while the posterior learns)
     for _ in range(400):
-        losses, _, _ = model.loss(point_mass_batch(gen, 32, 12, discrete))
+        with autocast("cpu", precision):
+            losses, _, _ = model.loss(point_mass_batch(gen, 32, 12, discrete))
         loss = total_loss(losses, model.loss_scales)
         optimizer.zero_grad()
         loss.backward()
@@ -449,7 +520,9 @@ def test_learns_a_point_mass_and_beats_repeating_the_last_observation(name, disc
     model.eval()
     test = point_mass_batch(torch.Generator().manual_seed(1), 64, 12, discrete)
     torch.manual_seed(1)
-    predicted = model.open_loop(test, context=5, horizon=5)          # (64, 5, 2)
+    with autocast("cpu", precision):
+        predicted = model.open_loop(test, context=5, horizon=5)      # (64, 5, 2)
+    assert predicted.dtype == torch.float32
     truth = test.obs[:, 5:10]
     repeat = test.obs[:, 4:5].expand_as(truth)
     model_error = (predicted - truth).pow(2).mean().item()

@@ -216,7 +216,7 @@ class RunDir:
             raise UserError(f"{self.path} holds a {config.get('kind')} run, not a {self.kind} run; choose another --out")
 
     def start_or_resume(self, config: dict, may_change: Iterable[str] = MAY_CHANGE,
-                        trust: bool = False) -> Optional[dict]:
+                        trust: bool = False, defaults: Optional[dict[str, Any]] = None) -> Optional[dict]:
         """Lock the run and open it.
 
         An existing run with a readable checkpoint must have the same config except the fields
@@ -224,7 +224,8 @@ class RunDir:
         in config.yaml, and the newest readable checkpoint is returned (its step and guard state
         kept as :attr:`resumed`), with metrics after it dropped. A run without a checkpoint, or a new
         one, gets ``config`` written and empty metrics, and None is returned. ``trust`` loads
-        checkpoints that need unpickling (see the module docstring)."""
+        checkpoints that need unpickling (see the module docstring). ``defaults`` maps a dotted
+        field added in a later version to the value runs written before it had."""
         self.acquire()
         if self.exists():
             previous = self.read_config()
@@ -232,7 +233,7 @@ class RunDir:
             checkpoint = self.load_checkpoint(trust=trust, fallback=True)
             if checkpoint is not None:
                 step = int(checkpoint["step"])
-                complete = self._check_resumable(previous, config, step, tuple(may_change))
+                complete = self._check_resumable(previous, config, step, tuple(may_change), defaults or {})
                 self.resumed = {"step": step, "divergence": checkpoint.get("divergence")}  # not the weights
                 self.truncate_metrics(step)
                 if complete:
@@ -242,11 +243,14 @@ class RunDir:
         self.truncate_metrics(0)
         return None
 
-    def _check_resumable(self, previous: dict, config: dict, step: int, may_change: tuple[str, ...]) -> bool:
+    def _check_resumable(self, previous: dict, config: dict, step: int, may_change: tuple[str, ...],
+                         defaults: dict[str, Any]) -> bool:
         """Raise unless ``config`` may resume ``previous`` at ``step``; record allowed changes.
         True when the run is already complete."""
         new = _plain({"kind": self.kind, **config})
-        differences = [d for d in config_differences(previous, new, ignore=("wmil_version", "history"))]
+        differences = [(name, old, value) for name, old, value
+                       in config_differences(previous, new, ignore=("wmil_version", "history"))
+                       if not (old is _MISSING and name in defaults and defaults[name] == value)]
         blocking = [d for d in differences if d[0] not in may_change]
         if blocking:
             hint = ""

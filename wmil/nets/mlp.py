@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from wmil.config import Activation
+from wmil.precision import float32
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {
     "elu": nn.ELU,
@@ -83,7 +84,21 @@ class LayerNormGRUCell(nn.Module):
 
     def forward(self, x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
         # x (B, input_dim), h (B, hidden_dim) -> (B, hidden_dim)
-        parts = self.norm(self.linear(torch.cat([x, h], -1)))
+        return self.from_linear(self.linear(self.linear_input(x, h)), h)
+
+    @staticmethod
+    def linear_input(x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        """``[x, h]``, the input of the fused linear map: ``(B, input_dim + hidden_dim)``.
+        Under bf16 autocast h joins x's dtype (rather than the concatenation being promoted to
+        float32 and cast back for the product)."""
+        return torch.cat([x, h.to(x.dtype)], -1)
+
+    def from_linear(self, linear_out: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        """The cell after its linear map, for loops that compute ``linear_out = [x, h] Wᵀ``
+        ``(B, 3 * hidden_dim)`` themselves (:mod:`wmil.nets.step_linear`); ``-> (B, hidden_dim)``."""
+        # The LayerNorm, the gates and the recurrent state stay float32 under bf16 autocast:
+        # h is carried through every step of the sequence.
+        parts = self.norm(float32(linear_out))
         size = self.hidden_dim
         gates = torch.sigmoid(parts[..., : 2 * size] + self.gate_offset)
         reset, update = gates[..., :size], gates[..., size:]

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar, Optional, Sequence
+from typing import ClassVar, Literal, Optional, Sequence
 
 import numpy as np
 import torch
@@ -19,6 +19,7 @@ import torch
 from wmil.config import LoopConfig, PosInt, Prob, build_config, split_overrides, to_dict
 from wmil.data.dataset import Dataset, MixedSampler, load_all
 from wmil.errors import UserError
+from wmil.precision import autocast
 from wmil.runs import RunDir, fingerprint, from_config, resolve_device, rng_state, seed_everything, set_rng_state
 from wmil.train.divergence import check_mode
 from wmil.train.loop import check_finite, run_loop
@@ -42,6 +43,8 @@ class WorldModelTrainConfig(LoopConfig):
     """Validation batches per evaluation."""
     open_loop_context: PosInt = 10
     """Observed steps before open-loop prediction."""
+    precision: Literal["fp32", "bf16"] = "fp32"
+    """'fp32', or 'bf16' autocast for the forward pass (KL, losses, latents and the GRU state stay float32)."""
 
     DEFAULTS: ClassVar = dict(steps=5000, log_every=50, eval_every=500, checkpoint_every=1000)
     PRESETS: ClassVar = {
@@ -68,17 +71,19 @@ def _resolve(model: str, preset: str, overrides: dict[str, str], train_overrides
 def train_world_model(dataset: str | Dataset | Sequence[str | Dataset], model: str = "rssm", preset: str = "small",
                       out: Optional[str | os.PathLike] = None, steps: Optional[int] = None, seed: Optional[int] = None,
                       device: str = "auto", overrides: Optional[dict[str, str]] = None, progress: bool = True,
-                      trust_checkpoint: bool = False) -> WorldModelBase:
+                      trust_checkpoint: bool = False, precision: Optional[str] = None) -> WorldModelBase:
     """Train (or resume) a world model; returns the trained model (in eval mode, ``run_dir`` set).
 
     ``dataset`` is one or more dataset names/paths/objects; ``overrides`` are ``-o`` pairs such
-    as ``{"lr": "1e-4", "model.deter": "256"}``. ``trust_checkpoint`` resumes from a checkpoint
+    as ``{"lr": "1e-4", "model.deter": "256"}``; ``precision`` is 'fp32' or 'bf16' (default: the
+    config's, fp32). ``trust_checkpoint`` resumes from a checkpoint
     that needs unpickling (older versions): only for files you trust, since it can run code.
     """
     names = [dataset] if isinstance(dataset, (str, Dataset, os.PathLike)) else list(dataset)
     datasets = load_all(names)
     spec = datasets[0].spec
-    train_overrides = {k: v for k, v in (("steps", steps), ("seed", seed)) if v is not None}
+    train_overrides = {k: v for k, v in (("steps", steps), ("seed", seed), ("precision", precision))
+                       if v is not None}
     train_cfg, model_cfg = _resolve(model, preset, overrides or {}, train_overrides)
     check_mode(train_cfg.on_divergence)
     for d in datasets:  # every episode, before anything is written (wmil.data.check)
@@ -90,7 +95,8 @@ def train_world_model(dataset: str | Dataset | Sequence[str | Dataset], model: s
         "dataset_paths": [str(d.data_dir.parent) for d in datasets], "spec": spec.to_dict(),
         "train": to_dict(train_cfg), "model_config": to_dict(model_cfg),
     }
-    resume = run.start_or_resume(config, trust=trust_checkpoint)
+    # Runs from before the precision option were fp32.
+    resume = run.start_or_resume(config, trust=trust_checkpoint, defaults={"train.precision": "fp32"})
     seed_everything(train_cfg.seed)
     world_model = make_world_model(model, spec, model_cfg)
     split = [d.split(train_cfg.validation_fraction, seed=train_cfg.seed) for d in datasets]
@@ -116,7 +122,8 @@ def train_world_model(dataset: str | Dataset | Sequence[str | Dataset], model: s
     def update(step: int) -> dict:
         world_model.train()
         batch = sampler.sample().to(dev)
-        losses, metrics, _ = world_model.loss(batch)
+        with autocast(dev, train_cfg.precision):
+            losses, metrics, _ = world_model.loss(batch)
         check_finite(step, losses, run)
         loss = total_loss(losses, scales)
         optimizer.zero_grad(set_to_none=True)
@@ -166,18 +173,22 @@ def _validation_sampler(datasets, cfg: WorldModelTrainConfig, length: int) -> _V
 
 @torch.no_grad()
 def _validate(world_model, val: _ValidationSampler, cfg: WorldModelTrainConfig, dev) -> dict:
-    """Validation loss terms and open-loop errors (no random state of training is touched)."""
+    """Validation loss terms and open-loop errors (no random state of training is touched), in
+    the training precision."""
     world_model.eval()
     cpu_state = torch.get_rng_state()
     torch.manual_seed(cfg.seed + 15485863)  # the model samples latents: make evaluation repeatable
     try:
         totals: dict[str, list[float]] = {}
         for batch in val.padded:
-            losses, _, _ = world_model.loss(batch.to(dev))
+            with autocast(dev, cfg.precision):
+                losses, _, _ = world_model.loss(batch.to(dev))
             for k, v in losses.items():
                 totals.setdefault(f"val/{k}", []).append(float(v))
         for batch in val.batches:
-            for k, v in open_loop_errors(world_model, batch.to(dev), cfg.open_loop_context).items():
+            with autocast(dev, cfg.precision):
+                errors = open_loop_errors(world_model, batch.to(dev), cfg.open_loop_context)
+            for k, v in errors.items():
                 totals.setdefault(k, []).append(v)
         return {k: float(np.mean(v)) for k, v in totals.items()}
     finally:

@@ -24,6 +24,7 @@ import torch
 from wmil.errors import UserError
 from wmil.config import Activation, NonNegInt, OptimizerConfig, PosFloat, PosInt
 from wmil.nets import MLP
+from wmil.precision import float32
 from wmil.types import DataSpec, SequenceBatch
 from wmil.types import State
 from wmil.world_models.base import WorldModelBase, check_features
@@ -130,7 +131,8 @@ class Dynamics(WorldModelBase):
 
     def _predict(self, normalized: Tensor, action: Tensor) -> Tensor:
         """M in normalised units: ``(..., D), (..., A) -> (..., D)``."""
-        return normalized + self.net(torch.cat([normalized, action], -1))
+        # The residual sum and everything after it stay float32 under bf16 autocast.
+        return normalized + float32(self.net(torch.cat([normalized, action], -1)))
 
     def initial(self, batch_size: int) -> State:
         return self._wrap(self.obs_mean.new_zeros(batch_size, self.feature_dim))

@@ -11,6 +11,8 @@ from typing import Callable, Optional
 import torch
 import torch.nn.functional as F
 
+from wmil.precision import float32
+
 Tensor = torch.Tensor
 
 
@@ -23,15 +25,30 @@ def scale_grad(x: Tensor, scale: float) -> Tensor:
         return x
     if scale == 0.0:
         return x.detach()
-    return x.detach() + scale * (x - x.detach())
+    return _ScaleGrad.apply(x, scale)
+
+
+class _ScaleGrad(torch.autograd.Function):
+    """The identity with its gradient times ``scale``: the value of
+    ``sg(x) + scale · (x − sg(x))`` without its three elementwise passes over the tensor (KL
+    balancing applies it to every latent logit of the batch)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, scale: float) -> Tensor:
+        ctx.scale = scale
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        return grad * ctx.scale, None
 
 
 def gumbel_noise(shape: tuple[int, ...], generator: Optional[torch.Generator] = None,
                  device=None) -> Tensor:
     """Standard Gumbel noise -log(-log U), U ~ Uniform(0, 1), clamped away from 0 and 1."""
     u = torch.rand(shape, generator=generator, device=device)
-    u.clamp_(1e-7, 1.0 - 1e-7)
-    return -torch.log(-torch.log(u))
+    # In place: one buffer instead of four for the (T, B, S) noise of a whole sequence.
+    return u.clamp_(1e-7, 1.0 - 1e-7).log_().neg_().log_().neg_()
 
 
 def unimix_logits(logits: Tensor, classes: int, unimix: float) -> Tensor:
@@ -53,14 +70,31 @@ def straight_through_sample(logits: Tensor, classes: int, noise: Optional[Tensor
     categorical (a sample, by the Gumbel-max trick). Gradient: that of ``softmax(logits)``.
     Returns ``(..., stoch * classes)``.
     """
+    logits = float32(logits)  # bf16 logits would shift the sampled probabilities
     shape = logits.shape
     logits = logits.reshape(*shape[:-1], -1, classes)
     if noise is None:
         noise = gumbel_noise(tuple(logits.shape), device=logits.device)
-    index = (logits.detach() + noise.reshape(logits.shape)).argmax(-1, keepdim=True)
-    one_hot = torch.zeros_like(logits).scatter_(-1, index, 1.0)
-    probs = torch.softmax(logits, -1)
-    return (one_hot + (probs - probs.detach())).reshape(shape)
+    return _StraightThrough.apply(logits, noise.reshape(logits.shape)).reshape(shape)
+
+
+class _StraightThrough(torch.autograd.Function):
+    """``one_hot + (probs − sg(probs))`` as one autograd node: the forward value is the one-hot
+    (exactly: ``probs − probs`` is 0), the gradient that of ``softmax`` (the same kernel
+    autograd would run). Two elementwise kernels and three graph nodes fewer per sample,
+    which the posterior loop draws once per time step."""
+
+    @staticmethod
+    def forward(ctx, logits: Tensor, noise: Tensor) -> Tensor:  # (..., stoch, classes)
+        index = (logits + noise).argmax(-1, keepdim=True)
+        probs = torch.softmax(logits, -1)
+        ctx.save_for_backward(probs)
+        return torch.zeros_like(logits).scatter_(-1, index, 1.0)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        (probs,) = ctx.saved_tensors
+        return torch._softmax_backward_data(grad, probs, -1, probs.dtype), None
 
 
 def categorical_mode(logits: Tensor, classes: int) -> Tensor:
@@ -72,7 +106,9 @@ def categorical_mode(logits: Tensor, classes: int) -> Tensor:
 
 
 def categorical_kl(logits_q: Tensor, logits_p: Tensor, classes: int) -> Tensor:
-    """KL(q || p) of independent categoricals, summed over them: flat ``(..., S*K) -> (...)``."""
+    """KL(q || p) of independent categoricals, summed over them: flat ``(..., S*K) -> (...)``.
+    Computed in float32 whatever the inputs' dtype (bf16 autocast)."""
+    logits_q, logits_p = float32(logits_q), float32(logits_p)
     shape = logits_q.shape
     log_q = torch.log_softmax(logits_q.reshape(*shape[:-1], -1, classes), -1)
     log_p = torch.log_softmax(logits_p.reshape(*shape[:-1], -1, classes), -1)
@@ -81,13 +117,16 @@ def categorical_kl(logits_q: Tensor, logits_p: Tensor, classes: int) -> Tensor:
 
 def categorical_entropy(logits: Tensor, classes: int) -> Tensor:
     """Entropy summed over independent categoricals: flat ``(..., S*K) -> (...)``."""
+    logits = float32(logits)
     shape = logits.shape
     log_p = torch.log_softmax(logits.reshape(*shape[:-1], -1, classes), -1)
     return -(log_p.exp() * log_p).sum((-2, -1))
 
 
 def std_from_raw(raw: Tensor, min_std: float) -> Tensor:
-    """Standard deviation of a Gaussian latent: ``softplus(raw) + min_std`` (PlaNet/Dreamer)."""
+    """Standard deviation of a Gaussian latent: ``softplus(raw) + min_std`` (PlaNet/Dreamer),
+    in float32."""
+    raw = float32(raw)
     return F.softplus(raw) + min_std
 
 
@@ -95,8 +134,9 @@ def gaussian_kl(mean_q: Tensor, std_q: Tensor, mean_p: Tensor, std_p: Tensor) ->
     """KL(N(mean_q, std_q²) || N(mean_p, std_p²)) of diagonal Gaussians, summed over the last
     dimension: ``(..., S) -> (...)``.
 
-    Per dimension: ``log(σp/σq) + (σq² + (μq − μp)²) / (2σp²) − 1/2``.
+    Per dimension: ``log(σp/σq) + (σq² + (μq − μp)²) / (2σp²) − 1/2``. Computed in float32.
     """
+    mean_q, std_q, mean_p, std_p = (float32(x) for x in (mean_q, std_q, mean_p, std_p))
     var_ratio = (std_q / std_p).pow(2)
     mahalanobis = ((mean_q - mean_p) / std_p).pow(2)
     return 0.5 * (var_ratio + mahalanobis - 1.0 - torch.log(var_ratio)).sum(-1)
@@ -104,6 +144,7 @@ def gaussian_kl(mean_q: Tensor, std_q: Tensor, mean_p: Tensor, std_p: Tensor) ->
 
 def gaussian_entropy(std: Tensor) -> Tensor:
     """Entropy of a diagonal Gaussian, summed over the last dimension: ``(..., S) -> (...)``."""
+    std = float32(std)
     return (torch.log(std) + 0.5 * (1.0 + torch.log(torch.tensor(2.0 * torch.pi)))).sum(-1)
 
 

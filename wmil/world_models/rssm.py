@@ -23,8 +23,12 @@ KL balancing ``α·KL(sg(q) ‖ p) + (1 − α)·KL(q ‖ sg(p))``, α = ``kl_ba
 Only what depends on the previous step runs inside the sequential loop (the input layer,
 the GRU, the posterior head and the sample); the encoder, the action and embedding halves of
 the input/posterior layers, the priors, the decoder and every loss run batched over all
-B×T steps. :class:`wmil.world_models.gaussian_rssm.GaussianRSSM` reuses this skeleton with a
-diagonal Gaussian ``z``.
+B×T steps. The weight gradients of the four in-loop linear maps are summed once per sequence
+after the loop (:mod:`wmil.nets.step_linear`). Under bf16 autocast (``train-model --precision
+bf16``) the products run in bf16 and everything the loss or the recurrence accumulates stays
+float32: h, the GRU's LayerNorm and gates, the latent logits and samples, the KL, the
+predictions and the loss terms. :class:`wmil.world_models.gaussian_rssm.GaussianRSSM` reuses
+this skeleton with a diagonal Gaussian ``z``.
 """
 
 from __future__ import annotations
@@ -40,6 +44,8 @@ from wmil.config import (Activation, NonNegFloat, NonNegInt, OptimizerConfig, Po
                          Range)
 from wmil.nets import MLP, LayerNormGRUCell, preprocess_pixels
 from wmil.nets.grid import image_decoder, image_encoder
+from wmil.nets.step_linear import StepTape
+from wmil.precision import float32, lowered_dtype
 from wmil.types import DataSpec, SequenceBatch
 from wmil.types import State
 from wmil.world_models.base import WorldModelBase, check_features
@@ -259,7 +265,7 @@ class RSSM(WorldModelBase):
         return torch.cat([state.deter, stoch], -1)  # (..., D + S)
 
     def decode(self, features: Tensor) -> Tensor:
-        prediction = predict(self.decoder(features), self.likelihood)  # (..., *O), standardised for vectors
+        prediction = predict(float32(self.decoder(features)), self.likelihood)  # (..., *O), standardised for vectors
         return prediction if self.spec.pixels else prediction * self.obs_std + self.obs_mean
 
     def observe(self, obs: Tensor, prev_action: Tensor, is_first: Tensor,
@@ -282,9 +288,14 @@ class RSSM(WorldModelBase):
         act = self._act
         x = act(self.img_in_stoch(state.stoch) + self.img_in_action(action))
         deter = self.cell(x, state.deter)
-        raw = self.prior_out(act(self.prior_hidden(deter)))
+        raw = float32(self.prior_out(act(self.prior_hidden(deter))))
         stoch = self._sample(raw, self._noise(tuple(deter.shape[:-1])))
         return self._state(deter, stoch, self._params_from_raw(raw))
+
+    #: Compute the weight gradients of the layers inside the posterior loop once per sequence
+    #: (:mod:`wmil.nets.step_linear`) rather than once per step. Only the rounding of those
+    #: sums differs; False gives plain autograd (the tests compare the two).
+    step_tape: bool = True
 
     def _filter(self, embed: Tensor, prev_action: Tensor, is_first: Tensor,
                 state: Optional[State]) -> tuple[State, Tensor]:
@@ -294,25 +305,47 @@ class RSSM(WorldModelBase):
         act = self._act
         if state is None:
             state = self.initial(B)
-        # Batched before the loop, time-major so that [t] is a contiguous (B, H) slice.
-        action_in = self.img_in_action(prev_action).transpose(0, 1).contiguous()  # (T, B, H)
-        embed_in = self.post_embed(embed).transpose(0, 1).contiguous()            # (T, B, H)
-        noise = self._noise((T, B))                                                # (T, B, S)
-        resets = is_first.any(0).tolist()
-        keep = (~is_first).transpose(0, 1).unsqueeze(-1).to(embed_in.dtype)       # (T, B, 1)
-        w_stoch = self.img_in_stoch.weight.t()
-        w_post = self.post_deter.weight.t()
-        w_out, b_out = self.post_out.weight.t(), self.post_out.bias
+        # Batched before the loop, time-major so that each step's (B, H) slice is contiguous.
+        # Split with unbind: its backward stacks the T slices' gradients once, where indexing
+        # [t] would give every step a zero-filled (T, B, H) gradient to add up (O(T²) work).
+        action_in = self.img_in_action(prev_action).transpose(0, 1).contiguous().unbind(0)  # T × (B, H)
+        embed_in = self.post_embed(embed).transpose(0, 1).contiguous().unbind(0)            # T × (B, H)
+        noise = self._noise((T, B))                                                          # (T, B, S)
+        # Which steps reset some row: read on the host once per sequence on a CPU; on an
+        # accelerator every step multiplies by `keep` instead (x·1 = x exactly), so the loop
+        # never waits for the device.
+        resets = is_first.any(0).tolist() if is_first.device.type == "cpu" else [True] * T
+        keep = (~is_first).transpose(0, 1).unsqueeze(-1).to(embed_in[0].dtype)    # (T, B, 1)
+        cell = self.cell
+        # The step's linear maps as (in, out) matrices: [stoch-in, GRU, posterior hidden,
+        # posterior out]; only the last has a bias (the others' come with action_in/embed_in).
+        weights = [self.img_in_stoch.weight.t(), cell.linear.weight.t(), self.post_deter.weight.t(),
+                   self.post_out.weight.t()]
+        biases = [None, None, None, self.post_out.bias]
+        low = lowered_dtype(embed.device.type)
+        if low is not None:  # bf16 autocast: cast the weights once, not at every step
+            weights = [w.to(low) for w in weights]
+            biases = [None if b is None else b.to(low) for b in biases]
 
         deter, stoch = state.deter, state.stoch
+        if self.step_tape and torch.is_grad_enabled():
+            tape = StepTape(weights, biases)
+            deter, stoch = tape.start(deter, stoch)
+            linear = tape.linear
+        else:
+            def linear(layer: int, x: Tensor, add: Optional[Tensor] = None) -> Tensor:
+                base = add if add is not None else biases[layer]
+                return torch.mm(x, weights[layer]) if base is None else torch.addmm(base, x, weights[layer])
+
         deters, stochs, raws = [], [], []
         for t in range(T):
             if resets[t]:  # back to the (zero) initial state where an episode starts
                 deter = deter * keep[t]
                 stoch = stoch * keep[t]
-            x = act(torch.addmm(action_in[t], stoch, w_stoch))
-            deter = self.cell(x, deter)
-            raw = torch.addmm(b_out, act(torch.addmm(embed_in[t], deter, w_post)), w_out)
+            x = act(linear(0, stoch, action_in[t]))
+            deter = cell.from_linear(linear(1, cell.linear_input(x, deter)), deter)
+            # Latent logits and samples stay float32 under bf16 autocast.
+            raw = float32(linear(3, act(linear(2, deter, embed_in[t]))))
             stoch = self._sample(raw, noise[t])
             deters.append(deter)
             stochs.append(stoch)
@@ -321,7 +354,7 @@ class RSSM(WorldModelBase):
         deter_seq = torch.stack(deters, 1)  # (B, T, D)
         posterior = self._state(deter_seq, torch.stack(stochs, 1),
                                 self._params_from_raw(torch.stack(raws, 1)))
-        prior_raw = self.prior_out(act(self.prior_hidden(deter_seq)))  # (B, T, R), batched
+        prior_raw = float32(self.prior_out(act(self.prior_hidden(deter_seq))))  # (B, T, R), batched
         return posterior, prior_raw
 
     def loss(self, batch: SequenceBatch) -> tuple[dict[str, Tensor], dict[str, float], State]:
@@ -335,17 +368,17 @@ class RSSM(WorldModelBase):
         features = self.features(posterior)                      # (B, T, F)
 
         obs_dims = tuple(range(2, target.dim()))
-        nll, prediction = observation_nll(self.decoder(features), target, self.likelihood)
+        nll, prediction = observation_nll(float32(self.decoder(features)), target, self.likelihood)
         squared = (prediction.detach() - target).pow(2)
         mask = batch.mask                                        # (B, T) or None: padding is left out
         losses = {"obs": masked_mean(nll.sum(obs_dims), mask)}   # −log p(o | h, z)
         losses["kl"], kl_value = kl_balance(self._kl, post_params, prior_params,
                                             c.kl_balance, c.free_nats, mask)
         if self.reward is not None:
-            reward = self.reward(features).squeeze(-1)
+            reward = float32(self.reward(features)).squeeze(-1)
             losses["reward"] = masked_mean(0.5 * (reward - batch.reward).pow(2), mask)
         if self.cont is not None:
-            logits = self.cont(features).squeeze(-1)
+            logits = float32(self.cont(features)).squeeze(-1)
             target_cont = (~batch.is_terminal).to(logits.dtype)
             losses["cont"] = masked_mean(F.binary_cross_entropy_with_logits(logits, target_cont, reduction="none"), mask)
         assert set(losses) == set(self.loss_scales), "loss terms and loss_scales differ"

@@ -120,3 +120,20 @@ def test_sqil_q_grows_toward_its_known_value_on_a_chain(tmp_path):
     assert (q[early] >= 0.8 * lower[early]).all() and (q[early] <= 1.1 * upper[early]).all(), (q, lower)
     slow, _ = q_after(400, target_tau=0.005)
     assert slow[early].mean() < 0.6 * lower[early].mean(), slow
+
+
+def test_imagined_states_stay_inside_the_data(tmp_path):
+    """Imagined transitions are clamped into the range of the features of the world data and
+    the demos: an untrained policy in a barely trained model drives states far outside it."""
+    expert = _threshold_expert("wm/box-v0")
+    wm = tiny_world_model(expert, tmp_path / "wm", "dynamics", steps=2,
+                          overrides={**WM_TINY, "seq_len": "6", "open_loop_context": "2"})
+    seed_everything(0)
+    learner = Sqil(frozen(wm), expert, SqilConfig.preset("tiny", {"horizon": 30}), torch.device("cpu"))
+    low, high = learner.box
+    both = torch.cat([learner.world.features, learner.expert.features])
+    torch.testing.assert_close(low, both.min(0).values)
+    torch.testing.assert_close(high, both.max(0).values)
+    z, _, z_next = learner.imagined_batch()
+    assert ((z >= low) & (z <= high)).all() and ((z_next >= low) & (z_next <= high)).all()
+    assert ((z == low) | (z == high)).any()          # some did leave the box and were clamped

@@ -28,7 +28,8 @@ What changes offline, in a learned world model: there is no environment.
   instead of a replay buffer of recent rollouts: imagination is cheap, and the triples stay on
   the current policy (the paper's "short replay buffer" in its limit), with small checkpoints
   and exact resume. The ``flow_updates`` flow minibatches of an update are drawn from that
-  batch.
+  batch. Imagined states are clamped into the range of the data's features (``feature_box``):
+  beyond it the model extrapolates freely, and the flows would model its extrapolations.
 * Offsets: a triple picks a logged step t uniformly and j ~ Geom(1 − γ), and s̄ = s_{t+j+1} in
   the rollouts (or episodes) laid end to end and closed into a cycle, each rollout's last
   state followed by the next one's first: the paper's "transitions from terminal to initial
@@ -263,10 +264,10 @@ class Gpril(LatentLearner):
         super().__init__(world_model, expert, config, device)
         self.start_rows = self.expert.starts(0)
         self.data: Optional[ExpertLatents] = None
-        if config.starts != "expert":
-            # Encode the world data now rather than at the first rollout: encoding may draw from
-            # torch's generator (sampled latents), and a resumed run must draw it at the same point.
-            _ = self.world
+        # Imagined states are clamped into the data's feature box (LatentLearner.feature_box). It
+        # is built now, not at the first rollout: encoding the world data may draw from torch's
+        # generator (sampled latents), and a resumed run must draw it at the same point.
+        self.box = self.feature_box()
         if config.predecessors == "data":
             self.data = self.world
             if int((self.data.n_obs - 1).sum()) == 0:
@@ -291,8 +292,8 @@ class Gpril(LatentLearner):
             return source.features, source.action, source.offsets, source.n_obs - 1
         start = self.start_states(cfg.rollout_starts, self.start_rows, rng)
         imagined = imagine(self.world_model, self.actor, start, cfg.horizon, cfg.features)
-        # Each rollout is one episode of H actions: rows b·(H+1) … b·(H+1)+H.
-        features = imagined.features.transpose(0, 1).reshape(-1, imagined.features.shape[-1])
+        # Each rollout is one episode of H actions: rows b·(H+1) … b·(H+1)+H; states clamped into the data's range.
+        features = imagined.features.clamp(*self.box).transpose(0, 1).reshape(-1, imagined.features.shape[-1])
         actions = torch.cat([imagined.actions, torch.zeros_like(imagined.actions[:1])]).transpose(0, 1)
         actions = actions.reshape(-1, self.spec.action_dim)
         return features, actions, np.arange(cfg.rollout_starts) * (cfg.horizon + 1), np.full(cfg.rollout_starts,

@@ -28,7 +28,8 @@ What changes offline, in a learned world model: there is no environment.
   default) and start half from expert states and half from every state of the world model's
   own datasets (``starts='mixed'``): the states a drifting policy reaches, which the
   zero-reward half exists to value low. Imagined transitions never terminate (the models
-  predict no termination).
+  predict no termination); imagined states are clamped into the range of the data's features
+  (``feature_box``), since beyond it the model extrapolates freely and Q fitted there diverged.
 * Agent experience: instead of a replay buffer that grows by one rollout every k steps, every
   update imagines ``rollout_starts`` fresh H-step rollouts and uses all their transitions as
   the agent half. Imagination is cheap and needs no environment, so there is nothing to save
@@ -187,10 +188,10 @@ class Sqil(LatentLearner):
         super().__init__(world_model, expert, config, device)
         #: Expert rows that start imagined rollouts (every expert latent; world-data states too per ``starts``).
         self.start_rows = self.expert.starts(0)
-        if config.starts != "expert":
-            # Encode the world data now rather than at the first rollout: encoding may draw from
-            # torch's generator (sampled latents), and a resumed run must draw it at the same point.
-            _ = self.world
+        # Imagined states are clamped into the data's feature box (LatentLearner.feature_box). It
+        # is built now, not at the first rollout: encoding the world data may draw from torch's
+        # generator (sampled latents), and a resumed run must draw it at the same point.
+        self.box = self.feature_box()
         self.lambda_samp = paper_lambda_samp(self.spec) if config.lambda_samp is None else config.lambda_samp
         #: r/(1 − γ): Q of a demonstrated state-action whose successors are all demonstrated.
         self.q_max = config.demo_reward / (1 - config.gamma)
@@ -217,12 +218,14 @@ class Sqil(LatentLearner):
     @torch.no_grad()
     def imagined_batch(self) -> tuple[Tensor, Tensor, Tensor]:
         """(z, a, z') of fresh imagined rollouts of the current policy from start states (expert
-        or world-data ones, per ``starts``): ``(H·B_roll, F), (H·B_roll, A), (H·B_roll, F)``."""
+        or world-data ones, per ``starts``), clamped into the data's feature box:
+        ``(H·B_roll, F), (H·B_roll, A), (H·B_roll, F)``."""
         start = self.start_states(self.config.rollout_starts, self.start_rows)
         imagined = imagine(self.world_model, self.actor, start, self.config.horizon, self.config.features)
-        F_ = imagined.features.shape[-1]
-        return (imagined.features[:-1].reshape(-1, F_), imagined.actions.reshape(-1, self.spec.action_dim),
-                imagined.features[1:].reshape(-1, F_))
+        features = imagined.features.clamp(*self.box)          # (H+1, B_roll, F) inside the data's range
+        F_ = features.shape[-1]
+        return (features[:-1].reshape(-1, F_), imagined.actions.reshape(-1, self.spec.action_dim),
+                features[1:].reshape(-1, F_))
 
     # ---- update ------------------------------------------------------------------------
     def update(self, step: int) -> dict:

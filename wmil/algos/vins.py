@@ -135,8 +135,8 @@ class VINSConfig(TargetConfig, DiscountConfig, BCConfig):
     """Demo transitions used for the offline ranking metrics (eval/ns_rank, eval/td_order)."""
     value_selection: Literal["action", "td", "preference", "last"] = "action"
     """Which V (with its α) the policy keeps, scored on held-out demo episodes V never trained on: 'action' the lowest VINS action error at its α, 'td' the lowest TD error, 'preference' the highest eval/expert_preferred, or 'last'."""
-    selection_states: PosInt = 1024
-    """Held-out demo states that choose α and score V."""
+    selection_states: PosInt = 256
+    """Held-out demo states that choose α and score V (each α costs shooting_samples × this many V and M evaluations)."""
 
     DEFAULTS: ClassVar = dict(
         **BCConfig.DEFAULTS,
@@ -146,7 +146,7 @@ class VINSConfig(TargetConfig, DiscountConfig, BCConfig):
     )
     PRESETS: ClassVar = {
         "tiny": dict(layers=1, units=32, batch_size=32, cnn_depth=4, value_units=32, shooting_samples=8,
-                     eval_states=32, selection_states=64),
+                     eval_states=32, selection_states=32),
         "small": dict(),
         "paper": dict(layers=3, units=256, value_layers=1, value_units=256),
     }

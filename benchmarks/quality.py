@@ -40,12 +40,11 @@ ROOT = Path(__file__).resolve().parent.parent
 #: VINS's reduced states on Fetch (VINS paper, appendix): the flat observation is
 #: grip_pos 0:3, object_pos 3:6, object_rel_pos 6:9, gripper fingers 9:11, …, desired_goal 25:28.
 #: Push: block and arm (+ the goal, part of the extended state), perturbing the arm;
-#: PickAndPlace: block, gripper and arm (+ goal), perturbing the arm or the gripper.
-#: Shooting spread α = 0.05 (of the action half-range): measured on FetchPush-100, seed 0, 200
-#: episodes, success at any step: α 0 (π_BC alone) 64 %, 0.05 75 %, 0.1 62 %, 0.2 ~40 %.
+#: PickAndPlace: block, gripper and arm (+ goal), perturbing the arm or the gripper (';': one
+#: group per negative sample). VINS chooses its shooting spread α on held-out demo episodes.
 #: π_BC and BC use the MSE loss (the paper's BC; Gaussian-likelihood BC scored 36 % vs 50 %).
-FETCH_PUSH_VINS = {"state_indices": "0:6,25:28", "perturb_indices": "0:3", "shooting_alpha": "0.05"}
-FETCH_PICK_VINS = {"state_indices": "0:6,9:11,25:28", "perturb_indices": "0:3,9:11", "shooting_alpha": "0.05"}
+FETCH_PUSH_VINS = {"state_indices": "0:6,25:28", "perturb_indices": "0:3"}
+FETCH_PICK_VINS = {"state_indices": "0:6,9:11,25:28", "perturb_indices": "0:3;9:11"}
 FETCH_BC = {"continuous_loss": "mse"}
 #: Evaluation protocols: evaluate_policy's covariate-shift settings (wmil.envs.protocols).
 PROTOCOLS = {"standard": {}, "shifted": dict(starts="shifted"), "noise": dict(action_noise=0.2)}

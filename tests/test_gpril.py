@@ -19,20 +19,67 @@ def _world(write_dataset, tmp_path, discrete):
 
 
 def test_geometric_offsets_stay_inside_episodes():
+    """offsets='within' (wrap=False; the default was this until wrap-around replaced it)."""
     rng = np.random.default_rng(0)
     offsets, n_actions = np.array([0, 4, 10, 11]), np.array([3, 5, 0, 40])  # the third episode has no action
-    start, target = geometric_offsets(rng, offsets, n_actions, 5000, gamma=0.8)
+    start, target = geometric_offsets(rng, offsets, n_actions, 5000, gamma=0.8, wrap=False)
     episode = np.searchsorted(offsets, start, side="right") - 1
     episode = np.where(n_actions[episode] == 0, episode - 1, episode)  # never sampled; guards the lookup
     assert (n_actions[episode] > 0).all()
     assert (start >= offsets[episode]).all() and (start < offsets[episode] + n_actions[episode]).all()
     assert (target > start).all() and (target <= offsets[episode] + n_actions[episode]).all()
     # γ = 0: s̄ is always the next state; a long episode shows the geometric mean γ/(1−γ)
-    start, target = geometric_offsets(rng, offsets, n_actions, 100, gamma=0.0)
+    start, target = geometric_offsets(rng, offsets, n_actions, 100, gamma=0.0, wrap=False)
     assert (target == start + 1).all()
-    start, target = geometric_offsets(rng, np.array([0]), np.array([10_000]), 20_000, gamma=0.5)
+    start, target = geometric_offsets(rng, np.array([0]), np.array([10_000]), 20_000, gamma=0.5, wrap=False)
     assert abs((target - start - 1).mean() - 1.0) < 0.05
     assert abs((target - start - 1 == 0).mean() - 0.5) < 0.02
+
+
+def test_wrapped_offsets_are_exactly_geometric():
+    """With wrap-around (the default) j ~ Geom(1 − γ) whatever the episode lengths: its mean is
+    γ/(1 − γ) and P(j) = (1 − γ)γ^j, even in rollouts of 20 steps at γ = 0.9 (mean offset 9),
+    where keeping targets inside the rollout halves the mean offset."""
+    rng = np.random.default_rng(0)
+    gamma, n = 0.9, 200_000
+    offsets, n_actions = np.arange(64) * 21, np.full(64, 20)                 # 64 imagined rollouts of 20 steps
+    start, target = geometric_offsets(rng, offsets, n_actions, n, gamma)
+    total = 64 * 21
+    j = (target - start) % total - 1
+    assert abs(j.mean() - gamma / (1 - gamma)) < 0.15
+    pmf = np.bincount(j, minlength=30)[:30] / n
+    expected = (1 - gamma) * gamma ** np.arange(30)
+    assert np.abs(pmf - expected).max() < 0.005
+    # The start is a logged step (never an episode's last state); the target any state of the cycle.
+    assert ((start - offsets[start // 21]) < 20).all() and (target >= 0).all() and (target < total).all()
+    start, within = geometric_offsets(rng, offsets, n_actions, n, gamma, wrap=False)
+    assert (within - start - 1).mean() < 0.6 * gamma / (1 - gamma)
+
+
+def test_wrapped_offsets_cross_into_the_next_episode_by_hand():
+    """Episodes of 2 and 1 actions laid end to end: rows 0-2 (s0 s1 s2) and 3-4 (s0' s1'). From
+    row 1 with j = 2 the target is 3 steps on round the cycle 0 1 2 3 4 0 …: row 4; with j = 4
+    it wraps to row 1."""
+
+    class Fixed:
+        """A generator whose draws are set: episode 0, t = 1, then the given offsets j."""
+
+        def __init__(self, j):
+            self.j = np.asarray(j)
+
+        def choice(self, n, size, p):
+            return np.zeros(size, np.int64)
+
+        def random(self, size):
+            return np.full(size, 0.5)                                         # t = ⌊0.5·2⌋ = 1
+
+        def geometric(self, p, size):
+            return self.j + 1                                                 # numpy's support starts at 1
+
+    start, target = geometric_offsets(Fixed([0, 2, 4]), np.array([0, 3]), np.array([2, 1]), 3, gamma=0.5)
+    assert start.tolist() == [1, 1, 1] and target.tolist() == [2, 4, 1]
+    with pytest.raises(ValueError, match="without gaps"):
+        geometric_offsets(np.random.default_rng(0), np.array([0, 5]), np.array([2, 1]), 3, gamma=0.5)
 
 
 def test_gpril_from_offline_data(write_dataset, tmp_path):

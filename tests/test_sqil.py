@@ -84,3 +84,56 @@ def test_sqil_q_ranks_demo_actions_above_others(tmp_path):
     q_other = q.masked_fill(torch.nn.functional.one_hot(demo_action, 3).bool(), -torch.inf).max(-1).values
     assert (q.argmax(-1) == demo_action).float().mean() > 0.8
     assert (q_demo - q_other).mean() > 0.3
+
+
+def test_sqil_q_grows_toward_its_known_value_on_a_chain(tmp_path):
+    """A demonstrated chain of T = 30 steps into a terminal state, action 0 of 2 at every step:
+    Q(s_t, a_E) = 1 + γ·V(s_{t+1}) with V ≥ Q(·, a_E), so Q is at least (1 − γ^(T−t))/(1 − γ)
+    (→ r/(1 − γ) = 10 at γ = 0.9) and at most that plus the soft value's α·log 2 a step. With the
+    default target network Q climbs there within a few hundred updates; a target network as
+    slow as SAC's (τ = 0.005) leaves it far below in the same budget."""
+    T, gamma = 30, 0.9
+    obs = np.zeros((T + 1, 3), np.float32)
+    obs[:, 0] = np.arange(T + 1) / T
+    expert = write_episodes("wm/chain-v0", [(obs, np.zeros(T, np.int64), True)] * 3,
+                            gym.spaces.Box(-np.inf, np.inf, (3,), np.float32), gym.spaces.Discrete(2))
+    wm = tiny_world_model(expert, tmp_path / "wm", "dynamics", steps=2,
+                          overrides={**WM_TINY, "seq_len": "6", "open_loop_context": "2"})
+    steps_left = torch.as_tensor(T - np.arange(T), dtype=torch.float32)            # (T,) for t = 0 … T−1
+    lower = (1 - gamma ** steps_left) / (1 - gamma)
+    upper = lower * (1 + math.log(2))
+
+    def q_after(updates, **overrides):
+        seed_everything(0)
+        config = SqilConfig.preset("tiny", {"batch_size": 32, "units": 64, "critic_lr": 3e-3, "gamma": gamma,
+                                            **overrides})
+        learner = Sqil(frozen(wm), expert, config, torch.device("cpu"))
+        fractions = []
+        for step in range(1, updates + 1):
+            fractions.append(learner.update(step)["q/demo_fraction"])
+        q = learner.q_on_demo()[:T, 0]                                         # the first episode's Q(s_t, a_E)
+        return q, fractions
+
+    q, fractions = q_after(400)
+    assert np.mean(fractions[-50:]) > 3 * np.mean(fractions[:50])            # it grows …
+    early = slice(0, 10)                                                      # … to its known value
+    assert (q[early] >= 0.8 * lower[early]).all() and (q[early] <= 1.1 * upper[early]).all(), (q, lower)
+    slow, _ = q_after(400, target_tau=0.005)
+    assert slow[early].mean() < 0.6 * lower[early].mean(), slow
+
+
+def test_imagined_states_stay_inside_the_data(tmp_path):
+    """Imagined transitions are clamped into the range of the features of the world data and
+    the demos: an untrained policy in a barely trained model drives states far outside it."""
+    expert = _threshold_expert("wm/box-v0")
+    wm = tiny_world_model(expert, tmp_path / "wm", "dynamics", steps=2,
+                          overrides={**WM_TINY, "seq_len": "6", "open_loop_context": "2"})
+    seed_everything(0)
+    learner = Sqil(frozen(wm), expert, SqilConfig.preset("tiny", {"horizon": 30}), torch.device("cpu"))
+    low, high = learner.box
+    both = torch.cat([learner.world.features, learner.expert.features])
+    torch.testing.assert_close(low, both.min(0).values)
+    torch.testing.assert_close(high, both.max(0).values)
+    z, _, z_next = learner.imagined_batch()
+    assert ((z >= low) & (z <= high)).all() and ((z_next >= low) & (z_next <= high)).all()
+    assert ((z == low) | (z == high)).any()          # some did leave the box and were clamped

@@ -17,6 +17,7 @@ from wmil.nets import ActionHead
 from wmil.runs import RunDir
 from wmil.train.policy import load_policy, train_policy
 from wmil.train.world_model import load_world_model
+from wmil.types import State
 
 
 def _model(world, tmp_path, model="dynamics", steps=2):
@@ -175,7 +176,9 @@ def test_policy_picks_the_action_the_value_prefers(reach, tmp_path):
     """The deployed VINS policy with a hand-set V: V(s) = −s_x, M the trained dynamics model."""
     expert, world = reach
     model = load_world_model(tiny_world_model(world, tmp_path / "wm", "dynamics", steps=30))
-    config = VINSConfig(shooting_samples=64, shooting_alpha=1.0)
+    # goal_value=None: this hand-set V is no value of the sparse reward (V > 0 here), so the goal
+    # rule, which hands states with V ≥ goal_value to π_BC, is switched off (it has its own test).
+    config = VINSConfig(shooting_samples=64, shooting_alpha=1.0, goal_value=None)
 
     class Right(torch.nn.Module):  # V grows with the first coordinate
         def forward_full(self, x):
@@ -194,6 +197,85 @@ def test_policy_picks_the_action_the_value_prefers(reach, tmp_path):
     torch.manual_seed(0)
     action, _ = vins_actions(model, Zero(), Right(), state, obs, expert.spec, config, vins_inputs(model, expert.spec))
     assert action[0, 0] > 0.7  # the best of 64 candidates in [−1, 1]² pushes x up
+    # Where V says the goal is reached (V(s) = 0.3 ≥ goal_value), π_BC acts: no perturbation;
+    # with the goal further (V(s) < goal_value) the same candidates are searched again.
+    at_goal = VINSConfig(shooting_samples=64, shooting_alpha=1.0, goal_value=0.25)
+    action, _ = vins_actions(model, Zero(), Right(), state, obs, expert.spec, at_goal, vins_inputs(model, expert.spec))
+    assert action.abs().max() == 0
+    torch.manual_seed(0)
+    before_goal = VINSConfig(shooting_samples=64, shooting_alpha=1.0, goal_value=0.5)
+    action, _ = vins_actions(model, Zero(), Right(), state, obs, expert.spec, before_goal, vins_inputs(model, expert.spec))
+    assert action[0, 0] > 0.7
+    # α = 0 is π_BC alone.
+    action, _ = vins_actions(model, Zero(), Right(), state, obs, expert.spec, config, vins_inputs(model, expert.spec),
+                             alpha=0.0)
+    assert action.abs().max() == 0
+
+
+def test_value_convergence_targets_by_hand():
+    from wmil.algos.vins import expected_step_gain, optimal_value, steps_to_goal
+
+    # two episodes reach their goal (rows 0-2 → goal row 3; rows 7-8 → 9), one (rows 4-5) never does
+    rows = np.array([0, 1, 2, 4, 5, 7, 8])
+    done = np.array([False, False, True, False, False, False, True])
+    steps = steps_to_goal(rows, done)
+    np.testing.assert_array_equal(steps[[0, 1, 2, 5, 6]], [3, 2, 1, 2, 1])
+    assert np.isnan(steps[3:5]).all()
+    n = torch.tensor([1.0, 2.0, 3.0])
+    # V*(s) = −(1 − γⁿ)/(1 − γ): γ = 0.5 → −1, −1.5, −1.75; V(s′) − V(s) = γ^(n−1) = 1, 0.5, 0.25
+    torch.testing.assert_close(optimal_value(n, 0.5), torch.tensor([-1.0, -1.5, -1.75]))
+    torch.testing.assert_close(expected_step_gain(n, 0.5), torch.tensor([1.0, 0.5, 0.25]))
+    torch.testing.assert_close(optimal_value(n, 1.0), -n)
+
+
+def test_perturbation_moves_one_group_at_a_time(reach, tmp_path):
+    """'0;1': each negative sample moves the first coordinate or the second, never both, with
+    the std √ρ·σ of its coordinate (σ the RMS of a demo step)."""
+    expert, world = reach
+    model = load_world_model(_model(world, tmp_path))
+    learner = VINS(model, expert, VINSConfig.preset("tiny", {"perturb_indices": "0;1", "ns_rho": 0.25}),
+                   torch.device("cpu"))
+    step = learner.value_states[torch.as_tensor(learner.rows + 1)] - learner.value_states[torch.as_tensor(learner.rows)]
+    sigma = step.pow(2).mean(0).sqrt()
+    noise_std, noise = learner.perturbation(4000, torch.Generator().manual_seed(0))
+    moved = (noise_std * noise) != 0
+    assert not (moved[:, 0] & moved[:, 1]).any() and abs(moved[:, 0].float().mean() - 0.5) < 0.05
+    torch.testing.assert_close(noise_std.max(0).values, 0.5 * sigma)
+    with pytest.raises(UserError, match="perturb_indices"):
+        VINS(model, expert, VINSConfig.preset("tiny", {"perturb_indices": "0;;1"}), torch.device("cpu"))
+
+
+def test_expert_preference_clips_like_shooting():
+    """The diagnostic's comparison action is the expert's moved by α·ξ and clipped to the bounds,
+    as shooting's candidates are: with the expert at the bound, a push beyond it is clipped away
+    and the two successors tie (V cannot prefer the expert's)."""
+    from wmil.algos.vins import expert_preference
+    from wmil.imagination.expert import ExpertLatents
+    from wmil.types import DataSpec
+
+    spec = DataSpec((1,), "float32", 1, False, action_low=(-1.0,), action_high=(1.0,))
+
+    class Model:  # M(s, a) = s + a
+        def imagine_step(self, state, action):
+            return State(deter=state.deter + action, stoch=state.stoch)
+
+    class Inputs:
+        def of_state(self, state, obs=None):
+            return state.deter
+
+    class Value(torch.nn.Module):
+        def forward_full(self, x):
+            return -(x[..., 0] - 1.0).abs()     # V peaks at s = 1
+
+    n = 64
+    states = State(deter=torch.zeros(n, 1), stoch=torch.zeros(n, 0))
+    latents = ExpertLatents(states=states, features=torch.zeros(n, 1), action=torch.ones(n, 1),
+                            action_mask=torch.ones(n, dtype=torch.bool), is_terminal=torch.zeros(n, dtype=torch.bool),
+                            offsets=np.array([0]), n_obs=np.array([n]))
+    rows = np.arange(n)
+    preferred = expert_preference(Model(), Value(), latents, spec, VINSConfig(), Inputs(), rows, alpha=0.5)
+    # Unclipped, every a′ = 1 ± 0.5ξ would lose (|a′ − 1| > 0); clipped, the half pushed above 1 ties.
+    assert 0.3 < preferred["eval/expert_preferred"] < 0.7
 
 
 def test_parse_indices():
@@ -208,27 +290,30 @@ def test_parse_indices():
 # ----------------------------------------------------------------------------- learning checks
 
 
-def test_vins_value_ranks_demo_states_above_perturbed_ones(tmp_path, minari_root):
+@pytest.mark.parametrize("scale, steps", [("demo", 150), ("step", 400)])
+def test_vins_value_ranks_demo_states_above_perturbed_ones(tmp_path, minari_root, scale, steps):
     """Demos are a few curves in 6-D (a low-dimensional set, the paper's setting): after a short
     training V is higher on demo states than on their Gaussian perturbations, and rises along
-    the demos towards the goal."""
+    the demos towards the goal. 'demo': the paper's perturbation scale (the demo states' std;
+    the default until perturbations were tied to the demo step), 'step': the default, whose
+    perturbations are ~5× smaller here and take longer to rank."""
     box = gym.spaces.Box(-np.inf, np.inf, (6,), np.float32)
     act = gym.spaces.Box(-1, 1, (6,), np.float32)
     expert = write_episodes("tt/reach6-expert-v0", reach_episodes(6, 0, dim=6), box, act)
     world = write_episodes("tt/reach6-world-v0", reach_episodes(10, 1, epsilon=0.5, dim=6), box, act)
     model = _model(world, tmp_path)
+    run = {"value_lr": "3e-3", "eval_states": "128", "log_every": str(steps), "eval_every": str(steps),
+           "checkpoint_every": str(steps), "ns_scale": scale}
     out = tmp_path / "rank"
-    train_policy("vins", model, expert, out=out, preset="tiny", steps=150, seed=0, progress=False, device="cpu",
-                 overrides={"value_lr": "3e-3", "eval_states": "128", "log_every": "150", "eval_every": "150",
-                            "checkpoint_every": "150"})
+    train_policy("vins", model, expert, out=out, preset="tiny", steps=steps, seed=0, progress=False, device="cpu",
+                 overrides=run)
     last = RunDir(out, "policy").read_metrics()[-1]
     assert last["eval/ns_rank"] >= 0.75, last
     assert last["eval/td_order"] >= 0.65, last
     # Without the negative-sampling loss the same check fails: TD alone does not extrapolate.
     ablation = tmp_path / "no-ns"
-    train_policy("vins", model, expert, out=ablation, preset="tiny", steps=150, seed=0, progress=False, device="cpu",
-                 overrides={"value_lr": "3e-3", "eval_states": "128", "log_every": "150", "eval_every": "150",
-                            "checkpoint_every": "150", "ns_weight": "0"})
+    train_policy("vins", model, expert, out=ablation, preset="tiny", steps=steps, seed=0, progress=False,
+                 device="cpu", overrides={**run, "ns_weight": "0"})
     assert RunDir(ablation, "policy").read_metrics()[-1]["eval/ns_rank"] < 0.7
 
 
@@ -242,7 +327,45 @@ def test_vins_success_terminal_from_infos(tmp_path, minari_root):
     learner = VINS(model, expert, VINSConfig.preset("tiny"), torch.device("cpu"))
     assert learner.terminal == "success"
     first = [int(np.flatnonzero(info["is_success"][1:] > 0)[0]) + 1 for info in infos]
-    assert len(learner.rows) == sum(first) and int(learner.done.sum()) == 2
+    # V trains on one episode, the other is held out (validation_fraction): together they hold
+    # every transition up to the first success, each ending at its goal.
+    held_rows, held_done, _ = learner.held
+    assert len(learner.rows) + len(held_rows) == sum(first)
+    assert int(learner.done.sum()) + int(held_done.sum()) == 2
+
+
+def test_vins_value_never_trains_or_is_selected_on_its_own_episodes(tmp_path, minari_root):
+    """V trains on π_BC's training episodes only; the held-out episodes that check its
+    convergence, choose α and select it are ones it never saw, and its convergence check
+    compares V(s′) − V(s) with γ^(n−1)."""
+    episodes = reach_episodes(10, 0)
+    infos = [{"is_success": (np.linalg.norm(obs, axis=1) < 0.3).astype(np.float32)} for obs, _, _ in episodes]
+    expert = write_episodes("tt/held-v0", episodes, BOX2, ACT2, infos=infos)
+    world = write_episodes("tt/held-world-v0", reach_episodes(6, 1, epsilon=0.5), BOX2, ACT2)
+    model = load_world_model(_model(world, tmp_path))
+    config = VINSConfig.preset("tiny", {"validation_fraction": 0.3})
+    learner = VINS(model, expert, config, torch.device("cpu"))
+
+    def episodes_of(rows):
+        return set(np.searchsorted(learner.expert.offsets, np.asarray(rows), side="right") - 1)
+
+    held_rows, _, steps = learner.held
+    trained, held = episodes_of(learner.rows), episodes_of(held_rows)
+    assert len(trained) == 7 and len(held) == 3 and not trained & held
+    assert episodes_of(learner.selection_rows) <= held and episodes_of(learner.held_goals) <= held
+    assert not episodes_of(learner.goals) & held
+    # π_BC's held-out pairs are those episodes' too.
+    assert len(learner.bc.val) == sum(int(learner.expert.n_obs[e]) - 1 for e in held)
+    # Every minibatch of V comes from its own rows; the held-out steps to the goal count down to 1.
+    assert steps.min() == 1 and torch.isfinite(steps).all()
+    for step in range(1, 4):
+        learner.update(step)
+    metrics = learner.evaluate()
+    assert {"eval/value_step_gain", "eval/value_step_gain_expected", "eval/value_error", "eval/value_td_error",
+            "eval/shooting_alpha", "eval/vins_action_mse", "eval/goal_detected", "eval/goal_early"} <= set(metrics)
+    expected = float((config.gamma ** (steps - 1)).mean())
+    assert metrics["eval/value_step_gain_expected"] == pytest.approx(expected)
+    assert metrics["eval/shooting_alpha"] in {0.0, 0.02, 0.05, 0.1, 0.2}
 
 
 def test_vins_keeps_the_value_function_experts_prefer(reach, tmp_path):

@@ -287,6 +287,28 @@ def test_dynamics_normalizer_running_then_fixed():
         model.set_normalizer(torch.zeros(4), torch.ones(4))
 
 
+def test_dynamics_on_reduced_states():
+    """obs_indices (the VINS paper's set-up): M reads and predicts coordinates 0 and 3 only,
+    carries the others over unchanged, and its loss ignores them."""
+    model, spec = build("dynamics", "vector", False, obs_indices="0,3")
+    assert model.net.in_dim == 2 + spec.action_dim and model.net.out_dim == 2
+    batch = make_batch(spec)
+    posterior, _ = model.observe(batch.obs, batch.prev_action, batch.is_first)
+    state = posterior[:, 0]
+    following = model.imagine_step(state, batch.action[:, 0])
+    carried = [1, 2, 4]
+    assert torch.equal(following.deter[:, carried], state.deter[:, carried])
+    assert not torch.equal(following.deter[:, [0, 3]], state.deter[:, [0, 3]])
+    losses, _, _ = model.loss(batch)
+    noisy = batch.obs.clone()
+    noisy[..., carried] += 100.0 * torch.randn_like(noisy[..., carried])
+    model.set_normalizer(model.obs_mean, model.obs_std)  # the same normalisation for both batches
+    torch.testing.assert_close(model.loss(dataclasses.replace(batch, obs=noisy))[0]["dynamics"],
+                               model.loss(batch)[0]["dynamics"])
+    with pytest.raises(UserError, match="obs_indices"):
+        build("dynamics", "vector", False, obs_indices="0,9")
+
+
 @pytest.mark.parametrize("name,obs,discrete", CASES, ids=IDS)
 def test_features_modes(name, obs, discrete):
     model, spec = build(name, obs, discrete)

@@ -310,6 +310,37 @@ def to_dict(config: Any) -> dict:
     return asdict(config) if is_dataclass(config) else dict(config)
 
 
+def parse_indices(text: str, dim: int, field: str) -> list[int]:
+    """Coordinates named by a config string: ``'3,4,5'`` / ``'3:6,9'`` → sorted coordinates in
+    ``0..dim-1`` (empty text: all of them); a one-line UserError naming ``field`` otherwise."""
+    if not str(text).strip():
+        return list(range(dim))
+    out: set[int] = set()
+    try:
+        for part in str(text).replace(" ", "").split(","):
+            if ":" in part:
+                a, b = part.split(":")
+                out.update(range(int(a), int(b)))
+            elif part:
+                out.add(int(part))
+    except ValueError:
+        raise UserError(f"config field {field!r}: cannot read {text!r}; write coordinates like '3,4,5' or '3:6'") from None
+    if not out or min(out) < 0 or max(out) >= dim:
+        raise UserError(f"config field {field!r} = {text!r}: coordinates must lie in 0..{dim - 1} "
+                        f"(the observation has {dim})")
+    return sorted(out)
+
+
+def parse_index_groups(text: str, dim: int, field: str) -> list[list[int]]:
+    """Groups of coordinates separated by ``';'``: ``'0:3;9:11'`` → ``[[0, 1, 2], [9, 10]]``;
+    text without ``';'`` is one group (empty text: one group of every coordinate)."""
+    parts = [part for part in str(text).split(";")]
+    if len(parts) > 1 and any(not part.strip() for part in parts):
+        raise UserError(f"config field {field!r} = {text!r}: an empty group between ';' separators; "
+                        "write groups like '0:3;9:11'")
+    return [parse_indices(part, dim, field) for part in parts]
+
+
 # ------------------------------------------------------------------------------ documentation
 
 

@@ -281,6 +281,18 @@ class LatentLearner(Learner):
                                                        self.config.features)
         return self._world
 
+    def feature_box(self) -> tuple[Tensor, Tensor]:
+        """``(low, high)``, each ``(F,)``: the per-dimension range of the features of the world
+        model's datasets and the demos, the states the model was trained on. Beyond them a model
+        extrapolates freely (CartPole, ``dynamics``: a random policy's imagined states reach 580
+        standard deviations in 50 steps), and a network fitted on such states diverges (SQIL's Q
+        reached 7,000 where r/(1 − γ) = 100); learners that fit networks on imagined states clamp
+        them into this box."""
+        if getattr(self, "_box", None) is None:
+            both = torch.cat([self.world.features, self.expert.features.to(self.world.features.device)])
+            self._box = both.min(0).values.to(self.device), both.max(0).values.to(self.device)
+        return self._box
+
     def start_states(self, count: int, expert_rows: np.ndarray, rng: Optional[np.random.Generator] = None) -> State:
         """``count`` start states ``(B,)`` of imagined rollouts, drawn uniformly from the expert
         rows ``expert_rows``, from every world-data state, or half from each, per the config's

@@ -24,11 +24,21 @@ What changes offline, in a learned world model: there is no environment.
 * Self-supervised roll-outs of the current policy (Algorithm 1, lines 5–7; the default,
   ``predecessors="policy"``) are imagined rollouts in the model's prior through the shared
   :func:`~wmil.imagination.actor_critic.imagine`, from start states drawn over the expert
-  latents. A fresh batch is imagined every update instead of a replay buffer of recent
-  rollouts: imagination is cheap, and the triples stay on the current policy (the paper's
-  "short replay buffer" in its limit), with small checkpoints and exact resume. A triple
-  picks t and j ~ Geom(1 − γ) with t + j + 1 ≤ H, so j is truncated to the rollout length
-  (a j that does not fit is redrawn; see :func:`geometric_offsets`).
+  latents (and world-data states, per ``starts``). A fresh batch is imagined every update
+  instead of a replay buffer of recent rollouts: imagination is cheap, and the triples stay on
+  the current policy (the paper's "short replay buffer" in its limit), with small checkpoints
+  and exact resume. The ``flow_updates`` flow minibatches of an update are drawn from that
+  batch. Imagined states are clamped into the range of the data's features (``feature_box``):
+  beyond it the model extrapolates freely, and the flows would model its extrapolations.
+* Offsets: a triple picks a logged step t uniformly and j ~ Geom(1 − γ), and s̄ = s_{t+j+1} in
+  the rollouts (or episodes) laid end to end and closed into a cycle, each rollout's last
+  state followed by the next one's first: the paper's "transitions from terminal to initial
+  states" (section 3.2), which makes j exactly Geom(1 − γ) — no offset is redrawn or cut to
+  fit an episode (``offsets='within'`` keeps targets inside their episode, biased toward short
+  offsets). Rollouts are long against the mean offset γ/(1 − γ) (``horizon`` 50 at γ = 0.9),
+  so few targets cross into the next rollout.
+* Schedule, as the paper's: ``flow_updates`` flow updates per policy update (its simulated
+  peg insertion: N_B : N_π = 10,000 : 1,000) after ``burnin`` updates of the flows alone.
 * ``predecessors="data"`` draws the triples from the offline dataset(s) the world model was
   trained on (their posterior latents and logged actions) — the predecessor model of the
   behaviour policy rather than of π_θ; cheaper and stable, but no longer on-policy.
@@ -88,6 +98,10 @@ class GprilConfig(StartsConfig, DiscountConfig, LatentConfig):
     """β_d: weight of log π(a | s) on predecessor pairs sampled from the flows."""
     burnin: NonNegInt = 0
     """Updates that train only the flows before the policy starts learning."""
+    flow_updates: PosInt = 10
+    """Flow minibatch updates per update (the policy takes one): the paper's N_B : N_π = 10,000 : 1,000 (simulation), 15,000 : 5,000 (clip insertion)."""
+    offsets: Literal["wrap", "within"] = "wrap"
+    """Targets s̄ = s_{t+j+1}, j ~ Geom(1 − γ): 'wrap' on the episodes closed into one cycle (terminal → next initial state, the paper; j exactly geometric), 'within' redrawn until inside the episode (biased toward short offsets)."""
     flow_transforms: PosInt = 2
     """Stacked autoregressive transforms (MADEs) per flow (paper: 2)."""
     flow_layers: NonNegInt = 2
@@ -114,7 +128,7 @@ class GprilConfig(StartsConfig, DiscountConfig, LatentConfig):
         units=256,        # paper: policy MLP of 300 and 200 units
         min_std=0.05,     # paper: σ in (0.01, 0.1)
         actor_lr=1e-4,    # paper: policy learning rate 1e-4
-        horizon=20,
+        horizon=50,       # rollouts long against the mean offset γ/(1 − γ) = 9, so few targets wrap into the next
         gamma=0.9,        # paper, simulation: 0.9
     )
     PRESETS: ClassVar = {
@@ -130,28 +144,40 @@ class GprilConfig(StartsConfig, DiscountConfig, LatentConfig):
 
 
 def geometric_offsets(rng: np.random.Generator, offsets: np.ndarray, n_actions: np.ndarray, size: int,
-                      gamma: float, max_tries: int = 64) -> tuple[np.ndarray, np.ndarray]:
+                      gamma: float, wrap: bool = True, max_tries: int = 64) -> tuple[np.ndarray, np.ndarray]:
     """Rows ``(t_row, target_row)`` of ``size`` triples inside episodes laid end to end.
 
     Episode e occupies rows ``offsets[e] … offsets[e] + n_actions[e]`` (T actions, T + 1
     states). (s, a) is a uniformly drawn logged step t; the target is s̄ = s_{t+j+1} with
-    j ~ Geom(1 − γ) on {0, 1, …} (P(j) = (1 − γ) γ^j), redrawn while t + j + 1 > T so the
-    target stays in the episode (j is truncated to the episode: after ``max_tries`` redraws
-    it is clipped to T − t − 1).
+    j ~ Geom(1 − γ) on {0, 1, …} (P(j) = (1 − γ) γ^j).
+
+    ``wrap`` (the paper's episodic case): the episodes, which must be laid end to end without
+    gaps, form one cycle in which each episode's last state is followed by the next episode's
+    first (the last episode by the first), so j is exactly geometric and the target row is
+    t_row + j + 1 taken round the cycle. Otherwise j is redrawn while t + j + 1 > T so the
+    target stays in the episode (after ``max_tries`` redraws it is cut to T − t − 1): offsets
+    are then biased toward short ones, more so the shorter the episodes.
     """
+    offsets = np.asarray(offsets, dtype=np.int64)
     n_actions = np.asarray(n_actions, dtype=np.int64)
     weights = n_actions / n_actions.sum()
     episode = rng.choice(len(n_actions), size, p=weights)
     T = n_actions[episode]
     t = (rng.random(size) * T).astype(np.int64)
     j = _geometric(rng, size, gamma)
+    start = offsets[episode] + t
+    if wrap:
+        ends = offsets + n_actions + 1
+        if len(offsets) > 1 and not (offsets[1:] == ends[:-1]).all():
+            raise ValueError("geometric_offsets(wrap=True) needs episodes laid end to end without gaps")
+        first, total = int(offsets[0]), int(ends[-1] - offsets[0])
+        return start, first + (start - first + j + 1) % total
     for _ in range(max_tries):
         bad = t + j + 1 > T
         if not bad.any():
             break
         j[bad] = _geometric(rng, int(bad.sum()), gamma)
     j = np.minimum(j, T - t - 1)
-    start = np.asarray(offsets, dtype=np.int64)[episode] + t
     return start, start + j + 1
 
 
@@ -238,6 +264,10 @@ class Gpril(LatentLearner):
         super().__init__(world_model, expert, config, device)
         self.start_rows = self.expert.starts(0)
         self.data: Optional[ExpertLatents] = None
+        # Imagined states are clamped into the data's feature box (LatentLearner.feature_box). It
+        # is built now, not at the first rollout: encoding the world data may draw from torch's
+        # generator (sampled latents), and a resumed run must draw it at the same point.
+        self.box = self.feature_box()
         if config.predecessors == "data":
             self.data = self.world
             if int((self.data.n_obs - 1).sum()) == 0:
@@ -247,34 +277,36 @@ class Gpril(LatentLearner):
         self.model = self.add_network("model", model, lr=config.flow_lr, weight_decay=config.flow_weight_decay)
         self.add_network("actor", ActionHead(self.feature_dim, self.spec, config), lr=config.actor_lr)
         self.seed_rng()
-        # Held-out triples from the initial policy (or the data), drawn with their own seeds so
-        # the training random streams do not depend on them.
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(4321)
-            self.heldout = self.triples(config.eval_triples, np.random.default_rng(4321))
         self.eval_rows = self.metric_rows()
 
     # ---- triples -----------------------------------------------------------------------
     @torch.no_grad()
-    def triples(self, size: int, rng: Optional[np.random.Generator] = None) -> Triples:
-        """``size`` triples (s_t, a_t, s_{t+j+1}) from fresh imagined rollouts of the current
-        policy, or from the offline data."""
+    def trajectories(self, rng: Optional[np.random.Generator] = None) -> tuple[Tensor, Tensor, np.ndarray, np.ndarray]:
+        """What triples are drawn from: ``(features (N, F), actions (N, A), offsets (E,),
+        n_actions (E,))`` of episodes laid end to end — fresh imagined rollouts of the current
+        policy (one episode of H actions each), or the offline data."""
         rng = self.rng if rng is None else rng
         cfg = self.config
         if self.data is not None:
             source = self.data
-            features, actions = source.features, source.action
-            offsets, n_actions = source.offsets, source.n_obs - 1
-        else:
-            start = self.start_states(cfg.rollout_starts, self.start_rows, rng)
-            imagined = imagine(self.world_model, self.actor, start, cfg.horizon, cfg.features)
-            # Each rollout is one episode of H actions: rows b·(H+1) … b·(H+1)+H.
-            features = imagined.features.transpose(0, 1).reshape(-1, imagined.features.shape[-1])
-            actions = torch.cat([imagined.actions, torch.zeros_like(imagined.actions[:1])]).transpose(0, 1)
-            actions = actions.reshape(-1, self.spec.action_dim)
-            offsets = np.arange(cfg.rollout_starts) * (cfg.horizon + 1)
-            n_actions = np.full(cfg.rollout_starts, cfg.horizon)
-        at, target = geometric_offsets(rng, offsets, n_actions, size, cfg.gamma)
+            return source.features, source.action, source.offsets, source.n_obs - 1
+        start = self.start_states(cfg.rollout_starts, self.start_rows, rng)
+        imagined = imagine(self.world_model, self.actor, start, cfg.horizon, cfg.features)
+        # Each rollout is one episode of H actions: rows b·(H+1) … b·(H+1)+H; states clamped into the data's range.
+        features = imagined.features.clamp(*self.box).transpose(0, 1).reshape(-1, imagined.features.shape[-1])
+        actions = torch.cat([imagined.actions, torch.zeros_like(imagined.actions[:1])]).transpose(0, 1)
+        actions = actions.reshape(-1, self.spec.action_dim)
+        return features, actions, np.arange(cfg.rollout_starts) * (cfg.horizon + 1), np.full(cfg.rollout_starts,
+                                                                                              cfg.horizon)
+
+    def triples(self, size: int, rng: Optional[np.random.Generator] = None,
+                source: Optional[tuple] = None) -> Triples:
+        """``size`` triples (s_t, a_t, s_{t+j+1}) from ``source`` (:meth:`trajectories`; fresh
+        ones when None), offsets as ``offsets`` says."""
+        rng = self.rng if rng is None else rng
+        features, actions, offsets, n_actions = self.trajectories(rng) if source is None else source
+        at, target = geometric_offsets(rng, offsets, n_actions, size, self.config.gamma,
+                                       wrap=self.config.offsets == "wrap")
         at, target = torch.as_tensor(at, device=self.device), torch.as_tensor(target, device=self.device)
         return Triples(features[at], actions[at], features[target])
 
@@ -285,13 +317,19 @@ class Gpril(LatentLearner):
 
     def update(self, step: int) -> dict:
         cfg = self.config
-        # Predecessor models (Algorithm 1, lines 3–9).
-        loss_s, loss_a = self.flow_loss(self.triples(cfg.batch_size), cfg.flow_noise)
-        flow_loss = loss_s + loss_a
-        metrics = {"loss/flow_state": float(loss_s.detach()), "loss/flow_action": float(loss_a.detach())}
-        if not math.isfinite(metrics["loss/flow_state"]) or not math.isfinite(metrics["loss/flow_action"]):
-            return metrics  # the trainer's NaN guard stops the run before anything is saved
-        metrics["flow/grad_norm"] = float(self.step("model", flow_loss, cfg.flow_grad_clip))
+        # Predecessor models (Algorithm 1, lines 3–9): flow_updates minibatches of one fresh batch of rollouts.
+        source = self.trajectories()
+        loss_s = loss_a = norm = 0.0
+        for _ in range(cfg.flow_updates):
+            term_s, term_a = self.flow_loss(self.triples(cfg.batch_size, source=source), cfg.flow_noise)
+            value_s, value_a = float(term_s.detach()), float(term_a.detach())
+            if not (math.isfinite(value_s) and math.isfinite(value_a)):
+                # the trainer's NaN guard stops the run before anything is saved
+                return {"loss/flow_state": value_s, "loss/flow_action": value_a}
+            norm += float(self.step("model", term_s + term_a, cfg.flow_grad_clip)) / cfg.flow_updates
+            loss_s += value_s / cfg.flow_updates
+            loss_a += value_a / cfg.flow_updates
+        metrics = {"loss/flow_state": loss_s, "loss/flow_action": loss_a, "flow/grad_norm": norm}
         if step <= cfg.burnin:
             return metrics
         # Policy (lines 10–14): β_π log π(ā|s̄) on demo pairs + β_d log π(a|s), (s, a) ~ B(·|s̄).
@@ -312,8 +350,15 @@ class Gpril(LatentLearner):
     # ---- evaluation and state ----------------------------------------------------------
     @torch.no_grad()
     def heldout_log_likelihood(self) -> tuple[float, float]:
-        """Mean (log B_s, log B_a) of the held-out triples, without noise."""
-        log_s, log_a = self.model.log_prob(*self.heldout)
+        """Mean (log B_s, log B_a), without noise, of ``eval_triples`` triples drawn now from the
+        current policy's rollouts (or the data), which the flows never trained on. They come
+        from their own seeds, so the training random streams do not depend on them, and the
+        flows are scored on the predecessors they currently model rather than on those of the
+        initial policy."""
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(4321)
+            triples = self.triples(self.config.eval_triples, np.random.default_rng(4321))
+        log_s, log_a = self.model.log_prob(*triples)
         return float(log_s.mean()), float(log_a.mean())
 
     def evaluate(self) -> dict:

@@ -24,14 +24,27 @@ What changes offline, in a learned world model: there is no environment.
   logged expert step gives a transition (z_t, a_t, z_t+1).
 * "Sample a rollout with the imitation policy" (Algorithm 1, line 6) is an imagined rollout
   of the current policy in the model's prior, through the one shared rollout function
-  :func:`~wmil.imagination.actor_critic.imagine`, from start states drawn uniformly over all
-  expert latents. Imagined transitions never terminate (the models predict no termination).
+  :func:`~wmil.imagination.actor_critic.imagine`. The rollouts are long (``horizon``, 50 by
+  default) and start half from expert states and half from every state of the world model's
+  own datasets (``starts='mixed'``): the states a drifting policy reaches, which the
+  zero-reward half exists to value low. Imagined transitions never terminate (the models
+  predict no termination); imagined states are clamped into the range of the data's features
+  (``feature_box``), since beyond it the model extrapolates freely and Q fitted there diverged.
 * Agent experience: instead of a replay buffer that grows by one rollout every k steps, every
   update imagines ``rollout_starts`` fresh H-step rollouts and uses all their transitions as
-  the agent half (weighted like the demo half, λ_samp = 1). Imagination is cheap and needs no
-  environment, so there is nothing to save by replaying; fresh rollouts keep the zero-reward
-  half on the current policy's state distribution (Algorithm 1 with k = 1 and a replay of the
-  latest rollout) and keep checkpoints small, so resume is exact.
+  the agent half. Imagination is cheap and needs no environment, so there is nothing to save
+  by replaying; fresh rollouts keep the zero-reward half on the current policy's state
+  distribution (Algorithm 1 with k = 1 and a replay of the latest rollout) and keep
+  checkpoints small, so resume is exact.
+* λ_samp and the terminal bonus are the paper's experiments': λ_samp = 10⁻⁶ with discrete
+  actions on vector observations (its Lunar Lander), 0.01 on pixels (Car Racing), 1 with
+  continuous actions (Humanoid, HalfCheetah); the r/(1 − γ) bonus of section 3.3 is off ("not
+  necessary in our experiments").
+* Q must propagate: on demos Q(z, a_E) climbs towards r/(1 − γ) (100 at γ = 0.99) only as fast
+  as the target network follows, so the target is Polyak-averaged at τ = 0.05 rather than
+  SAC's 0.005 (time constant 1/(τ(1 − γ)) = 2,000 updates instead of 20,000); the metrics
+  ``q/demo_fraction`` and ``q/samp_fraction`` give Q on demo and on imagined transitions as a
+  fraction of r/(1 − γ).
 
 The world model stays fixed. For discrete actions the deployed actor is :class:`SoftQActor`,
 the Boltzmann policy of the Q-network (logits Q/α), which :class:`~wmil.policy.LatentPolicy`
@@ -42,7 +55,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, Optional
 
 import torch
 from torch import nn
@@ -71,24 +84,34 @@ class SqilConfig(StartsConfig, CriticConfig, EntropyConfig, TargetConfig, Discou
     """Imagined rollouts of the current policy per update (the agent's zero-reward half)."""
     demo_reward: float = 1.0
     """Reward r of a demonstrated transition (the agent's own transitions get 0)."""
-    terminal_bonus: bool = True
-    """Demo transitions into a terminal state get r/(1−γ) instead of r (paper, section 3.3)."""
-    lambda_samp: NonNegFloat = 1.0
-    """Weight λ_samp of the imagined (zero-reward) half of the loss."""
+    terminal_bonus: bool = False
+    """Demo transitions into a terminal state get r/(1−γ) instead of r (paper, section 3.3; its experiments did without)."""
+    lambda_samp: Optional[NonNegFloat] = None
+    """Weight λ_samp of the imagined (zero-reward) half of the loss; None: the paper's value for the kind of task (1e-6 discrete actions on vectors, as its Lunar Lander; 0.01 discrete on pixels, Car Racing; 1 continuous, Humanoid/HalfCheetah)."""
 
     DEFAULTS: ClassVar = dict(
         units=256,                # a soft Q-network of SAC's width
-        horizon=10,
+        horizon=50,               # long imagined rollouts: the drift SQIL's zero-reward half exists to value
+        starts="mixed",           # ... from expert and world-data states
         gamma=0.99,               # the paper's soft Q-learning
         entropy_discrete=1.0,     # the paper's temperature α = 1 (Boltzmann policy exp(Q))
         entropy_continuous=0.1,   # soft actor-critic's α on tanh-Gaussian actions
-        target_every=0, target_tau=0.005,  # SAC-style Polyak target Q-networks
+        target_every=0, target_tau=0.05,  # Polyak target Q-networks, fast enough for Q to propagate (module docstring)
     )
     PRESETS: ClassVar = {
-        "tiny": dict(batch_size=16, rollout_starts=8, horizon=4, layers=1, units=32, eval_starts=16),
+        "tiny": dict(batch_size=16, rollout_starts=8, horizon=4, layers=1, units=32, eval_starts=16, world_episodes=10),
         "small": dict(),
         "paper": dict(units=400, layers=3),
     }
+
+
+def paper_lambda_samp(spec: DataSpec) -> float:
+    """The SQIL paper's λ_samp for a task like ``spec`` (appendix A.2): Lunar Lander (discrete
+    actions, vector observations) 10⁻⁶, Car Racing (discrete, 64×64 images) 0.01, Humanoid and
+    HalfCheetah (continuous, soft actor-critic) 1."""
+    if not spec.discrete:
+        return 1.0
+    return 0.01 if spec.pixels else 1e-6
 
 
 # ------------------------------------------------------------------------- pure functions
@@ -152,8 +175,8 @@ class Sqil(LatentLearner):
 
     name = "sqil"
     config_cls = SqilConfig
-    progress_keys = ("loss/q", "q/demo_minus_samp")
-    metric_keys = ("loss/q", "loss/q_demo", "loss/q_samp", "q/demo", "q/samp")
+    progress_keys = ("loss/q", "q/demo_fraction", "q/demo_minus_samp")
+    metric_keys = ("loss/q", "loss/q_demo", "loss/q_samp", "q/demo", "q/samp", "q/demo_fraction", "q/samp_fraction")
     evaluation_act = "sample"  # SQIL's Boltzmann policy π ∝ exp(Q/α)
 
     def __init__(self, world_model, expert: Dataset, config: SqilConfig, device: torch.device):
@@ -163,8 +186,15 @@ class Sqil(LatentLearner):
             raise config.invalid("entropy_discrete" if config.entropy_discrete <= 0 else "entropy_continuous",
                                  "must be greater than 0 (it is SQIL's temperature α)")
         super().__init__(world_model, expert, config, device)
-        #: Rows that start the imagined rollouts: every expert latent.
+        #: Expert rows that start imagined rollouts (every expert latent; world-data states too per ``starts``).
         self.start_rows = self.expert.starts(0)
+        # Imagined states are clamped into the data's feature box (LatentLearner.feature_box). It
+        # is built now, not at the first rollout: encoding the world data may draw from torch's
+        # generator (sampled latents), and a resumed run must draw it at the same point.
+        self.box = self.feature_box()
+        self.lambda_samp = paper_lambda_samp(self.spec) if config.lambda_samp is None else config.lambda_samp
+        #: r/(1 − γ): Q of a demonstrated state-action whose successors are all demonstrated.
+        self.q_max = config.demo_reward / (1 - config.gamma)
         F_ = self.feature_dim
         if self.spec.discrete:
             self.alpha = config.entropy_discrete
@@ -187,13 +217,15 @@ class Sqil(LatentLearner):
 
     @torch.no_grad()
     def imagined_batch(self) -> tuple[Tensor, Tensor, Tensor]:
-        """(z, a, z') of fresh imagined rollouts of the current policy from expert states:
+        """(z, a, z') of fresh imagined rollouts of the current policy from start states (expert
+        or world-data ones, per ``starts``), clamped into the data's feature box:
         ``(H·B_roll, F), (H·B_roll, A), (H·B_roll, F)``."""
         start = self.start_states(self.config.rollout_starts, self.start_rows)
         imagined = imagine(self.world_model, self.actor, start, self.config.horizon, self.config.features)
-        F_ = imagined.features.shape[-1]
-        return (imagined.features[:-1].reshape(-1, F_), imagined.actions.reshape(-1, self.spec.action_dim),
-                imagined.features[1:].reshape(-1, F_))
+        features = imagined.features.clamp(*self.box)          # (H+1, B_roll, F) inside the data's range
+        F_ = features.shape[-1]
+        return (features[:-1].reshape(-1, F_), imagined.actions.reshape(-1, self.spec.action_dim),
+                features[1:].reshape(-1, F_))
 
     # ---- update ------------------------------------------------------------------------
     def update(self, step: int) -> dict:
@@ -211,7 +243,7 @@ class Sqil(LatentLearner):
     def _loss(self, q_d: Tensor, y_d: Tensor, q_s: Tensor, y_s: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         demo = 0.5 * ((q_d - y_d) ** 2).mean()
         samp = 0.5 * ((q_s - y_s) ** 2).mean()
-        return demo + self.config.lambda_samp * samp, demo, samp
+        return demo + self.lambda_samp * samp, demo, samp
 
     def _update_discrete(self, z_d, a_d, next_d, done_d, z_s, a_s, next_s) -> dict:
         cfg = self.config
@@ -257,11 +289,11 @@ class Sqil(LatentLearner):
                         "actor/entropy": float(-logp.detach().mean())})
         return metrics
 
-    @staticmethod
-    def _metrics(loss, demo, samp, q_d, q_s, norm) -> dict:
+    def _metrics(self, loss, demo, samp, q_d, q_s, norm) -> dict:
+        q_demo, q_samp = float(q_d.detach().mean()), float(q_s.detach().mean())
         return {"loss/q": float(loss.detach()), "loss/q_demo": float(demo.detach()), "loss/q_samp": float(samp.detach()),
-                "q/demo": float(q_d.detach().mean()), "q/samp": float(q_s.detach().mean()),
-                "q/demo_minus_samp": float((q_d.detach().mean() - q_s.detach().mean())),
+                "q/demo": q_demo, "q/samp": q_samp, "q/demo_minus_samp": q_demo - q_samp,
+                "q/demo_fraction": q_demo / self.q_max, "q/samp_fraction": q_samp / self.q_max,
                 "q/grad_norm": float(norm)}
 
     # ---- evaluation and deployment -------------------------------------------------------

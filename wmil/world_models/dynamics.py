@@ -8,6 +8,10 @@ normalised units so that every coordinate counts on the same scale. It has no la
 own: the "state" (``State.deter``) and the features are the normalised observation, the
 decoder undoes the normalisation, and ``imagine_step`` applies M. Vector observations only.
 
+``obs_indices`` is the paper's set-up on reduced states ("the model uses the reduced states
+and actions to predict the next reduced states"; with ``units=500``, its 2 × 500 network): M
+reads and predicts only those coordinates, and carries the others over unchanged.
+
 The normalisation statistics are running estimates over the training batches (when
 ``running_normalizer``) until :meth:`Dynamics.set_normalizer` fixes them, e.g. to the
 statistics of the whole dataset.
@@ -22,7 +26,7 @@ import numpy as np
 import torch
 
 from wmil.errors import UserError
-from wmil.config import Activation, NonNegInt, OptimizerConfig, PosFloat, PosInt
+from wmil.config import Activation, NonNegInt, OptimizerConfig, PosFloat, PosInt, parse_indices
 from wmil.nets import MLP
 from wmil.precision import float32
 from wmil.types import DataSpec, SequenceBatch
@@ -50,6 +54,8 @@ class DynamicsConfig(OptimizerConfig):
     """Lower bound of the per-coordinate std used to normalise (constant coordinates)."""
     dynamics_scale: PosFloat = 1.0
     """Weight of the L2-norm prediction loss."""
+    obs_indices: str = ""
+    """Coordinates M reads and predicts, e.g. '0:6,25:28' (the VINS paper's reduced states); the others are carried over unchanged. Empty: all."""
 
     DEFAULTS: ClassVar = dict(adam_eps=1e-8)  # VINS: Adam with its default epsilon, lr 3e-4
     PRESETS: ClassVar = {
@@ -73,7 +79,10 @@ class Dynamics(WorldModelBase):
         self.spec = spec
         self.config = config
         obs_dim = spec.obs_shape[0]
-        self.net = MLP(obs_dim + spec.action_dim, obs_dim, config.layers, config.units,
+        indices = parse_indices(config.obs_indices, obs_dim, "obs_indices")
+        #: The coordinates M reads and predicts (all by default).
+        self.register_buffer("indices", torch.tensor(indices, dtype=torch.long), persistent=False)
+        self.net = MLP(len(indices) + spec.action_dim, len(indices), config.layers, config.units,
                        config.act, config.norm)
         self.feature_dim = obs_dim
         self.register_buffer("obs_mean", torch.zeros(obs_dim))
@@ -130,9 +139,11 @@ class Dynamics(WorldModelBase):
         return State(deter=normalized, stoch=normalized.new_zeros(*normalized.shape[:-1], 0))
 
     def _predict(self, normalized: Tensor, action: Tensor) -> Tensor:
-        """M in normalised units: ``(..., D), (..., A) -> (..., D)``."""
+        """M in normalised units: ``(..., D), (..., A) -> (..., D)``; coordinates outside
+        ``obs_indices`` are carried over."""
+        reduced = normalized.index_select(-1, self.indices)
         # The residual sum and everything after it stay float32 under bf16 autocast.
-        return normalized + float32(self.net(torch.cat([normalized, action], -1)))
+        return normalized.index_add(-1, self.indices, float32(self.net(torch.cat([reduced, action], -1))))
 
     def initial(self, batch_size: int) -> State:
         return self._wrap(self.obs_mean.new_zeros(batch_size, self.feature_dim))
@@ -180,10 +191,11 @@ class Dynamics(WorldModelBase):
             valid = valid & batch.mask[:, 1:]
         valid = valid.to(predicted.dtype)
         count = valid.sum().clamp(min=1.0)
-        error = torch.linalg.vector_norm(predicted - target, dim=-1)  # (B, T-1), not squared
+        # The L2 norm (not squared) over the predicted coordinates: (B, T-1).
+        error = torch.linalg.vector_norm((predicted - target).index_select(-1, self.indices), dim=-1)
         losses = {"dynamics": (error * valid).sum() / count}
         with torch.no_grad():
-            repeat = torch.linalg.vector_norm(normalized[:, :-1] - target, dim=-1)
+            repeat = torch.linalg.vector_norm((normalized[:, :-1] - target).index_select(-1, self.indices), dim=-1)
             metrics = {
                 "dynamics_l2": losses["dynamics"].item(),
                 "repeat_last_l2": ((repeat * valid).sum() / count).item(),

@@ -155,6 +155,8 @@ def main():
     parser.add_argument("--label", default="", help="names a variant (e.g. an ablation's overrides): its own rows "
                         "in the table and its own run dirs")
     parser.add_argument("--fresh", action="store_true", help="drop earlier results of these tasks instead of merging")
+    parser.add_argument("--n-envs", type=int, default=25,
+                        help="environment copies per evaluation, the policy acting for all in one batch")
     parser.add_argument("--results", default=str(RESULTS), help="where the tables go (default benchmarks/results)")
     parser.add_argument("-o", dest="overrides", action="append", default=[],
                         help="learner overrides key=value (every learner with the field) or algo.key=value")
@@ -220,7 +222,7 @@ def main():
                         for act in args.acts:
                             started = time.perf_counter()
                             report = evaluate_policy(out, episodes=episodes, act=act, progress=False,
-                                                     **PROTOCOLS[protocol])
+                                                     n_envs=args.n_envs, **PROTOCOLS[protocol])
                             # Fetch: success at any step, the VINS paper's protocol (its environment stops
                             # at the goal); success at the last step is kept as success_final.
                             score = report.get("success_any", report.get("normalized_score"))

@@ -491,8 +491,9 @@ def imagine_cmd(algo, model_run, expert, expert_episodes, preset, steps, seed, o
 @click.option("--env", "env_id", help="Environment id (default: the expert dataset's environment).")
 @click.option("--episodes", default=20, show_default=True, type=click.IntRange(min=1), help="Evaluation episodes.")
 @click.option("--seed", type=click.IntRange(min=0), help="First evaluation seed (default 1,000,000).")
-@click.option("--n-envs", default=1, show_default=True, type=click.IntRange(min=1),
-              help="Environment copies stepped together (gymnasium SyncVectorEnv); same episodes and scores.")
+@click.option("--n-envs", default=16, show_default=True, type=click.IntRange(min=1),
+              help="Environment copies stepped together (gymnasium SyncVectorEnv), the policy acting for all in one "
+                   "batch: the same episodes (seeds); sampled actions are drawn in another order than with 1.")
 @click.option("--video", is_flag=True, help="Record the first episodes under RUN_DIR/videos/ (every step, at the env's frame rate).")
 @click.option("--video-episodes", default=1, show_default=True, type=click.IntRange(min=1), help="Episodes to record with --video.")
 @click.option("--video-format", type=click.Choice(["gif", "mp4"]), default="gif", show_default=True,
@@ -540,8 +541,10 @@ def evaluate_cmd(run_dir, env_id, episodes, seed, n_envs, video, video_episodes,
 @click.option("--act", type=click.Choice(["auto", "sample", "greedy"]), default="auto", show_default=True,
               help="How the policies act (auto: each algorithm's convention).")
 @click.option("--seed", type=click.IntRange(min=0), help="First evaluation seed (default 1,000,000).")
+@click.option("--n-envs", default=16, show_default=True, type=click.IntRange(min=1),
+              help="Environment copies stepped together, the policy acting for all in one batch.")
 @threads_option
-def compare_cmd(runs, protocols, episodes, act, seed):
+def compare_cmd(runs, protocols, episodes, act, seed, n_envs):
     """Score several trained policies side by side under each protocol (expert-normalised score,
     with the expert's and a random policy's returns under the same protocol; return)."""
     from wmil.eval.evaluate import EVAL_SEED, evaluate_policy
@@ -553,7 +556,7 @@ def compare_cmd(runs, protocols, episodes, act, seed):
         cells = []
         for protocol in protocols:
             report = evaluate_policy(policy, episodes=episodes, act=act, starts=protocol, progress=False,
-                                     seed=EVAL_SEED if seed is None else seed)
+                                     seed=EVAL_SEED if seed is None else seed, n_envs=n_envs)
             score = report.get("normalized_score")
             cells.append(f"{score:6.2f} ({report['return_mean']:7.1f})" if score is not None
                          else f"   -   ({report['return_mean']:7.1f})")

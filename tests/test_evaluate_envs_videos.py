@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import gymnasium as gym
+import torch
 import numpy as np
 import pytest
 from gymnasium import spaces
@@ -176,3 +177,44 @@ def test_ale_videos_play_at_the_agent_step_rate():
         assert env.metadata["render_fps"] == 15  # 60 emulator frames/s, one agent step per 4 frames
     finally:
         env.close()
+
+
+@pytest.mark.parametrize("model", ["rssm", "gaussian_rssm"])
+def test_a_batched_latent_policy_acts_as_one_policy_per_copy(synthetic_worlds, model, monkeypatch):
+    """act_batch over N copies (one state row each, a copy restarting mid-stream) gives the
+    actions N separate policies give through act, when the latent noise is the same for both
+    (fixed here: the posterior samples z, and a batch draws its noise in another order)."""
+    import copy
+
+    from wmil.config import ActorConfig
+    from wmil.nets import ActionHead
+    from wmil.policy import LatentPolicy
+
+    _, _, world_model = synthetic_worlds(model, True)
+    size = world_model._noise((1,)).shape[-1]
+    monkeypatch.setattr(world_model, "_noise", lambda shape: torch.zeros(*shape, size))
+    torch.manual_seed(0)
+    actor = ActionHead(world_model.feature_dim, world_model.spec, ActorConfig(layers=1, units=16))
+    with torch.no_grad():  # sharp preferences, so the actions vary with the state
+        for parameter in actor.parameters():
+            parameter.mul_(30)
+    policy = LatentPolicy(world_model, actor, world_model.spec)
+    singles = [copy.deepcopy(policy) for _ in range(3)]
+    for single in singles:
+        single.reset()
+    rng = np.random.default_rng(0)
+    batched, separate = [], []
+    for step in range(8):
+        obs = rng.normal(size=(3, *world_model.spec.obs_shape)).astype(np.float32) * 3
+        first = [step == 0, step == 0 or step == 4, step == 0]
+        if step == 4:
+            singles[1].reset()
+        batched.append(policy.act_batch(obs, first))
+        separate.append([single.act(o) for single, o in zip(singles, obs)])
+    assert batched == separate
+    features = world_model.features(policy.state)                                   # (3, F)
+    for k, single in enumerate(singles):
+        torch.testing.assert_close(features[k], world_model.features(single.state)[0])
+    assert (features[0] - features[1]).abs().max() > 1e-3, "the state must depend on the copy's observations"
+    with pytest.raises(ValueError, match="2 first-step flags for 3"):
+        policy.act_batch(obs, [True, False])

@@ -279,9 +279,8 @@ class ObservationPolicy(DeployedPolicy):
         super().__init__(spec)
         self.net = net
 
-    @torch.no_grad()
-    def act(self, obs, deterministic: bool = True):
-        return self._to_env(self.net.act(self._obs(obs), deterministic))
+    def decide(self, obs: Tensor, first: Tensor, deterministic: bool) -> Tensor:
+        return self.net.act(obs, deterministic)
 
 
 __all__ = ["BCConfig", "BCNet", "BCTrainer", "Demos", "ObservationPolicy", "agreement", "bc_loss",

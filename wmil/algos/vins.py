@@ -417,12 +417,11 @@ class VINSPolicy(FilteringPolicy):
         self.bc, self.value, self.shooting, self.config = bc, value, shooting, config
         self.inputs = vins_inputs(world_model, spec)
 
-    @torch.no_grad()
-    def act(self, obs, deterministic: bool = True):
+    def decide(self, obs: Tensor, first: Tensor, deterministic: bool) -> Tensor:
         """The best of the shooting candidates (random either way); ``deterministic`` centres
         them on π_BC's mean action rather than a sample of it."""
-        obs_t = self._obs(obs)
-        state = self.filter(obs_t)
+        obs_t = obs
+        state = self.filter(obs_t, first)
         action, _ = vins_actions(self.world_model, self.bc, self.value, state, self.inputs.of_state(state, obs_t),
                                  self.spec, self.config, self.inputs, deterministic, float(self.shooting.alpha))
         return self.taken(action)

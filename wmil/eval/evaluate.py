@@ -10,14 +10,14 @@ draws on the curves) and, with ``video``, GIF or MP4 videos of the first episode
 
 Episodes run in a gymnasium vector env of ``n_envs`` copies (one copy is the plain case).
 Episode i is reset with seed ``seed + i`` whichever copy runs it, so the envs wmil builds give
-the same episodes for any ``n_envs``; a policy keeps its recurrent state per copy (one deep copy
-of the policy per env). Episodes are assigned when they start and every assigned episode runs
+the same episodes for any ``n_envs``. The policy acts for all copies in one batched forward pass
+(``act_batch``, one row of recurrent state per copy); greedy actions are the same as one copy's
+up to the rounding of batched products, sampled ones are drawn in another order. Episodes are assigned when they start and every assigned episode runs
 to its end, so fast-ending episodes are not over-represented.
 """
 
 from __future__ import annotations
 
-import copy
 import functools
 import json
 import os
@@ -187,8 +187,9 @@ def _render(envs, k: int, obs_k) -> np.ndarray:
 def run_episodes(envs, policies: Sequence, episodes: int, seed: int, deterministic: bool, record: int = 0,
                  bar=None) -> list[EpisodeResult]:
     """Run episodes ``0 … episodes-1`` (episode i reset with seed ``seed + i`` where the env lets
-    wmil reset it) on vector env ``envs``, ``policies[k]`` acting in copy k; record RGB frames of
-    the first ``record`` episodes. Returns the results in episode order.
+    wmil reset it) on vector env ``envs``: one policy acting for every copy through
+    ``act_batch``, or one policy per copy (``policies[k]`` in copy k, each through ``act``);
+    record RGB frames of the first ``record`` episodes. Returns the results in episode order.
 
     Autoreset modes: DISABLED (the envs wmil builds): finished copies are reset by wmil with the
     next episode's seed. NEXT_STEP (gymnasium's default): the step after an episode's end resets
@@ -205,6 +206,10 @@ def run_episodes(envs, policies: Sequence, episodes: int, seed: int, determinist
         raise UserError("videos need a vector env whose autoreset mode is NEXT_STEP or DISABLED (SAME_STEP drops "
                         "the last frame of each episode)")
     discrete = policies[0].spec.discrete
+    batched = len(policies) == 1
+    if not batched and len(policies) != n:
+        raise ValueError(f"run_episodes: {len(policies)} policies for {n} environment copies (give 1 or {n})")
+    first = np.zeros(n, dtype=bool)  # batched: copies whose episode starts with the next observation
     running: list[Optional[EpisodeResult]] = [None] * n
     done: dict[int, EpisodeResult] = {}
     next_index = 0
@@ -216,7 +221,10 @@ def run_episodes(envs, policies: Sequence, episodes: int, seed: int, determinist
             return
         running[k] = EpisodeResult(next_index)
         next_index += 1
-        policies[k].reset()
+        if batched:
+            first[k] = True
+        else:
+            policies[k].reset()
         if running[k].index < record:
             running[k].frames.append(_render(envs, k, obs_k))
 
@@ -228,11 +236,14 @@ def run_episodes(envs, policies: Sequence, episodes: int, seed: int, determinist
     last_actions: list[Any] = [None] * n
     while len(done) < episodes:
         actions = []
+        if batched:  # every copy in one pass; copies not in a counted episode get their row too
+            chosen = policies[0].act_batch(obs, first, deterministic=deterministic)
+            first[:] = False
         for k in range(n):
             if pending_reset[k] or running[k] is None:
                 action = last_actions[k] if last_actions[k] is not None else envs.single_action_space.sample()
             else:
-                action = policies[k].act(obs[k], deterministic=deterministic)
+                action = chosen[k] if batched else policies[k].act(obs[k], deterministic=deterministic)
             last_actions[k] = action
             actions.append(action)
         batch = np.asarray(actions, dtype=np.int64) if discrete else np.stack(actions).astype(np.float32)
@@ -382,7 +393,8 @@ def evaluate_policy(policy_or_run, env=None, *, env_id: Optional[str] = None, en
                                                 protocol)
     try:
         _check_spaces(envs.single_observation_space, envs.single_action_space, policy, env_name)
-        policies = [policy] + [copy.deepcopy(policy) for _ in range(envs.num_envs - 1)]
+        policy.reset()
+        policies = [policy]
         fps, fps_declared = frame_rate(envs.metadata)
         bar = progress_bar(episodes, f"evaluate {env_name}", progress, unit="ep")
         torch.manual_seed(seed)

@@ -95,8 +95,9 @@ def train_world_model(dataset: str | Dataset | Sequence[str | Dataset], model: s
         "dataset_paths": [str(d.data_dir.parent) for d in datasets], "spec": spec.to_dict(),
         "train": to_dict(train_cfg), "model_config": to_dict(model_cfg),
     }
-    # Runs from before the precision option were fp32.
-    resume = run.start_or_resume(config, trust=trust_checkpoint, defaults={"train.precision": "fp32"})
+    # What runs written before a field existed did: fp32, a Gaussian observation likelihood.
+    resume = run.start_or_resume(config, trust=trust_checkpoint,
+                                 defaults={"train.precision": "fp32", "model_config.obs_likelihood": "gaussian"})
     seed_everything(train_cfg.seed)
     world_model = make_world_model(model, spec, model_cfg)
     split = [d.split(train_cfg.validation_fraction, seed=train_cfg.seed) for d in datasets]

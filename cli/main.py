@@ -386,7 +386,10 @@ def datasets_delete(name, yes):
 @threads_option
 def train_model_cmd(datasets, model, preset, steps, seed, out, device, precision, overrides, quiet, trust_checkpoint,
                     allow_nonfinite):
-    """Train a world model on all given datasets (mixed quality is the point)."""
+    """Train a world model on all given datasets (mixed quality is the point).
+
+    Data-parallel: `torchrun --nproc-per-node N --no-python wmil train-model ...` splits each
+    global batch over N processes (gloo on CPU, NCCL on CUDA); rank 0 writes the run."""
     from wmil.config import parse_overrides
     from wmil.train.world_model import train_world_model
 
@@ -396,8 +399,11 @@ def train_model_cmd(datasets, model, preset, steps, seed, out, device, precision
     trained = train_world_model(list(datasets), model=model, preset=preset, out=out, steps=steps, seed=seed,
                                 device=device, overrides=pairs, progress=not quiet, trust_checkpoint=trust_checkpoint,
                                 precision=precision)
-    click.echo(f"trained {model}")
-    print_run_summary(trained.run_dir)
+    from wmil.distributed import launched
+
+    if launched()[0] == 0:  # under torchrun, rank 0 speaks for the run
+        click.echo(f"trained {model}")
+        print_run_summary(trained.run_dir)
 
 
 @cli.command("evaluate-model")

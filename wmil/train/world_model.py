@@ -19,6 +19,7 @@ import torch
 from wmil.config import LoopConfig, PosInt, Prob, build_config, split_overrides, to_dict
 from wmil.data.dataset import Dataset, MixedSampler, load_all
 from wmil.errors import UserError
+from wmil import distributed
 from wmil.precision import autocast
 from wmil.runs import RunDir, fingerprint, from_config, resolve_device, rng_state, seed_everything, set_rng_state
 from wmil.train.divergence import check_mode
@@ -89,15 +90,24 @@ def train_world_model(dataset: str | Dataset | Sequence[str | Dataset], model: s
     for d in datasets:  # every episode, before anything is written (wmil.data.check)
         d.check(train_cfg.allow_nonfinite)
     dev = resolve_device(device)
+    group = distributed.current(dev)  # under torchrun: this rank's share (wmil.distributed)
+    group.check_batch(train_cfg.batch_size, "train.batch_size")
     run = RunDir(out or Path("runs") / f"{model}-{datasets[0].name.replace('/', '-')}", "world_model")
     config = {
         "model": model, "preset": preset, "datasets": [d.name for d in datasets],
         "dataset_paths": [str(d.data_dir.parent) for d in datasets], "spec": spec.to_dict(),
-        "train": to_dict(train_cfg), "model_config": to_dict(model_cfg),
+        "train": to_dict(train_cfg), "model_config": to_dict(model_cfg), "world_size": group.size,
     }
-    # What runs written before a field existed did: fp32, a Gaussian observation likelihood.
-    resume = run.start_or_resume(config, trust=trust_checkpoint,
-                                 defaults={"train.precision": "fp32", "model_config.obs_likelihood": "gaussian"})
+    if group.main:
+        # What runs written before a field existed did: fp32, a Gaussian observation likelihood.
+        resume = run.start_or_resume(config, trust=trust_checkpoint,
+                                     defaults={"train.precision": "fp32", "model_config.obs_likelihood": "gaussian",
+                                               "world_size": 1})
+        group.barrier()
+    else:  # the checkpoint rank 0 resumes from, read only once rank 0 has opened the run
+        group.barrier()
+        resume = run.load_checkpoint(trust=trust_checkpoint, fallback=True)
+    group.same_step(int(resume["step"]) if resume is not None else 0)
     seed_everything(train_cfg.seed)
     world_model = make_world_model(model, spec, model_cfg)
     split = [d.split(train_cfg.validation_fraction, seed=train_cfg.seed) for d in datasets]
@@ -117,22 +127,26 @@ def train_world_model(dataset: str | Dataset | Sequence[str | Dataset], model: s
         sampler.set_state(resume["sampler"])
         set_rng_state(resume["rng"])
         start = int(resume["step"])
-        run.truncate_metrics(start)
+        if group.main:
+            run.truncate_metrics(start)
+    group.reseed(train_cfg.seed, start)
     scales = world_model.loss_scales
 
     def update(step: int) -> dict:
         world_model.train()
-        batch = sampler.sample().to(dev)
+        batch = group.shard(sampler.sample()).to(dev)
         with autocast(dev, train_cfg.precision):
             losses, metrics, _ = world_model.loss(batch)
         check_finite(step, losses, run)
         loss = total_loss(losses, scales)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        group.average_gradients(world_model.parameters())
         grad_norm = torch.nn.utils.clip_grad_norm_(world_model.parameters(), model_cfg.grad_clip)
         out = {f"loss/{k}": float(v.detach()) for k, v in losses.items()}
         out.update({f"train/{k}": float(v) for k, v in metrics.items()})
         out["loss/total"] = float(loss.detach())
+        out = group.average_scalars(out)
         out["train/grad_norm"] = float(grad_norm)
         optimizer.step()
         return out
@@ -144,10 +158,14 @@ def train_world_model(dataset: str | Dataset | Sequence[str | Dataset], model: s
         return {"model": world_model.state_dict(), "optimizer": optimizer.state_dict(), "sampler": sampler.state(),
                 "rng": rng_state()}
 
-    if start < train_cfg.steps:
+    if start < train_cfg.steps and group.main:
         run_loop(run, train_cfg, start, update, evaluate, checkpoint, progress, desc=f"train {model}",
                  postfix_keys=("loss/total", "open_loop/ratio_h15"),
                  frames_per_update=train_cfg.batch_size * train_cfg.seq_len)
+    else:  # another rank: the same updates, nothing written (rank 0 validates and checkpoints)
+        for step in range(start + 1, train_cfg.steps + 1):
+            update(step)
+    group.close()
     world_model.eval()
     world_model.run_dir = run.path  # where the CLI's summary and the user find the run
     return world_model

@@ -218,3 +218,30 @@ def test_a_batched_latent_policy_acts_as_one_policy_per_copy(synthetic_worlds, m
     assert (features[0] - features[1]).abs().max() > 1e-3, "the state must depend on the copy's observations"
     with pytest.raises(ValueError, match="2 first-step flags for 3"):
         policy.act_batch(obs, [True, False])
+
+
+def test_predict_carries_the_state_in_and_out_as_stable_baselines3_does(synthetic_worlds, monkeypatch):
+    import copy
+
+    from wmil.config import ActorConfig
+    from wmil.nets import ActionHead
+    from wmil.policy import LatentPolicy
+
+    _, _, world_model = synthetic_worlds("rssm", True)
+    size = world_model._noise((1,)).shape[-1]
+    monkeypatch.setattr(world_model, "_noise", lambda shape: torch.zeros(*shape, size))
+    torch.manual_seed(0)
+    actor = ActionHead(world_model.feature_dim, world_model.spec, ActorConfig(layers=1, units=16))
+    kept, passed = LatentPolicy(world_model, actor, world_model.spec), LatentPolicy(world_model, actor, world_model.spec)
+    rng = np.random.default_rng(1)
+    state = None
+    for step in range(5):
+        obs = rng.normal(size=(2, *world_model.spec.obs_shape)).astype(np.float32) * 3
+        starts = np.array([step == 0, step == 3])
+        expected = kept.act_batch(obs, starts, deterministic=True)
+        passed.set_memory(None)  # predict must not rely on what the policy object holds
+        actions, state = passed.predict(obs, state, episode_start=starts, deterministic=True)
+        assert actions.tolist() == expected and state is not None
+    torch.testing.assert_close(world_model.features(state[0]), world_model.features(kept.state))
+    single, single_state = copy.deepcopy(passed).predict(obs[0])  # one observation, a fresh episode
+    assert np.ndim(single) == 0 and single_state is not None

@@ -57,3 +57,31 @@ def test_imagine_bad_inputs(tmp_path, write_dataset):
         train_policy("ditto", None, expert, out=tmp_path / "h", preset="tiny", progress=False)
     with pytest.raises(UserError, match="is not a config field"):
         train_policy("ditto", wm, expert, out=tmp_path / "i", preset="tiny", overrides={"nope": "1"}, progress=False)
+
+
+def test_callbacks_see_every_logged_row_and_can_stop_a_run(tmp_path, write_dataset):
+    from wmil.runs import RunDir
+    from wmil.train.world_model import train_world_model
+
+    expert = write_dataset("cb/expert-v0", [10, 9, 12])
+    seen = []
+
+    def watch(step, metrics):
+        seen.append((step, "loss/bc" in metrics, "eval/action_accuracy" in metrics))
+        return step >= 4  # stop at the second logged row
+
+    overrides = {"log_every": "2", "eval_every": "4", "checkpoint_every": "100"}
+    train_policy("bc", None, expert, out=tmp_path / "bc", preset="tiny", steps=10, overrides=overrides,
+                 progress=False, device="cpu", callbacks=[watch])
+    assert seen == [(2, True, False), (4, True, True)]
+    run = RunDir(tmp_path / "bc", "policy")
+    assert [c.name for c in run.checkpoints()] == ["step_00000004.pt"], "a checkpoint where the callback stopped"
+    train_policy("bc", None, expert, out=tmp_path / "bc", preset="tiny", steps=10, overrides=overrides,
+                 progress=False, device="cpu")  # re-run: continues to the end
+    assert [m["step"] for m in run.read_metrics()] == [2, 4, 6, 8, 10]
+    rows = []
+    world = write_dataset("cb/world-v0", [12, 14, 16, 11])
+    train_world_model(world, preset="tiny", out=tmp_path / "wm", steps=3, progress=False, device="cpu",
+                      overrides={"log_every": "1", "batch_size": "2", "seq_len": "6", "open_loop_context": "2"},
+                      callbacks=[lambda step, metrics: rows.append(step)])
+    assert rows == [1, 2, 3]

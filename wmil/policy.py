@@ -60,6 +60,31 @@ class DeployedPolicy(nn.Module):
         """``obs (N, *O)`` tensors, ``first (N,)`` bool -> actions ``(N, A)`` (one-hot when discrete)."""
         raise NotImplementedError
 
+    def predict(self, observation, state=None, episode_start=None, deterministic: bool = False):
+        """Stable-Baselines3's call: ``(actions, state)`` for one observation or a batch
+        ``(N, *obs_shape)``. ``state`` is what the previous call returned (None: fresh episodes;
+        it is None throughout for policies without memory); ``episode_start (N,)`` marks the
+        copies whose episode starts with this observation. Unlike :meth:`act`, the recurrent
+        state is passed in and out rather than kept in the policy."""
+        obs = np.asarray(observation)
+        batched = obs.ndim == len(self.spec.obs_shape) + 1
+        rows = obs if batched else obs[None]
+        n = len(rows)
+        if episode_start is None:
+            first = np.full(n, state is None)
+        else:
+            first = np.asarray(episode_start, dtype=bool).reshape(n)
+        self.set_memory(state)
+        actions = np.asarray(self.act_batch(rows, first, deterministic))
+        return (actions if batched else actions[0]), self.memory()
+
+    def memory(self):
+        """The recurrent state :meth:`predict` hands back (None: this policy keeps none)."""
+        return None
+
+    def set_memory(self, memory) -> None:
+        """Continue from a :meth:`memory` (None: start afresh)."""
+
     def _obs(self, obs) -> torch.Tensor:
         """Environment observations ``(N, *env shape)`` -> model inputs ``(N, *O)``."""
         obs = np.asarray(obs)
@@ -91,6 +116,12 @@ class FilteringPolicy(DeployedPolicy):
     def reset(self) -> None:
         super().reset()
         self.state = None
+
+    def memory(self):
+        return None if self.state is None else (self.state, self.prev_action)
+
+    def set_memory(self, memory) -> None:
+        self.state, self.prev_action = (None, None) if memory is None else memory
 
     def filter(self, obs: torch.Tensor, first: torch.Tensor):
         """The model's state after observations ``obs (N, *O)``; ``first (N,)`` bool."""

@@ -13,7 +13,7 @@ import math
 import re
 import sys
 import time
-from typing import Callable, Optional
+from typing import Any, Callable, Optional, Sequence
 
 from wmil.config import LoopConfig
 from wmil.errors import UserError
@@ -46,15 +46,19 @@ def check_finite(step: int, losses: dict, run: RunDir) -> None:
 def run_loop(run: RunDir, config: LoopConfig, start_step: int,
              update: Callable[[int], dict], evaluate: Optional[Callable[[int], dict]],
              checkpoint: Callable[[], dict], progress: bool = True, desc: str = "training",
-             postfix_keys: tuple[str, ...] = (), frames_per_update: int = 0) -> dict:
+             postfix_keys: tuple[str, ...] = (), frames_per_update: int = 0,
+             callbacks: Sequence[Callable[[int, dict], Any]] = ()) -> dict:
     """Run updates ``start_step+1 … steps`` at the cadence of ``config``; returns the last logged
-    metrics. ``frames_per_update`` (B×T) adds a frames/s figure (0: updates/s only). The run is
+    metrics. ``frames_per_update`` (B×T) adds a frames/s figure (0: updates/s only). Each of
+    ``callbacks`` is called as ``callback(step, metrics)`` with every logged row (evaluation
+    included); one that returns True stops training after a checkpoint at that step. The run is
     closed (TensorBoard flushed, lock released) however the loop ends."""
     guard = DivergenceGuard(config.on_divergence, lambda: _last_checkpoint(run))
     if run.resumed is not None:
         guard.load_state(run.resumed.get("divergence"))
     bar = progress_bar(config.steps, desc, progress and start_step < config.steps, unit="upd", initial=start_step)
     last: dict = {}
+    stop = False
     watch = RateWatch()  # warns once if updates/s collapses (e.g. OpenMP threads on a busy CPU)
     window_started, window_updates = time.perf_counter(), 0
     try:
@@ -84,6 +88,7 @@ def run_loop(run: RunDir, config: LoopConfig, start_step: int,
                     metrics.update(evaluation)
                 run.log(step, metrics)
                 last = metrics
+                stop = any([bool(callback(step, dict(metrics))) for callback in callbacks])
                 window_started, window_updates = time.perf_counter(), 0
                 shown = {k.split("/")[-1]: f"{metrics[k]:.3g}" for k in postfix_keys if k in metrics}
                 if frames_per_update:
@@ -91,9 +96,13 @@ def run_loop(run: RunDir, config: LoopConfig, start_step: int,
                 else:
                     shown["upd/s"] = f"{rate:.1f}"
                 bar.set_postfix(shown, refresh=False)
-            if step % config.checkpoint_every == 0 or step == config.steps:
+            if step % config.checkpoint_every == 0 or step == config.steps or stop:
                 run.save_checkpoint(step, {**checkpoint(), "divergence": guard.state()})
             bar.update(1)
+            if stop:
+                bar.write(f"stopped at step {step} by a callback (checkpoint written; re-run to continue)",
+                          file=sys.stderr)
+                break
     finally:
         bar.close()
         run.close()

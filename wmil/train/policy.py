@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar, Optional
+from typing import Any, Callable, ClassVar, Optional, Sequence
 
 from wmil.algos.base import algorithm_class
 from wmil.config import LoopConfig, PosInt, build_config, split_overrides, to_dict
@@ -54,13 +54,16 @@ def train_policy(algo: str, model: Optional[str | os.PathLike], expert: str | Da
                  out: Optional[str | os.PathLike] = None, preset: str = "small", steps: Optional[int] = None,
                  expert_episodes: Optional[int] = None, seed: Optional[int] = None, device: str = "auto",
                  overrides: Optional[dict[str, str]] = None, progress: bool = True,
-                 trust_checkpoint: bool = False) -> DeployedPolicy:
+                 trust_checkpoint: bool = False,
+                 callbacks: Sequence[Callable[[int, dict], Any]] = ()) -> DeployedPolicy:
     """Train (or resume) an imitation policy, inside the world model of run ``model`` when the
     algorithm uses one (``model`` may be None for model-free ones such as BC).
 
     Returns the deployable policy (``run_dir`` set to its run directory). ``expert`` is a dataset name/path/object; ``overrides``
     are ``-o`` pairs for the run (``steps``…) or the algorithm (``gamma``…). ``trust_checkpoint``
     loads checkpoints that need unpickling (older versions): only for files you trust.
+    ``callbacks``: functions ``(step, metrics)`` called with every logged row (evaluation rows
+    included); one that returns True stops training there, after a checkpoint.
     """
     cls = algorithm_class(algo)
     routed = split_overrides(overrides or {}, {"train": ImagineTrainConfig, "algo": cls.config_cls})
@@ -123,7 +126,7 @@ def train_policy(algo: str, model: Optional[str | os.PathLike], expert: str | Da
 
     if start < train_cfg.steps:
         run_loop(run, train_cfg, start, update, lambda step: learner.evaluate(), checkpoint, progress,
-                 desc=f"imagine {algo}", postfix_keys=learner.progress_keys)
+                 desc=f"imagine {algo}", postfix_keys=learner.progress_keys, callbacks=callbacks)
     policy = learner.policy()
     policy.run_dir = run.path  # where the CLI's summary and the user find the run
     return policy

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar, Literal, Optional, Sequence
+from typing import Any, Callable, ClassVar, Literal, Optional, Sequence
 
 import numpy as np
 import torch
@@ -72,13 +72,17 @@ def _resolve(model: str, preset: str, overrides: dict[str, str], train_overrides
 def train_world_model(dataset: str | Dataset | Sequence[str | Dataset], model: str = "rssm", preset: str = "small",
                       out: Optional[str | os.PathLike] = None, steps: Optional[int] = None, seed: Optional[int] = None,
                       device: str = "auto", overrides: Optional[dict[str, str]] = None, progress: bool = True,
-                      trust_checkpoint: bool = False, precision: Optional[str] = None) -> WorldModelBase:
+                      trust_checkpoint: bool = False, precision: Optional[str] = None,
+                      callbacks: Sequence[Callable[[int, dict], Any]] = ()) -> WorldModelBase:
     """Train (or resume) a world model; returns the trained model (in eval mode, ``run_dir`` set).
 
     ``dataset`` is one or more dataset names/paths/objects; ``overrides`` are ``-o`` pairs such
     as ``{"lr": "1e-4", "model.deter": "256"}``; ``precision`` is 'fp32' or 'bf16' (default: the
     config's, fp32). ``trust_checkpoint`` resumes from a checkpoint
     that needs unpickling (older versions): only for files you trust, since it can run code.
+    ``callbacks``: functions ``(step, metrics)`` called with every logged row (validation rows
+    included; rank 0 only under torchrun); one that returns True stops training there, after a
+    checkpoint.
     """
     names = [dataset] if isinstance(dataset, (str, Dataset, os.PathLike)) else list(dataset)
     datasets = load_all(names)
@@ -92,6 +96,8 @@ def train_world_model(dataset: str | Dataset | Sequence[str | Dataset], model: s
     dev = resolve_device(device)
     group = distributed.current(dev)  # under torchrun: this rank's share (wmil.distributed)
     group.check_batch(train_cfg.batch_size, "train.batch_size")
+    if callbacks and group.parallel:  # a callback's stop on rank 0 would leave the others waiting
+        raise UserError("callbacks run in one process only; train without torchrun to use them")
     run = RunDir(out or Path("runs") / f"{model}-{datasets[0].name.replace('/', '-')}", "world_model")
     config = {
         "model": model, "preset": preset, "datasets": [d.name for d in datasets],
@@ -161,7 +167,7 @@ def train_world_model(dataset: str | Dataset | Sequence[str | Dataset], model: s
     if start < train_cfg.steps and group.main:
         run_loop(run, train_cfg, start, update, evaluate, checkpoint, progress, desc=f"train {model}",
                  postfix_keys=("loss/total", "open_loop/ratio_h15"),
-                 frames_per_update=train_cfg.batch_size * train_cfg.seq_len)
+                 frames_per_update=train_cfg.batch_size * train_cfg.seq_len, callbacks=callbacks)
     else:  # another rank: the same updates, nothing written (rank 0 validates and checkpoints)
         for step in range(start + 1, train_cfg.steps + 1):
             update(step)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 import warnings
+from pathlib import Path
 
 import click
 
@@ -536,6 +537,25 @@ def evaluate_cmd(run_dir, env_id, episodes, seed, n_envs, video, video_episodes,
     print_summary({k: report[k] for k in keys if report.get(k) is not None})
     for path, frames in zip(report.get("videos", []), report.get("video_frames", [])):
         click.echo(f"video: {path}  ({frames} frames at {report['video_fps']:g} fps)")
+
+
+@cli.command("export")
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@click.option("--format", "fmt", type=click.Choice(["pt2"]), default="pt2", show_default=True,
+              help="pt2: a torch.export program that loads with torch alone (torch.export.load).")
+@click.option("--out", type=click.Path(dir_okay=False), help="Output file (default RUN_DIR/policy.pt2).")
+@click.option("--trust-checkpoint", is_flag=True,
+              help="Also load checkpoints that need unpickling (written by older wmil versions). Unpickling can "
+                   "run code stored in the file: use only for files you trust.")
+def export_cmd(run_dir, fmt, out, trust_checkpoint):
+    """Export a trained policy as a self-contained program: encoder, recurrent filter and actor,
+    with the state passed in and out (inputs and outputs described in the .json beside it)."""
+    from wmil.export import export_policy
+    from wmil.train.policy import load_policy
+
+    policy = load_policy(run_dir, trust=trust_checkpoint)
+    path = export_policy(policy, out or Path(run_dir) / "policy.pt2")
+    click.echo(f"exported {path} (inputs and outputs: {path.with_suffix('.json')})")
 
 
 @cli.command("compare")

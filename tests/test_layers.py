@@ -9,7 +9,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 LAYERS = [("wmil.errors", "wmil.types", "wmil.config", "wmil.progress", "wmil.threads", "wmil.precision", "wmil.distributed"), ("wmil.nets",), ("wmil.envs",), ("wmil.data",),
           ("wmil.world_models",), ("wmil.policy",), ("wmil.imagination",), ("wmil.algos",), ("wmil.runs",),
-          ("wmil.train",), ("wmil.eval",), ("wmil.cli",)]
+          ("wmil.train",), ("wmil.eval", "wmil.export"), ("wmil.cli",)]
 
 
 def layer(module: str):

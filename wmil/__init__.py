@@ -9,7 +9,8 @@ tab completion list it):
     wmil.load_world_model(run_dir)
     wmil.evaluate_world_model(run_dir)                 open-loop errors on held-out episodes
     wmil.train_policy("ditto", model_run, expert, out=...)
-    wmil.load_policy(run_dir)                          deployable: reset(), act(obs)
+    wmil.load_policy(run_dir)                          deployable: reset(), act(obs), act_batch, predict
+    wmil.export_policy(policy, "policy.pt2")           a torch.export program that runs without wmil
     wmil.evaluate_policy(policy_or_run, env=... | env_id=..., n_envs=...)   real-environment scores
     wmil.set_threads(n)                                torch CPU threads (default 1; see wmil.threads)
 """
@@ -27,6 +28,7 @@ _LAZY = {
     "train_policy": "wmil.train.policy",
     "load_policy": "wmil.train.policy",
     "evaluate_policy": "wmil.eval.evaluate",
+    "export_policy": "wmil.export",
     "set_threads": "wmil.threads",
 }
 #: Subpackages, importable as attributes once imported (``wmil.data.load`` after ``import wmil.data``).

@@ -312,9 +312,10 @@ class RSSM(WorldModelBase):
         embed_in = self.post_embed(embed).transpose(0, 1).contiguous().unbind(0)            # T × (B, H)
         noise = self._noise((T, B))                                                          # (T, B, S)
         # Which steps reset some row: read on the host once per sequence on a CPU; on an
-        # accelerator every step multiplies by `keep` instead (x·1 = x exactly), so the loop
-        # never waits for the device.
-        resets = is_first.any(0).tolist() if is_first.device.type == "cpu" else [True] * T
+        # accelerator (and under torch.export, where the flags are not known) every step
+        # multiplies by `keep` instead (x·1 = x exactly), so the loop never waits for the device.
+        on_host = is_first.device.type == "cpu" and not torch.compiler.is_exporting()
+        resets = is_first.any(0).tolist() if on_host else [True] * T
         keep = (~is_first).transpose(0, 1).unsqueeze(-1).to(embed_in[0].dtype)    # (T, B, 1)
         cell = self.cell
         # The step's linear maps as (in, out) matrices: [stoch-in, GRU, posterior hidden,

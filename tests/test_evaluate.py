@@ -26,3 +26,26 @@ def test_fetch_evaluation_reports_both_success_rates(tmp_path, minari_root):
     report = evaluate_policy(out, episodes=3, progress=False)
     assert report["episodes"] == 3 and report["length_mean"] == 10
     assert 0.0 <= report["success_rate"] <= report["success_any"] <= 1.0
+
+
+@pytest.mark.parametrize("algo,expected", [("ditto", "deter"), ("dbc", "mean")])
+def test_offline_latent_distance_compares_what_the_reward_compares(env_worlds, tmp_path, monkeypatch, algo, expected):
+    """evaluate's latent distance is taken on the reward's features (DITTO: h), as training logs
+    it, not on the actor's input (DITTO: [h, z] with sampled z, mostly sampling noise)."""
+    import wmil.eval.offline as offline
+    from wmil.train.policy import load_policy
+
+    world = env_worlds(True)
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(world.datasets))
+    out = tmp_path / algo
+    overrides = {"log_every": "1", "eval_every": "1", "checkpoint_every": "1", "batch_size": "8", "horizon": "3",
+                 "eval_starts": "8"}
+    if algo == "dbc":
+        overrides = {k: v for k, v in overrides.items() if k != "horizon"}
+    train_policy(algo, world.model("rssm"), world.expert, out=out, preset="tiny", steps=1, overrides=overrides,
+                 progress=False, device="cpu")
+    calls = []
+    real = offline.latent_distance
+    monkeypatch.setattr(offline, "latent_distance", lambda *a, **k: calls.append(k) or real(*a, **k))
+    metrics = offline.offline_metrics(load_policy(out), starts=8)
+    assert [c["compare"] for c in calls] == [expected] and 0.0 <= metrics["eval/latent_distance"] <= 2.0

@@ -30,7 +30,10 @@ def offline_metrics(policy: DeployedPolicy, starts: int = 256) -> dict[str, floa
     if isinstance(policy, LatentPolicy):
         latents = ExpertLatents.encode(policy.world_model, expert, policy.device, features=policy.features)
         out = action_agreement(policy.actor, latents, policy.spec)
-        horizon = policy.run_config.get("algo_config", {}).get("horizon")
+        algo_config = policy.run_config.get("algo_config", {})
+        horizon = algo_config.get("horizon")
+        # On what the reward compares (DITTO's and D-GAIL's reward_features), as training logs it.
+        compare = algo_config.get("reward_features") or policy.features
         if horizon is not None:
             try:
                 rows = eval_rows(latents, int(horizon), starts)
@@ -38,7 +41,7 @@ def offline_metrics(policy: DeployedPolicy, starts: int = 256) -> dict[str, floa
                 rows = None
             if rows is not None:
                 out["eval/latent_distance"] = latent_distance(policy.world_model, policy.actor, latents, rows,
-                                                              int(horizon), features=policy.features)
+                                                              int(horizon), features=policy.features, compare=compare)
         return out
     if isinstance(policy, ObservationPolicy):
         stats = agreement(policy.net, demo_pairs(expert).to(policy.device), policy.spec.discrete)

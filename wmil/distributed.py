@@ -53,6 +53,10 @@ class Group:
 
     def __init__(self, device: torch.device):
         self.rank, self.size = launched()
+        if self.size > 1 and device.type == "cuda" and device.index is None:
+            # one GPU per process on a node: torchrun's LOCAL_RANK picks it
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+            torch.cuda.set_device(device)
         self.device = device
         if self.size > 1 and not torch.distributed.is_initialized():
             backend = "nccl" if device.type == "cuda" else "gloo"

@@ -95,6 +95,7 @@ def train_world_model(dataset: str | Dataset | Sequence[str | Dataset], model: s
         d.check(train_cfg.allow_nonfinite)
     dev = resolve_device(device)
     group = distributed.current(dev)  # under torchrun: this rank's share (wmil.distributed)
+    dev = group.device                # on a GPU node: the local rank's GPU
     group.check_batch(train_cfg.batch_size, "train.batch_size")
     if callbacks and group.parallel:  # a callback's stop on rank 0 would leave the others waiting
         raise UserError("callbacks run in one process only; train without torchrun to use them")

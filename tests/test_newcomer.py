@@ -1,5 +1,5 @@
 """A newcomer's path, from a directory that is not a checkout: recipes by name → world model →
-DITTO and BC → evaluate with a video → plot both runs. The fast test runs it in-process at test
+DITTO and BC → evaluate with a video → plot both runs → export → load the export with torch alone. The fast test runs it in-process at test
 sizes; the slow one runs the README's quick-start block verbatim through the installed ``wmil``."""
 
 from __future__ import annotations
@@ -46,6 +46,14 @@ def test_newcomer_path_from_any_directory(tmp_path, monkeypatch, minari_root, ca
     assert "wrote runs/cp-ditto/curves.png" in capsys.readouterr().out
     assert (work / "runs/cp-ditto/curves.png").stat().st_size > 0
     assert json.loads((work / "runs/cp-bc/evaluation.json").read_text())["episodes"] == 2
+    # export, then load the program in a plain Python process (torch only, wmil never imported)
+    assert wmil_main(["export", "runs/cp-ditto"]) == 0
+    code = ("import sys, torch; p = torch.export.load('runs/cp-ditto/policy.pt2').module(); "
+            "assert not any(m.split('.')[0] == 'wmil' for m in sys.modules); print('loaded')")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    done = subprocess.run([sys.executable, "-I", "-c", code], cwd=work, env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "loaded", done.stderr[-1000:]
 
 
 def quick_start_block() -> str:

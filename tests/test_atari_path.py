@@ -10,7 +10,8 @@ pytest.importorskip("ale_py")
 
 from cli.main import main as wmil_main  # noqa: E402
 
-TINY = ["--episodes", "2", "--max-episode-steps", "30", "--workers", "1", "--ref-episodes", "1", "--quiet"]
+# 4 episodes: the world recipes mix 4 ε values, one episode each at least.
+TINY = ["--episodes", "4", "--max-episode-steps", "30", "--workers", "1", "--ref-episodes", "1", "--quiet"]
 
 
 @pytest.mark.slow
@@ -22,7 +23,7 @@ def test_atari_recipes_paper_sizes_and_ditto_through_the_cli(game, tmp_path, cap
     from wmil.data import load
 
     world = load(f"atari-{game}/world-v0")
-    assert world.spec.obs_shape == (1, 64, 64) and world.spec.obs_dtype == "uint8" and len(world) == 2
+    assert world.spec.obs_shape == (1, 64, 64) and world.spec.obs_dtype == "uint8" and len(world) == 4
     # The paper preset's networks on a batch of 2 windows of 8 steps, one update.
     assert wmil_main(["train-model", "--dataset", f"atari-{game}/world-v0", "--preset", "paper", "--steps", "1",
                       "-o", "batch_size=2", "-o", "seq_len=8", "-o", "eval_batches=1", "-o", "open_loop_context=5",

@@ -56,6 +56,8 @@ def test_run_dir_contents_and_loading(world, tmp_path):
     last = run.read_metrics()[-1]
     assert {"loss/total", "loss/obs", "loss/kl", "perf/frames_per_s", "open_loop/ratio_h15", "val/obs"} <= set(last)
     loaded = load_world_model(out)
+    for attribute in ("run_dir", "run_config", "checkpoint_step", "fingerprint"):  # one object type
+        assert getattr(loaded, attribute) == getattr(model, attribute), attribute
     for key, value in model.state_dict().items():
         torch.testing.assert_close(loaded.state_dict()[key], value)
 

@@ -174,7 +174,12 @@ def train_world_model(dataset: str | Dataset | Sequence[str | Dataset], model: s
             update(step)
     group.close()
     world_model.eval()
-    world_model.run_dir = run.path  # where the CLI's summary and the user find the run
+    # The same object load_world_model gives: run_dir, run_config, checkpoint_step, fingerprint.
+    world_model.run_dir = run.path
+    world_model.run_config = run.read_config() if run.exists() else config
+    saved = run.checkpoints()
+    world_model.checkpoint_step = int(saved[-1].stem.split("_")[-1]) if saved else start
+    world_model.fingerprint = fingerprint(world_model.state_dict())
     return world_model
 
 
@@ -242,6 +247,7 @@ def load_world_model(run_dir: str | os.PathLike, device: str = "cpu", trust: boo
         raise UserError(f"{run.path}: checkpoint does not fit the model in config.yaml ({str(exc).splitlines()[0]})") from None
     model.to(resolve_device(device))
     model.eval()
+    model.run_dir = run.path
     model.run_config = config
     model.checkpoint_step = int(checkpoint["step"])
     model.fingerprint = fingerprint(checkpoint["model"])

@@ -9,7 +9,7 @@ median of ``--repeats`` checks on a fresh view (page cache warm: the file was ju
 read) is set beside the time to read the same data for training (``AlignedArrays.build``
 without its check) measured in the same run, so the ratio says what the check adds.
 
-    python benchmarks/dataset_check.py [--steps 1000000] [--repeats 5]
+    python -m benchmarks.dataset_check [--steps 1000000] [--repeats 5]
 """
 
 from __future__ import annotations
@@ -17,12 +17,10 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(__file__))
-from common import table, write  # noqa: E402
+from benchmarks.common import table, write
 
 
 def write_dataset(name: str, episodes: int, length: int, seed: int = 0):

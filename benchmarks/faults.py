@@ -10,7 +10,7 @@ checkpoint is bit-identical (every tensor and value equal). Targets: 0, 0, 0 and
 Each trial may kill its run up to ``--kills-per-run`` times before the final resume. Runs use
 the tiny presets on CartPole data recorded at start-up (one thread each, as the tests do).
 
-    python benchmarks/faults.py [--runs 8] [--kills-per-run 2]
+    python -m benchmarks.faults [--runs 8] [--kills-per-run 2]
 """
 
 from __future__ import annotations
@@ -26,8 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, os.path.dirname(__file__))
-from common import table, write  # noqa: E402
+from benchmarks.common import table, write
 
 WM_STEPS, POLICY_STEPS = 400, 200
 

@@ -14,8 +14,8 @@ all alike; the load average is printed beside each condition since the machine i
 
 Usage::
 
-    python benchmarks/threads.py                         # all configs, 2 rounds
-    python benchmarks/threads.py --configs wm-tiny --rounds 1 --seconds 4
+    python -m benchmarks.threads                         # all configs, 2 rounds
+    python -m benchmarks.threads --configs wm-tiny --rounds 1 --seconds 4
 
 Writes ``benchmarks/results/threads.md``.
 """
@@ -114,7 +114,7 @@ def worker(config: str, seconds: float) -> dict:
 def run_worker(config: str, threads: str, extra_env: dict, seconds: float, data_root: Path) -> dict:
     env = dict(os.environ, MINARI_DATASETS_PATH=str(data_root), OMP_NUM_THREADS=threads,
                MKL_NUM_THREADS=threads, **extra_env)
-    out = subprocess.run([sys.executable, __file__, "--worker", config, "--seconds", str(seconds)],
+    out = subprocess.run([sys.executable, "-m", "benchmarks.threads", "--worker", config, "--seconds", str(seconds)],
                          env=env, capture_output=True, text=True, check=True, cwd=ROOT)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -135,7 +135,7 @@ def main(argv=None) -> None:
         print(json.dumps(worker(args.worker, args.seconds)))
         return
 
-    import common  # benchmarks/common.py, beside this script
+    from benchmarks import common
 
     with tempfile.TemporaryDirectory() as tmp:
         data_root = Path(tmp)

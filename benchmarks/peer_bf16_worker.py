@@ -7,17 +7,18 @@ else. Used through ``peer_bf16.sh`` as the harness's ``--wmil-python``::
     WMIL_PYTHON=.venv/bin/python python ../shared/bench/peer_throughput.py --wmil . \\
         --wmil-python benchmarks/peer_bf16.sh --ditto DITTO --dreamerv3 DV3 ...
 
-The harness starts a worker as ``<wmil-python> peer_throughput.py --worker wmil ... --src DIR``.
+The harness starts a worker as ``<wmil-python> peer_throughput.py --worker wmil ... --src DIR``;
+``peer_bf16.sh`` puts this checkout on ``PYTHONPATH`` (the ``--src`` the harness passes for
+``--wmil .``), so wmil is imported from it.
 """
 
 import importlib.util
 import sys
 
+import wmil.world_models as world_models
+from wmil.precision import autocast
+
 harness_path, argv = sys.argv[1], sys.argv[2:]
-if "--src" in argv:
-    sys.path.insert(0, argv[argv.index("--src") + 1])
-import wmil.world_models as world_models  # noqa: E402
-from wmil.precision import autocast  # noqa: E402
 
 make_world_model = world_models.make_world_model
 

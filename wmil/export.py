@@ -73,9 +73,10 @@ class _ObservationProgram(nn.Module):
 
 
 def _greedy(head, features):
-    """(most likely action in the model's format, the head's raw output)."""
-    action, _, _ = head(features, deterministic=True)
-    return action, head.net(features)
+    """(most likely action in the model's format, the head's raw output): one pass of its net."""
+    raw = head.net(features)
+    action, _, _ = head.from_output(raw, deterministic=True)
+    return action, raw
 
 
 def export_policy(policy, path: str | os.PathLike, batch: int = 1) -> Path:
@@ -134,7 +135,9 @@ def _noise_kind(policy) -> Optional[str]:
     model = getattr(policy, "world_model", None)
     if model is None or model.initial(1).stoch.shape[-1] == 0:
         return None
-    return "normal" if type(model).__name__ == "GaussianRSSM" else "gumbel"
+    from wmil.world_models.gaussian_rssm import GaussianRSSM
+
+    return "normal" if isinstance(model, GaussianRSSM) else "gumbel"
 
 
 __all__ = ["export_policy"]

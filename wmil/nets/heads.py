@@ -133,7 +133,10 @@ class ActionHead(nn.Module):
 
     def forward(self, x: Tensor, deterministic: bool = False) -> tuple[Tensor, Tensor, Tensor]:
         """``x (..., in_dim)`` → ``(action (..., A), log_prob (...), entropy (...))``."""
-        out = self.net(x)
+        return self.from_output(self.net(x), deterministic)
+
+    def from_output(self, out: Tensor, deterministic: bool = False) -> tuple[Tensor, Tensor, Tensor]:
+        """:meth:`forward` from the network's raw output ``out`` (logits, or mean and raw std)."""
         if self.discrete:
             return categorical(out, deterministic, self.straight_through)
         mean, std = self._gaussian(out)

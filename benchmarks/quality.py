@@ -157,6 +157,8 @@ def main():
     parser.add_argument("--fresh", action="store_true", help="drop earlier results of these tasks instead of merging")
     parser.add_argument("--n-envs", type=int, default=25,
                         help="environment copies per evaluation, the policy acting for all in one batch")
+    parser.add_argument("--precision", choices=["fp32", "bf16"],
+                        help="the learners' precision (wmil imagine --precision; default fp32); name the rows with --label")
     parser.add_argument("--results", default=str(RESULTS), help="where the tables go (default benchmarks/results)")
     parser.add_argument("-o", dest="overrides", action="append", default=[],
                         help="learner overrides key=value (every learner with the field) or algo.key=value")
@@ -216,7 +218,7 @@ def main():
                     started = time.perf_counter()
                     train_policy(algo, model_dir, expert, out=out, preset="small", seed=seed, expert_episodes=demos,
                                  steps=args.learner_steps or spec["learner"]["steps"], overrides=overrides,
-                                 progress=False)
+                                 progress=False, precision=args.precision if algo not in MODEL_FREE else None)
                     minutes = (time.perf_counter() - started) / 60
                     for protocol in protocols:
                         for act in args.acts:

@@ -476,9 +476,11 @@ def evaluate_model_cmd(run_dir, datasets, batches, context, expert, reward_featu
               help="Also load checkpoints that need unpickling (written by older wmil versions). Unpickling can "
                    "run code stored in the file: use only for files you trust.")
 @click.option("--allow-nonfinite", is_flag=True, help="Accept NaN/inf in observations, rewards and actions in the expert data (an error otherwise).")
+@click.option("--precision", type=click.Choice(["fp32", "bf16"]),
+              help="fp32 (default) or bf16 autocast for the updates' forward passes; heads, returns and losses stay fp32.")
 @threads_option
 def imagine_cmd(algo, model_run, expert, expert_episodes, preset, steps, seed, out, device, overrides, quiet,
-                trust_checkpoint, allow_nonfinite):
+                trust_checkpoint, allow_nonfinite, precision):
     """Train an imitation policy entirely inside a world model (no environment access)."""
     from wmil.train.policy import train_policy
     from wmil.config import parse_overrides
@@ -488,7 +490,7 @@ def imagine_cmd(algo, model_run, expert, expert_episodes, preset, steps, seed, o
         pairs["train.allow_nonfinite"] = "true"
     policy = train_policy(algo, model_run, expert, out=out, preset=preset, steps=steps, expert_episodes=expert_episodes,
                           seed=seed, device=device, overrides=pairs, progress=not quiet,
-                          trust_checkpoint=trust_checkpoint)
+                          trust_checkpoint=trust_checkpoint, precision=precision)
     click.echo(f"trained {algo} policy")
     print_run_summary(policy.run_dir)
 

@@ -1,6 +1,8 @@
 """The shared actor-critic's actor gradients: REINFORCE, dynamics backprop (straight-through
 one-hots for discrete actions) and their mix, on a model whose next features are the action."""
 
+import math
+
 import pytest
 import torch
 
@@ -69,3 +71,27 @@ def test_actor_grad_options_are_checked():
     with pytest.raises(UserError, match="needs discrete actions"):
         ActorCritic(3, continuous, _config(actor_grad="reinforce"))
     assert ActorCritic(3, continuous, _config()).backprop
+
+
+def test_bf16_autocast_lowers_the_products_and_still_learns():
+    """Under bf16 autocast (``wmil imagine --precision bf16``) the actor's and critic's hidden
+    layers run in bfloat16 while their outputs — logits, log-probabilities, values — and so the
+    λ-returns and losses are float32; the rewarded action is still learned (as in fp32 above)."""
+    from wmil.precision import autocast
+
+    torch.manual_seed(0)
+    ac = ActorCritic(3, SPEC, _config(actor_grad="reinforce"))
+    model = _ActionIsNextState()
+    with autocast("cpu", "bf16"):
+        hidden = ac.actor.net.net[:-1](torch.zeros(2, 3))
+        imagined = imagine(model, ac.actor, _start(4), 3)
+        value = ac.critic(imagined.features)
+    assert hidden.dtype == torch.bfloat16, "autocast did not lower the hidden layer"
+    assert imagined.log_prob.dtype == imagined.entropy.dtype == value.dtype == torch.float32
+    for _ in range(300):
+        with autocast("cpu", "bf16"):
+            imagined = imagine(model, ac.actor, _start(64), 3)
+            metrics = ac.update(imagined, imagined.features[1:, :, 2].detach())
+    assert math.isfinite(metrics["loss/actor"]) and math.isfinite(metrics["loss/critic"])
+    probs = torch.softmax(ac.actor.net(torch.eye(3)), -1)[:, 2]
+    assert float(probs.min()) > 0.9, probs

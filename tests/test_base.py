@@ -96,8 +96,12 @@ def test_a_learners_policy_is_its_checkpoints_policy(synthetic_worlds, tmp_path)
     for (name, a), (_, b) in zip(live.actor.state_dict().items(), loaded.actor.state_dict().items()):
         assert torch.equal(a, b), name
     live.reset(), loaded.reset()
-    for obs in np.random.default_rng(1).normal(size=(5, 3)).astype(np.float32):
-        assert live.act(obs) == loaded.act(obs)
+    for k, obs in enumerate(np.random.default_rng(1).normal(size=(5, 3)).astype(np.float32)):
+        # The posterior filter samples z: the same noise for both, so only the networks can differ.
+        torch.manual_seed(k)
+        action = live.act(obs)
+        torch.manual_seed(k)
+        assert action == loaded.act(obs)
 
 
 @pytest.mark.parametrize("algo", ["dgail", "sqil", "gpril"])

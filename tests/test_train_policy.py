@@ -85,3 +85,32 @@ def test_callbacks_see_every_logged_row_and_can_stop_a_run(tmp_path, write_datas
                       overrides={"log_every": "1", "batch_size": "2", "seq_len": "6", "open_loop_context": "2"},
                       callbacks=[lambda step, metrics: rows.append(step)])
     assert rows == [1, 2, 3]
+
+
+def test_imagine_precision_is_recorded_and_a_resume_with_another_is_refused(tmp_path, write_dataset, capsys):
+    import yaml
+
+    from wmil.runs import RunDir
+
+    world = write_dataset("pr/world-v0", [12, 14, 16, 11])
+    write_dataset("pr/expert-v0", [10, 9])
+    wm = tiny_world_model(world, tmp_path / "wm", steps=3)
+    args = ["imagine", "--algo", "ditto", "--model", str(wm), "--expert", "pr/expert-v0", "--preset", "tiny",
+            "--quiet", "--device", "cpu"] + [a for k, v in AC.items() for a in ("-o", f"{k}={v}")]
+    out = tmp_path / "bf16"
+    assert wmil_main(args + ["--steps", "2", "--out", str(out), "--precision", "bf16"]) == 0
+    assert RunDir(out, "policy").read_config()["train"]["precision"] == "bf16"
+    with pytest.raises(UserError, match=r"different train.precision \('bf16' → 'fp32'\)"):
+        train_policy("ditto", wm, "pr/expert-v0", out=out, preset="tiny", steps=4, overrides=AC, progress=False)
+    capsys.readouterr()
+    assert wmil_main(args + ["--steps", "2", "--out", str(tmp_path / "x"), "--precision", "fp16"]) == 2
+    assert not (tmp_path / "x").exists()
+    # A run written before the option existed trained in fp32 and resumes as such.
+    old = tmp_path / "old"
+    train_policy("ditto", wm, "pr/expert-v0", out=old, preset="tiny", steps=3, overrides=AC, progress=False)
+    path = RunDir(old, "policy").config_path
+    config = yaml.safe_load(path.read_text())
+    del config["train"]["precision"]
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    train_policy("ditto", wm, "pr/expert-v0", out=old, preset="tiny", steps=4, overrides=AC, progress=False)
+    assert [m["step"] for m in RunDir(old, "policy").read_metrics()][-1] == 4

@@ -14,7 +14,7 @@ from wmil.types import DataSpec, SequenceBatch
 from wmil.world_models import (PRESETS, WORLD_MODELS, State, config_for, field_docs,
                                make_world_model, total_loss)
 from wmil.world_models.base import FEATURES, feature_size
-from wmil.world_models.latent import (categorical_kl, free_nats, gaussian_kl, kl_balance,
+from wmil.world_models.latent import (categorical_kl, free_nats, gaussian_kl, gumbel_noise, kl_balance,
                                       std_from_raw, straight_through_sample, unimix_logits)
 
 B, T = 3, 6
@@ -470,10 +470,18 @@ def test_straight_through_sample_forward_one_hot_backward_probs():
     assert torch.equal(forced, torch.tensor([[1.0, 0.0, 0.0, 1.0]]))
 
 
-def test_straight_through_samples_follow_the_probabilities():
+@pytest.mark.parametrize("draw", ["inverse_cdf", "gumbel"])
+def test_straight_through_samples_follow_the_probabilities(draw):
+    """Both ways of drawing (fresh uniforms through the CDF, given Gumbel noise) sample each
+    categorical with its probabilities, including a class of probability 0 and the last one."""
     torch.manual_seed(0)
-    logits = torch.log(torch.tensor([0.2, 0.8])).repeat(20000, 1)
-    assert straight_through_sample(logits, 2)[:, 1].mean().item() == pytest.approx(0.8, abs=0.01)
+    probs = torch.tensor([0.1, 0.0, 0.3, 0.6, 0.2, 0.8, 0.0, 0.0])  # 2 categoricals of 4
+    logits = torch.log(probs.clamp(min=1e-30)).repeat(40000, 1)
+    noise = gumbel_noise(tuple(logits.shape)) if draw == "gumbel" else None
+    sample = straight_through_sample(logits, 4, noise)
+    assert torch.equal(sample.reshape(-1, 2, 4).sum(-1), torch.ones(40000, 2)), "one class per categorical"
+    assert torch.allclose(sample.mean(0), probs, atol=0.01)
+    assert sample[:, [1, 6, 7]].sum() == 0, "classes of probability 0 are never drawn"
 
 
 def test_unimix_mixes_in_the_uniform_distribution():

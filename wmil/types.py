@@ -25,7 +25,7 @@ so that ``prev_action[t+1] == action[t]`` inside an episode. Algorithms never sh
 from __future__ import annotations
 
 from dataclasses import dataclass, fields, replace
-from typing import Callable, Iterable, Optional
+from typing import Callable, Iterable, Optional, Sequence
 
 import torch
 
@@ -202,13 +202,34 @@ class State:
         return f"State({parts})"
 
 
-@dataclass(frozen=True)
 class Imagined:
     """An H-step rollout of a policy in a world model's prior from start states (the output of
-    :func:`wmil.imagination.imagine`)."""
+    :func:`wmil.imagination.imagine`).
 
-    states: State        # (H+1, B)
-    features: Tensor     # (H+1, B, F); differentiable w.r.t. actions for continuous actors
-    actions: Tensor      # (H, B, A): action k is taken at state k
-    log_prob: Tensor     # (H, B)
-    entropy: Tensor      # (H, B)
+    ``states`` (all fields, ``(H+1, B)``) is stacked from the per-step states on first use and
+    ``deter`` alone when only it is read: a learner that compares h (DITTO's and D-GAIL's
+    default) never copies the wide stochastic parts and their logits a second time."""
+
+    def __init__(self, steps: Sequence[State], features: Tensor, actions: Tensor, log_prob: Tensor,
+                 entropy: Tensor):
+        self._steps = list(steps)
+        self._states: Optional[State] = None
+        self._deter: Optional[Tensor] = None
+        self.features = features    # (H+1, B, F); differentiable w.r.t. actions for continuous actors
+        self.actions = actions      # (H, B, A): action k is taken at state k
+        self.log_prob = log_prob    # (H, B)
+        self.entropy = entropy      # (H, B)
+
+    @property
+    def states(self) -> State:  # (H+1, B)
+        if self._states is None:
+            self._states = State.stack(self._steps)
+        return self._states
+
+    @property
+    def deter(self) -> Tensor:  # (H+1, B, D)
+        if self._states is not None:
+            return self._states.deter
+        if self._deter is None:
+            self._deter = torch.stack([step.deter for step in self._steps])
+        return self._deter

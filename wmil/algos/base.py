@@ -40,7 +40,7 @@ from wmil.imagination.expert import ExpertLatents
 from wmil.imagination.metrics import action_agreement, eval_rows, latent_distance
 from wmil.nets import ActionHead, apply_gradients
 from wmil.policy import DeployedPolicy, LatentPolicy
-from wmil.types import DataSpec, State
+from wmil.types import DataSpec, Imagined, State
 from wmil.world_models.base import feature_size
 
 Tensor = torch.Tensor
@@ -372,16 +372,39 @@ class ImitationLearner(LatentLearner):
         self.seed_rng()
         self.eval_rows = self.metric_rows()
 
-    def reward_latent(self, states: State, features: Tensor) -> Tensor:
-        """What the reward compares: ``features`` (the policy's), or the ``reward_features`` mode
-        of ``states`` where that differs."""
+    def reward_latent(self, states: State, features: Optional[Tensor] = None) -> Tensor:
+        """What the reward compares: the ``reward_features`` mode of ``states``; ``features``, the
+        policy's features of the same states where already computed, are reused when the modes
+        agree."""
         mode = self.compared_features
-        return features if mode == self.config.features else self.world_model.features(states, mode)
+        if features is not None and mode == self.config.features:
+            return features
+        return self.world_model.features(states, mode)
 
-    def sample_starts(self) -> tuple[State, State]:
-        """``batch_size`` expert start states ``(B,)`` and the expert windows that follow ``(H+1, B)``."""
+    def imagined_latent(self, imagined: Imagined) -> Tensor:
+        """:meth:`reward_latent` of an imagined rollout's states ``(H+1, B, L)`` (its features
+        when the modes agree, its h alone for 'deter'), with gradients for dynamics backprop."""
+        mode = self.compared_features
+        if mode == self.config.features:
+            return imagined.features
+        if mode == "deter":
+            return imagined.deter
+        return self.world_model.features(imagined.states, mode)
+
+    @property
+    def expert_latent(self) -> Tensor:
+        """``(N, L)``: :meth:`reward_latent` of every expert row, computed once (the expert's z
+        is a fixed posterior sample), so an update gathers only the rows and width it compares."""
+        if getattr(self, "_expert_latent", None) is None:
+            self._expert_latent = self.reward_latent(self.expert.states, self.expert.features)
+        return self._expert_latent
+
+    def sample_starts(self) -> tuple[State, Tensor]:
+        """``batch_size`` expert start states ``(B,)`` and the reward latents of the expert
+        windows that follow them ``(H+1, B, L)`` (row k: k steps on)."""
         rows = self.rng.choice(self.starts, self.config.batch_size)
-        return self.expert.sample(rows, self.config.horizon)
+        index = self.expert.window(rows, self.config.horizon)
+        return self.expert.states[index[0]], self.expert_latent[index]
 
     def bc_term(self) -> tuple[Optional[Tensor], dict]:
         """``bc_weight`` × the mean −log π(a_E | z_E) over a minibatch of expert rows (None when

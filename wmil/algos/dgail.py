@@ -183,13 +183,13 @@ class DGail(ImitationLearner):
 
     def imagined_transitions(self, imagined: Imagined) -> Tensor:
         """``(H, B, X)``: transition k = (z_k, a_k, z_{k+1}); keeps gradients for dynamics backprop."""
-        latent = self.reward_latent(imagined.states, imagined.features)   # (H+1, B, L)
+        latent = self.imagined_latent(imagined)   # (H+1, B, L)
         return self.transitions(latent[:-1], latent[1:], imagined.actions)
 
     def expert_transitions(self, count: int) -> Tensor:
         """``(count, X)`` expert transitions drawn uniformly (with replacement) over all of them."""
         rows, next_rows = self.expert.transitions(self.expert_rows(count))
-        latent = self.reward_latent(self.expert.states, self.expert.features)
+        latent = self.expert_latent
         return self.transitions(latent[rows], latent[next_rows], self.expert.action[rows])
 
     # -- training --------------------------------------------------------------------------

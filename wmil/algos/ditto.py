@@ -38,7 +38,7 @@ import torch
 from wmil.algos.base import ImitationConfig, ImitationLearner
 from wmil.imagination.actor_critic import imagine
 from wmil.imagination.metrics import ditto_similarity
-from wmil.types import Imagined, State
+from wmil.types import Imagined
 
 Tensor = torch.Tensor
 
@@ -62,18 +62,18 @@ class Ditto(ImitationLearner):
     progress_keys = ("reward/latent_distance", "actor/entropy")
     metric_keys = ("loss/actor", "loss/critic", "reward/latent_distance", "actor/entropy")
 
-    def rewards(self, imagined: Imagined, target: State) -> tuple[Tensor, Tensor]:
-        """(reward (H, B), similarity (H+1, B)) of an imagined rollout against the expert window:
-        reward k = similarity k + 1, earned on arriving in state k + 1 (the start earns nothing)."""
-        agent = self.reward_latent(imagined.states, imagined.features)
-        expert = self.reward_latent(target, self.world_model.features(target, self.config.features))
+    def rewards(self, imagined: Imagined, expert: Tensor) -> tuple[Tensor, Tensor]:
+        """(reward (H, B), similarity (H+1, B)) of an imagined rollout against the expert
+        window's reward latents ``expert (H+1, B, L)``: reward k = similarity k + 1, earned on
+        arriving in state k + 1 (the start earns nothing)."""
+        agent = self.imagined_latent(imagined)
         similarity = ditto_similarity(expert, agent)
         return similarity[1:], similarity
 
     def update(self, step: int) -> dict:
-        start, target = self.sample_starts()
+        start, expert = self.sample_starts()
         imagined = imagine(self.world_model, self.actor, start, self.config.horizon, self.config.features)
-        reward, similarity = self.rewards(imagined, target)
+        reward, similarity = self.rewards(imagined, expert)
         bc, bc_metrics = self.bc_term()
         metrics = {**self.ac.update(imagined, reward, actor_extra=bc), **bc_metrics}
         metrics["reward/latent_distance"] = float(1 - similarity[1:].detach().mean())

@@ -198,6 +198,11 @@ class Triples(NamedTuple):
     target: Tensor  # (B, F)
 
 
+def _full_precision(x: Tensor):
+    """No autocast on ``x``'s device inside (a bf16 run's flows compute in float32)."""
+    return torch.autocast(device_type=x.device.type, enabled=False)
+
+
 class PredecessorModel(nn.Module):
     """B_s(s | s̄) · B_a(a | s, s̄) on standardised features (zuko MAFs)."""
 
@@ -222,6 +227,10 @@ class PredecessorModel(nn.Module):
     def log_prob(self, state: Tensor, action: Tensor, target: Tensor, noise: float = 0.0) -> tuple[Tensor, Tensor]:
         """(log B_s(s|s̄), log B_a(a|s,s̄)), each ``(B,)``, on unstandardised features; s and s̄
         get dequantisation noise of std ``noise`` (standardised units)."""
+        with _full_precision(state):  # the flows' log-determinants need float32 under bf16 autocast
+            return self._log_prob(state, action, target, noise)
+
+    def _log_prob(self, state: Tensor, action: Tensor, target: Tensor, noise: float) -> tuple[Tensor, Tensor]:
         s, s_bar = self.standardize(state), self.standardize(target)
         if noise > 0:
             s = s + noise * torch.randn_like(s)
@@ -237,6 +246,10 @@ class PredecessorModel(nn.Module):
     @torch.no_grad()
     def sample(self, target: Tensor) -> tuple[Tensor, Tensor]:
         """(s (B, F) unstandardised, a (B, A)) ~ B(·, · | s̄) for targets ``(B, F)``."""
+        with _full_precision(target):
+            return self._sample(target)
+
+    def _sample(self, target: Tensor) -> tuple[Tensor, Tensor]:
         s_bar = self.standardize(target)
         s = self.state_flow(s_bar).sample()
         context = torch.cat([s, s_bar], -1)

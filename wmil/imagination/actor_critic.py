@@ -68,7 +68,8 @@ def imagine(world_model, actor: ActionHead, start: State, horizon: int, features
     reads, and ``Imagined.features`` holds, ``world_model.features(state, features)``.
 
     The actor sees stop-gradient features (as in Dreamer); actions enter ``imagine_step`` with
-    their gradients, so continuous actors learn by backpropagation through the dynamics.
+    their gradients, so continuous actors learn by backpropagation through the dynamics. The
+    returned :class:`Imagined` stacks the per-step states only when a learner reads them.
     """
     state = start
     states, feature_list, actions, log_probs, entropies = [start], [world_model.features(start, features)], [], [], []
@@ -80,7 +81,7 @@ def imagine(world_model, actor: ActionHead, start: State, horizon: int, features
         actions.append(action)
         log_probs.append(log_prob)
         entropies.append(entropy)
-    return Imagined(State.stack(states), torch.stack(feature_list), torch.stack(actions), torch.stack(log_probs),
+    return Imagined(states, torch.stack(feature_list), torch.stack(actions), torch.stack(log_probs),
                     torch.stack(entropies))
 
 

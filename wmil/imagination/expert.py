@@ -105,11 +105,15 @@ class ExpertLatents:
                             f"(longest has {int(self.n_obs.max())} observations); lower the horizon")
         return np.concatenate(valid)
 
+    def window(self, rows: np.ndarray, horizon: int) -> Tensor:
+        """Row indices ``(H+1, B)`` of the expert's windows from start rows ``rows (B,)`` (row k
+        of the window: k steps on; the rows come from :meth:`starts`)."""
+        return torch.as_tensor(rows[None, :] + np.arange(horizon + 1)[:, None], device=self.features.device)
+
     def sample(self, rows: np.ndarray, horizon: int) -> tuple[State, State]:
         """Start states ``(B,)`` and the expert's window ``(H+1, B)`` (row k = k steps on)."""
-        device = self.features.device
-        index = torch.as_tensor(rows[None, :] + np.arange(horizon + 1)[:, None], device=device)
-        return self.states[torch.as_tensor(rows, device=device)], self.states[index]
+        index = self.window(rows, horizon)
+        return self.states[index[0]], self.states[index]
 
     @property
     def action_rows(self) -> np.ndarray:

@@ -52,9 +52,15 @@ class MLP(nn.Module):
         self.net = nn.Sequential(*modules)
         self.in_dim = in_dim
         self.out_dim = width
+        #: Whether the output is a head's (float32 under bf16 autocast) or a trunk's (left lowered).
+        self.head = out_dim is not None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (..., in_dim) -> (..., out_dim)
-        return self.net(x)
+        # A head's output (logits, values, means, discriminator scores) is float32 under bf16
+        # autocast, so log-probabilities, returns and losses downstream are computed in float32;
+        # a trunk (out_dim None) hands its lowered output to the next matrix product as it is.
+        out = self.net(x)
+        return float32(out) if self.head else out
 
 
 class LayerNormGRUCell(nn.Module):

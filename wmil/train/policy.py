@@ -11,13 +11,14 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Optional, Sequence
+from typing import Any, Callable, ClassVar, Literal, Optional, Sequence
 
 from wmil.algos.base import algorithm_class
 from wmil.config import LoopConfig, PosInt, build_config, split_overrides, to_dict
 from wmil.data.dataset import Dataset, load
 from wmil.errors import UserError
 from wmil.policy import DeployedPolicy
+from wmil.precision import autocast
 from wmil.runs import RunDir, from_config, resolve_device, rng_state, seed_everything, set_rng_state
 from wmil.train.loop import check_finite, run_loop
 from wmil.train.world_model import load_world_model
@@ -31,6 +32,8 @@ class ImagineTrainConfig(LoopConfig):
 
     expert_episodes: Optional[PosInt] = None
     """Use only the first K expert episodes (None: all)."""
+    precision: Literal["fp32", "bf16"] = "fp32"
+    """'fp32', or 'bf16' autocast for the forward passes of the updates (the world model's imagination, the learner's networks); every network head's output, latents, rewards, λ-returns, log-probabilities and losses stay float32. Offline evaluations run in fp32."""
 
     PRESETS: ClassVar = {
         "tiny": dict(steps=30, log_every=5, eval_every=10, checkpoint_every=10),
@@ -54,7 +57,7 @@ def train_policy(algo: str, model: Optional[str | os.PathLike], expert: str | Da
                  out: Optional[str | os.PathLike] = None, preset: str = "small", steps: Optional[int] = None,
                  expert_episodes: Optional[int] = None, seed: Optional[int] = None, device: str = "auto",
                  overrides: Optional[dict[str, str]] = None, progress: bool = True,
-                 trust_checkpoint: bool = False,
+                 trust_checkpoint: bool = False, precision: Optional[str] = None,
                  callbacks: Sequence[Callable[[int, dict], Any]] = ()) -> DeployedPolicy:
     """Train (or resume) an imitation policy, inside the world model of run ``model`` when the
     algorithm uses one (``model`` may be None for model-free ones such as BC).
@@ -62,13 +65,14 @@ def train_policy(algo: str, model: Optional[str | os.PathLike], expert: str | Da
     Returns the deployable policy (``run_dir`` set to its run directory). ``expert`` is a dataset name/path/object; ``overrides``
     are ``-o`` pairs for the run (``steps``…) or the algorithm (``gamma``…). ``trust_checkpoint``
     loads checkpoints that need unpickling (older versions): only for files you trust.
+    ``precision``: 'fp32' or 'bf16' (default: the preset's, fp32; see :class:`ImagineTrainConfig`).
     ``callbacks``: functions ``(step, metrics)`` called with every logged row (evaluation rows
     included); one that returns True stops training there, after a checkpoint.
     """
     cls = algorithm_class(algo)
     routed = split_overrides(overrides or {}, {"train": ImagineTrainConfig, "algo": cls.config_cls})
-    explicit = {k: v for k, v in (("steps", steps), ("seed", seed), ("expert_episodes", expert_episodes))
-                if v is not None}
+    explicit = {k: v for k, v in (("steps", steps), ("seed", seed), ("expert_episodes", expert_episodes),
+                                  ("precision", precision)) if v is not None}
     train_cfg = build_config(ImagineTrainConfig, preset, {**routed["train"], **explicit}, "the run")
     algo_cfg = build_config(cls.config_cls, preset, routed["algo"], algo)
     dev = resolve_device(device)
@@ -102,7 +106,8 @@ def train_policy(algo: str, model: Optional[str | os.PathLike], expert: str | Da
         "ref_min_score": expert_ds.ref_min_score, "ref_max_score": expert_ds.ref_max_score,
         "train": to_dict(train_cfg), "algo_config": to_dict(algo_cfg),
     }
-    resume = run.start_or_resume(config, trust=trust_checkpoint)
+    # Runs written before the precision option trained in fp32.
+    resume = run.start_or_resume(config, trust=trust_checkpoint, defaults={"train.precision": "fp32"})
     seed_everything(train_cfg.seed)
     if world_model is not None:
         for parameter in world_model.parameters():
@@ -116,7 +121,8 @@ def train_policy(algo: str, model: Optional[str | os.PathLike], expert: str | Da
         run.truncate_metrics(start)
 
     def update(step: int) -> dict:
-        metrics = learner.train_step(step)
+        with autocast(dev, train_cfg.precision):
+            metrics = learner.train_step(step)
         check_finite(step, {k: v for k, v in metrics.items() if k.startswith("loss/")}, run)
         return metrics
 

@@ -76,6 +76,9 @@ class GaussianRSSM(RSSM):
         std = std_from_raw(raw[..., size:], self.config.min_std)
         return torch.addcmul(raw[..., :size], std, noise)  # mean + std * eps
 
+    def _draw(self, raw: Tensor) -> Tensor:
+        return self._sample(raw, self._noise(tuple(raw.shape[:-1])))
+
     def _params_from_raw(self, raw: Tensor) -> Tensor:
         size = self.config.stoch
         return torch.cat([raw[..., :size], std_from_raw(raw[..., size:], self.config.min_std)], -1)

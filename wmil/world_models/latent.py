@@ -65,29 +65,41 @@ def unimix_logits(logits: Tensor, classes: int, unimix: float) -> Tensor:
 def straight_through_sample(logits: Tensor, classes: int, noise: Optional[Tensor] = None) -> Tensor:
     """One-hot sample of each categorical with straight-through gradients (Bengio et al. 2013).
 
-    ``logits`` and ``noise`` (Gumbel, same shape; drawn here when None) are flat
-    ``(..., stoch * classes)``. Forward value: the one-hot of ``argmax(logits + noise)`` per
-    categorical (a sample, by the Gumbel-max trick). Gradient: that of ``softmax(logits)``.
-    Returns ``(..., stoch * classes)``.
+    ``logits`` are flat ``(..., stoch * classes)``. Forward value: a one-hot sample per
+    categorical; gradient: that of ``softmax(logits)``. Returns ``(..., stoch * classes)``.
+
+    With ``noise`` (Gumbel, the shape of ``logits``) the sample is ``argmax(logits + noise)``
+    (the Gumbel-max trick): the posterior filter and exported policies take their noise this
+    way, zeros giving the most likely class. Without, it is drawn by inverting the CDF: one
+    uniform per categorical, the first class whose cumulative probability exceeds it. The
+    distribution is the same, with 1/``classes`` of the random numbers, which on a CPU is most
+    of the cost of a sample (256 × 32 × 32 latents: 0.8 ms against 2.5 ms); imagination draws
+    its samples this way.
     """
     logits = float32(logits)  # bf16 logits would shift the sampled probabilities
     shape = logits.shape
     logits = logits.reshape(*shape[:-1], -1, classes)
-    if noise is None:
-        noise = gumbel_noise(tuple(logits.shape), device=logits.device)
-    return _StraightThrough.apply(logits, noise.reshape(logits.shape)).reshape(shape)
+    if noise is not None:
+        noise = noise.reshape(logits.shape)
+    return _StraightThrough.apply(logits, noise).reshape(shape)
 
 
 class _StraightThrough(torch.autograd.Function):
     """``one_hot + (probs − sg(probs))`` as one autograd node: the forward value is the one-hot
     (exactly: ``probs − probs`` is 0), the gradient that of ``softmax`` (the same kernel
     autograd would run). Two elementwise kernels and three graph nodes fewer per sample,
-    which the posterior loop draws once per time step."""
+    which the posterior loop draws once per time step. ``noise`` None: inverse-CDF sampling."""
 
     @staticmethod
-    def forward(ctx, logits: Tensor, noise: Tensor) -> Tensor:  # (..., stoch, classes)
-        index = (logits + noise).argmax(-1, keepdim=True)
+    def forward(ctx, logits: Tensor, noise: Optional[Tensor]) -> Tensor:  # (..., stoch, classes)
         probs = torch.softmax(logits, -1)
+        if noise is None:
+            uniform = torch.rand((*logits.shape[:-1], 1), device=logits.device)
+            # Classes whose cumulative probability is below u; the clamp guards a CDF that sums to
+            # just under 1 in float32.
+            index = (probs.cumsum(-1) < uniform).sum(-1, keepdim=True).clamp_(max=logits.shape[-1] - 1)
+        else:
+            index = (logits + noise).argmax(-1, keepdim=True)
         ctx.save_for_backward(probs)
         return torch.zeros_like(logits).scatter_(-1, index, 1.0)
 

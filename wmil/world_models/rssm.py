@@ -121,7 +121,7 @@ class RSSMConfig(RecurrentConfig):
 
 class RSSM(WorldModelBase):
     """DreamerV2 RSSM; subclasses change the stochastic latent through the ``_latent`` hooks
-    (``_noise``, ``_sample``, ``_params_from_raw``, ``_state``, ``_params``, ``_stoch_mean``,
+    (``_noise``, ``_sample``, ``_draw``, ``_params_from_raw``, ``_state``, ``_params``, ``_stoch_mean``,
     ``_kl``, ``_entropy``)."""
 
     config_cls = RSSMConfig
@@ -188,6 +188,13 @@ class RSSM(WorldModelBase):
         """A differentiable sample of z from the head output ``raw``: ``(..., S)``."""
         logits = unimix_logits(raw, self.config.classes, self.config.unimix)  # type: ignore[attr-defined]
         return straight_through_sample(logits, self.config.classes, noise)  # type: ignore[attr-defined]
+
+    def _draw(self, raw: Tensor) -> Tensor:
+        """A fresh differentiable sample of z from ``raw`` where no noise is passed in
+        (imagination): the categoricals sampled by inverting their CDF, one uniform each, the
+        distribution of ``_sample``'s Gumbel-max at 1/``classes`` of its random numbers."""
+        logits = unimix_logits(raw, self.config.classes, self.config.unimix)  # type: ignore[attr-defined]
+        return straight_through_sample(logits, self.config.classes)  # type: ignore[attr-defined]
 
     def _params_from_raw(self, raw: Tensor) -> Tensor:
         """Head output -> the distribution parameters the KL consumes (flat logits)."""
@@ -289,8 +296,7 @@ class RSSM(WorldModelBase):
         x = act(self.img_in_stoch(state.stoch) + self.img_in_action(action))
         deter = self.cell(x, state.deter)
         raw = float32(self.prior_out(act(self.prior_hidden(deter))))
-        stoch = self._sample(raw, self._noise(tuple(deter.shape[:-1])))
-        return self._state(deter, stoch, self._params_from_raw(raw))
+        return self._state(deter, self._draw(raw), self._params_from_raw(raw))
 
     #: Compute the weight gradients of the layers inside the posterior loop once per sequence
     #: (:mod:`wmil.nets.step_linear`) rather than once per step. Only the rounding of those

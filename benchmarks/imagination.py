@@ -224,7 +224,7 @@ def main(argv=None) -> None:
 
     from benchmarks.common import stamp, table, write
 
-    stamped = stamp()
+    stamped = stamp().replace(str(Path(__file__).resolve()), "-m benchmarks.imagination")
     scratch = Path(tempfile.mkdtemp(prefix="wmil-imagination-"))
     trees = [("this checkout", ROOT)]
     try:

@@ -481,7 +481,10 @@ def evaluate_model_cmd(run_dir, datasets, batches, context, expert, reward_featu
 @threads_option
 def imagine_cmd(algo, model_run, expert, expert_episodes, preset, steps, seed, out, device, overrides, quiet,
                 trust_checkpoint, allow_nonfinite, precision):
-    """Train an imitation policy entirely inside a world model (no environment access)."""
+    """Train an imitation policy entirely inside a world model (no environment access).
+
+    Data-parallel (DITTO, D-GAIL, D-BC): `torchrun --nproc-per-node N --no-python wmil imagine ...`
+    splits each global batch over N processes; rank 0 writes the run."""
     from wmil.train.policy import train_policy
     from wmil.config import parse_overrides
 
@@ -491,8 +494,11 @@ def imagine_cmd(algo, model_run, expert, expert_episodes, preset, steps, seed, o
     policy = train_policy(algo, model_run, expert, out=out, preset=preset, steps=steps, expert_episodes=expert_episodes,
                           seed=seed, device=device, overrides=pairs, progress=not quiet,
                           trust_checkpoint=trust_checkpoint, precision=precision)
-    click.echo(f"trained {algo} policy")
-    print_run_summary(policy.run_dir)
+    from wmil.distributed import launched
+
+    if launched()[0] == 0:  # under torchrun, rank 0 speaks for the run
+        click.echo(f"trained {algo} policy")
+        print_run_summary(policy.run_dir)
 
 
 @cli.command("evaluate")

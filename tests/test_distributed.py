@@ -1,5 +1,6 @@
-"""Data-parallel world-model training under torchrun (wmil.distributed): 2 CPU processes with
-B/2 rows each take the same steps as 1 process with B rows; resume across process counts."""
+"""Data-parallel training under torchrun (wmil.distributed): for a world model and an imagination
+learner, 2 CPU processes with B/2 rows each take the same steps as 1 process with B rows; runs
+resume across process counts; algorithms that cannot run data-parallel say so in one line."""
 
 import os
 import socket
@@ -13,6 +14,7 @@ import torch
 from wmil.distributed import Group
 from wmil.errors import UserError
 from wmil.runs import RunDir
+from wmil.train.policy import train_policy
 from wmil.train.world_model import train_world_model
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -100,3 +102,99 @@ def test_a_batch_that_does_not_split_is_a_one_line_error(monkeypatch):
     monkeypatch.setenv("RANK", "5")
     with pytest.raises(UserError, match="RANK=5, WORLD_SIZE=2"):
         Group(torch.device("cpu"))
+
+
+POLICY = {"log_every": "1", "eval_every": "100", "checkpoint_every": "3", "batch_size": "8", "horizon": "3",
+          "eval_starts": "8"}
+
+
+def _imagine_args(algo: str, wm: Path, out: Path, steps: int) -> list[str]:
+    args = ["imagine", "--algo", algo, "--model", str(wm), "--expert", "dp/expert-v0", "--preset", "tiny",
+            "--steps", str(steps), "--seed", "4", "--device", "cpu", "--quiet", "--out", str(out)]
+    return args + [a for k, v in POLICY.items() for a in ("-o", f"{k}={v}")]
+
+
+@pytest.fixture
+def learner_world(world, write_dataset, tmp_path):
+    """A tiny rssm on the world data and an expert dataset, for the imagination learners."""
+    write_dataset("dp/expert-v0", [11, 13, 12], discrete=True)
+    wm = tmp_path / "wm"
+    train_world_model(world, model="rssm", preset="tiny", out=wm, steps=2, seed=3, overrides=TINY, progress=False,
+                      device="cpu")
+    return wm
+
+
+@pytest.mark.slow
+def test_two_processes_train_a_learner_as_one_with_the_whole_batch(learner_world, tmp_path):
+    """D-BC (no sampling noise in its update: expert rows, E[z] features, exact entropy): after 6
+    Adam steps the actor of 2 processes × 4 rows equals that of 1 process × 8 rows to float32
+    rounding, and has moved well beyond that tolerance."""
+    train_policy("dbc", learner_world, "dp/expert-v0", out=tmp_path / "one", preset="tiny", steps=6, seed=4,
+                 overrides=POLICY, progress=False, device="cpu")
+    done = _torchrun(2, _imagine_args("dbc", learner_world, tmp_path / "two", 6))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("trained dbc policy") == 1, "only rank 0 reports"
+    one = RunDir(tmp_path / "one", "policy").load_checkpoint()["algo"]["networks"]
+    run = RunDir(tmp_path / "two", "policy")
+    two = run.load_checkpoint()["algo"]["networks"]
+    halfway = run.load_checkpoint(run.checkpoints()[0])["algo"]["networks"]  # step 3
+    moved = 0.0
+    for name, value in one.items():
+        torch.testing.assert_close(two[name], value, rtol=1e-5, atol=1e-6, msg=name)
+        moved = max(moved, float((value - halfway[name]).abs().max()))
+    assert moved > 1e-4, "the last three updates must move the parameters far beyond the tolerance"
+    assert run.read_config()["world_size"] == 2
+    rows = [m for m in run.read_metrics() if "loss/bc" in m]
+    assert [m["step"] for m in rows] == [1, 2, 3, 4, 5, 6], "one row per step, rank 0 only"
+    singles = [m for m in RunDir(tmp_path / "one", "policy").read_metrics() if "loss/bc" in m]
+    for a, b in zip(singles, rows):  # the logged loss is the ranks' mean: the whole batch's
+        assert b["loss/bc"] == pytest.approx(a["loss/bc"], rel=1e-4)
+
+
+@pytest.mark.slow
+def test_ditto_trains_under_torchrun_and_resumes_in_one_process(learner_world, tmp_path):
+    out = tmp_path / "ditto"
+    done = _torchrun(2, _imagine_args("ditto", learner_world, out, 3))
+    assert done.returncode == 0, done.stderr[-3000:]
+    train_policy("ditto", learner_world, "dp/expert-v0", out=out, preset="tiny", steps=5, seed=4, overrides=POLICY,
+                 progress=False, device="cpu")
+    run = RunDir(out, "policy")
+    assert [m["step"] for m in run.read_metrics() if "loss/actor" in m] == [1, 2, 3, 4, 5]
+    assert run.read_config()["history"][-1]["changed"]["world_size"] == [2, 1]
+
+
+def test_an_algorithm_that_cannot_run_data_parallel_is_a_one_line_error(learner_world, tmp_path, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    with pytest.raises(UserError, match=r"--algo sqil does not run data-parallel .* \(data-parallel: dbc, dgail, ditto\)"):
+        train_policy("sqil", learner_world, "dp/expert-v0", out=tmp_path / "sqil", preset="tiny", steps=2,
+                     overrides=POLICY, progress=False, device="cpu")
+    assert not (tmp_path / "sqil").exists(), "nothing is written"
+
+
+def test_each_process_takes_its_block_of_the_same_global_draw(learner_world):
+    """The samplers shard: rank r of N gets rows [r·B/N, (r+1)·B/N) of the draw one process makes
+    from the same generator state (starts, expert rows, expert windows)."""
+    from types import SimpleNamespace
+
+    from wmil.algos.base import algorithm_class
+    from wmil.config import build_config
+    from wmil.data import load
+    from wmil.train.world_model import load_world_model
+
+    model = load_world_model(learner_world)
+    cls = algorithm_class("dgail")
+    config = build_config(cls.config_cls, "tiny", {"batch_size": "8", "horizon": "3", "starts": "mixed"}, "dgail")
+    learners = []
+    for rank, size in ((0, 1), (0, 2), (1, 2)):
+        torch.manual_seed(0)
+        learner = cls(model, load("dp/expert-v0"), config, torch.device("cpu"))
+        learner.group = None if size == 1 else SimpleNamespace(rank=rank, size=size)
+        learners.append(learner)
+    draws = [(lr.expert_rows(8), lr.start_states(8, lr.starts).deter, lr.sample_starts()[1]) for lr in learners]
+    whole, first, second = draws
+    torch.testing.assert_close(torch.cat([first[0], second[0]]), whole[0])
+    # mixed starts: each half (expert, world) is sharded on its own
+    torch.testing.assert_close(torch.cat([first[1][:2], second[1][:2], first[1][2:], second[1][2:]]), whole[1])
+    torch.testing.assert_close(torch.cat([first[2], second[2]], 1), whole[2])
+    assert first[0].shape[0] == 4 and first[2].shape[1] == 4

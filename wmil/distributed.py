@@ -1,7 +1,7 @@
 """Data-parallel training under ``torchrun`` (DESIGN.md, Scale).
 
-``torchrun --nproc-per-node N --no-python wmil train-model ...`` runs N copies of the same
-command; each reads the launcher's ``RANK``/``WORLD_SIZE``/``LOCAL_RANK`` and joins one process
+``torchrun --nproc-per-node N --no-python wmil train-model ...`` (or ``wmil imagine`` for the
+learners whose ``data_parallel`` is set: DITTO, D-GAIL, D-BC) runs N copies of the same command; each reads the launcher's ``RANK``/``WORLD_SIZE``/``LOCAL_RANK`` and joins one process
 group (gloo on CPU, NCCL on CUDA, one GPU per local rank). Without those variables (or with
 ``WORLD_SIZE=1``) nothing here does anything, so the one-process path is unchanged bit for bit.
 
@@ -21,6 +21,10 @@ How a run is split:
 - **Identical parameters, different noise.** Every rank builds the model from the run seed (same
   initial weights) and applies the same averaged update; the latent noise of rank r > 0 comes
   from a generator seeded from (seed, rank, step), so ranks do not draw the same samples.
+- **Imagination learners** shard the same way: the learner's NumPy generator is seeded alike on
+  every rank, its samplers draw the global batch and keep the rank's block
+  (:meth:`wmil.algos.base.Learner.shard`), and :func:`wmil.nets.reducing_gradients` makes every
+  optimiser step average its gradients before clipping.
 - **Rank 0 alone writes**: config, metrics (the ranks' losses averaged), checkpoints,
   validation, progress. The other ranks read the checkpoint rank 0 resumes from and never lock
   or touch the run directory otherwise.

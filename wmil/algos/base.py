@@ -112,6 +112,10 @@ class Learner:
     """World models the algorithm trains in; None: it trains without one (BC)."""
     evaluation_act: ClassVar[str] = "greedy"
     """How ``wmil evaluate --act auto`` acts: 'greedy' (the most likely action) or 'sample'."""
+    data_parallel: ClassVar[bool] = False
+    """Whether the algorithm runs under torchrun: every batch it draws comes from the base's
+    samplers (:meth:`LatentLearner.expert_rows`, :meth:`LatentLearner.start_states`,
+    :meth:`ImitationLearner.sample_starts`), which shard a global draw over the processes."""
 
     def __init__(self, world_model, expert: Dataset, config, device: torch.device):
         if self.world_models is not None:
@@ -132,6 +136,8 @@ class Learner:
         self.rng: np.random.Generator
         #: The last update step done (for evaluations that record when they selected).
         self.steps_done = 0
+        #: This process's place in a data-parallel run (set by the trainer; None: one process).
+        self.group = None
 
     # ---- set-up -------------------------------------------------------------------------------
     def add_network(self, name: str, module: nn.Module, lr: Optional[float] = None, **adam) -> nn.Module:
@@ -170,6 +176,24 @@ class Learner:
         """The learner's NumPy generator (minibatch rows, start states), seeded from torch's
         global generator so that the run seed fixes it."""
         self.rng = np.random.default_rng(int(torch.randint(2**62, (1,))))
+
+    @property
+    def processes(self) -> int:
+        """How many processes share each global batch (1 without torchrun)."""
+        return 1 if self.group is None else self.group.size
+
+    def shard(self, rows):
+        """This process's block of a global draw ``rows`` (an array or tensor of N·k rows, the
+        same on every process: the generator is seeded alike) — all of it in one process."""
+        if self.processes == 1:
+            return rows
+        size = len(rows) // self.processes
+        return rows[self.group.rank * size:(self.group.rank + 1) * size]
+
+    def batch_counts(self) -> dict[str, int]:
+        """The global counts each update draws, by config field (each must split evenly over the
+        processes of a data-parallel run)."""
+        return {}
 
     def step(self, name: str, loss: Tensor, clip: Optional[float] = None) -> Optional[float]:
         """One step of optimiser ``name`` on ``loss``, clipping at ``clip`` (None: no clipping);
@@ -262,6 +286,10 @@ class LatentLearner(Learner):
         if len(self.action_rows) == 0:
             raise UserError(f"{self.name}: the expert dataset {expert.name} has no transitions to imitate")
         self.eval_rows: Optional[np.ndarray] = None
+        # The world data's latents are encoded on first use with their own seed (drawn here, from
+        # the run seed): the same latents whenever that happens — after a resume, or on every
+        # process of a data-parallel run, whose noise differs by rank.
+        self._world_seed = int(torch.randint(2**62, (1,)))
 
     @property
     def actor(self) -> nn.Module:
@@ -277,8 +305,11 @@ class LatentLearner(Learner):
         """The world model's own datasets as latents (encoded on first use; ``world_episodes``
         of each at most): the states a policy meets beyond the demonstrations."""
         if getattr(self, "_world", None) is None:
-            self._world = ExpertLatents.of_world_model(self.world_model, self.config.world_episodes, self.device,
-                                                       self.config.features)
+            devices = [self.device] if self.device.type == "cuda" else []
+            with torch.random.fork_rng(devices=devices):
+                torch.manual_seed(self._world_seed)
+                self._world = ExpertLatents.of_world_model(self.world_model, self.config.world_episodes,
+                                                           self.device, self.config.features)
         return self._world
 
     def feature_box(self) -> tuple[Tensor, Tensor]:
@@ -296,22 +327,25 @@ class LatentLearner(Learner):
     def start_states(self, count: int, expert_rows: np.ndarray, rng: Optional[np.random.Generator] = None) -> State:
         """``count`` start states ``(B,)`` of imagined rollouts, drawn uniformly from the expert
         rows ``expert_rows``, from every world-data state, or half from each, per the config's
-        ``starts`` (drawn with ``rng``, the learner's generator by default)."""
+        ``starts`` (drawn with ``rng``, the learner's generator by default). ``count`` is global:
+        each process gets its share of each part (:meth:`shard`)."""
         rng = self.rng if rng is None else rng
         mode = self.config.starts
         n_world = count if mode == "world" else count // 2 if mode == "mixed" else 0
         parts = []
         if count - n_world:
-            rows = rng.choice(expert_rows, count - n_world)
+            rows = self.shard(rng.choice(expert_rows, count - n_world))
             parts.append(self.expert.states[torch.as_tensor(rows, device=self.expert.features.device)])
         if n_world:
-            rows = rng.choice(self.world.starts(0), n_world)
+            rows = self.shard(rng.choice(self.world.starts(0), n_world))
             parts.append(self.world.states[torch.as_tensor(rows, device=self.world.features.device)])
         return parts[0] if len(parts) == 1 else State.cat(parts)
 
     def expert_rows(self, count: int) -> Tensor:
-        """``count`` expert rows with a logged action, drawn uniformly with replacement."""
-        return torch.as_tensor(self.rng.choice(self.action_rows, count), device=self.expert.features.device)
+        """``count`` expert rows with a logged action, drawn uniformly with replacement (``count``
+        is global: this process's share of them, :meth:`shard`)."""
+        rows = self.shard(self.rng.choice(self.action_rows, count))
+        return torch.as_tensor(rows, device=self.expert.features.device)
 
     def metric_rows(self) -> Optional[np.ndarray]:
         """Fixed expert start rows of the latent-distance metric (None when every expert episode
@@ -364,6 +398,16 @@ class ImitationLearner(LatentLearner):
 
     config: ImitationConfig
     evaluation_act = "sample"  # the DITTO authors evaluate their agents with sampled actions
+    data_parallel = True
+
+    def batch_counts(self) -> dict[str, int]:
+        cfg = self.config
+        counts = {"batch_size": cfg.batch_size}
+        if getattr(cfg, "starts", "expert") == "mixed":  # each half is drawn and sharded on its own
+            counts["batch_size // 2 (the world half of mixed starts)"] = cfg.batch_size // 2
+        if cfg.bc_weight > 0:
+            counts["bc_batch_size"] = cfg.bc_batch_size
+        return counts
 
     def __init__(self, world_model, expert: Dataset, config: ImitationConfig, device: torch.device):
         super().__init__(world_model, expert, config, device)
@@ -401,8 +445,8 @@ class ImitationLearner(LatentLearner):
 
     def sample_starts(self) -> tuple[State, Tensor]:
         """``batch_size`` expert start states ``(B,)`` and the reward latents of the expert
-        windows that follow them ``(H+1, B, L)`` (row k: k steps on)."""
-        rows = self.rng.choice(self.starts, self.config.batch_size)
+        windows that follow them ``(H+1, B, L)`` (row k: k steps on); this process's share."""
+        rows = self.shard(self.rng.choice(self.starts, self.config.batch_size))
         index = self.expert.window(rows, self.config.horizon)
         return self.expert.states[index[0]], self.expert_latent[index]
 

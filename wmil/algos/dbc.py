@@ -78,12 +78,16 @@ class DBC(LatentLearner):
     progress_keys = ("loss/nll", "train/action_accuracy", "train/action_mse")
     metric_keys = ("loss/bc", "loss/nll", "actor/entropy")
     evaluation_act = "sample"  # the DITTO authors' dream agents act by sampling
+    data_parallel = True
 
     def __init__(self, world_model, expert: Dataset, config: DBCConfig, device: torch.device):
         super().__init__(world_model, expert, config, device)
         self.add_network("actor", ActionHead(self.feature_dim, self.spec, config), lr=config.actor_lr, eps=1e-5)
         self.seed_rng()
         self.eval_rows = self.metric_rows()  # None when every expert episode is shorter than the horizon
+
+    def batch_counts(self) -> dict[str, int]:
+        return {"batch_size": self.config.batch_size}
 
     def update(self, step: int) -> dict:
         cfg = self.config

@@ -187,7 +187,8 @@ class DGail(ImitationLearner):
         return self.transitions(latent[:-1], latent[1:], imagined.actions)
 
     def expert_transitions(self, count: int) -> Tensor:
-        """``(count, X)`` expert transitions drawn uniformly (with replacement) over all of them."""
+        """``(count, X)`` expert transitions drawn uniformly (with replacement) over all of them
+        (``count`` global: this process's share in a data-parallel run)."""
         rows, next_rows = self.expert.transitions(self.expert_rows(count))
         latent = self.expert_latent
         return self.transitions(latent[rows], latent[next_rows], self.expert.action[rows])
@@ -200,7 +201,7 @@ class DGail(ImitationLearner):
         cfg = self.config
         policy = policy.detach()
         for _ in range(cfg.disc_updates):
-            expert = self.expert_transitions(policy.shape[0])
+            expert = self.expert_transitions(policy.shape[0] * self.processes)  # a global count
             if cfg.input_noise > 0:
                 expert_in = expert + cfg.input_noise * torch.randn_like(expert)
                 policy_in = policy + cfg.input_noise * torch.randn_like(policy)

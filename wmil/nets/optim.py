@@ -2,10 +2,28 @@
 
 from __future__ import annotations
 
-from typing import Iterable, Optional
+import contextlib
+from typing import Callable, Iterable, Iterator, Optional
 
 import torch
 from torch import nn
+
+#: Called with an optimiser's parameters between backward and clipping (data-parallel runs set
+#: it to average the gradients over the processes; see :func:`reducing_gradients`).
+_reduce: Optional[Callable[[list[torch.Tensor]], None]] = None
+
+
+@contextlib.contextmanager
+def reducing_gradients(reduce: Optional[Callable[[list[torch.Tensor]], None]]) -> Iterator[None]:
+    """Inside, every :func:`apply_gradients` passes the optimiser's parameters to ``reduce`` after
+    the backward pass and before clipping (``wmil.distributed.Group.average_gradients``: the
+    clip and the step then act on the gradient of the global batch, as in one process)."""
+    global _reduce
+    previous, _reduce = _reduce, reduce
+    try:
+        yield
+    finally:
+        _reduce = previous
 
 
 def apply_gradients(optimizer: torch.optim.Optimizer, loss: torch.Tensor,
@@ -15,6 +33,8 @@ def apply_gradients(optimizer: torch.optim.Optimizer, loss: torch.Tensor,
     Returns the gradient norm before clipping (None without clipping)."""
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
+    if _reduce is not None:
+        _reduce(_parameters(optimizer))
     norm = None
     if clip is not None:
         norm = float(nn.utils.clip_grad_norm_(_parameters(optimizer), clip))

@@ -13,10 +13,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Literal, Optional, Sequence
 
+from wmil import distributed
 from wmil.algos.base import algorithm_class
-from wmil.config import LoopConfig, PosInt, build_config, split_overrides, to_dict
+from wmil.config import ALGORITHMS, LoopConfig, PosInt, build_config, split_overrides, to_dict
 from wmil.data.dataset import Dataset, load
 from wmil.errors import UserError
+from wmil.nets import reducing_gradients
 from wmil.policy import DeployedPolicy
 from wmil.precision import autocast
 from wmil.runs import RunDir, from_config, resolve_device, rng_state, seed_everything, set_rng_state
@@ -78,6 +80,15 @@ def train_policy(algo: str, model: Optional[str | os.PathLike], expert: str | Da
     dev = resolve_device(device)
     if cls.world_models is not None and model is None:
         raise UserError(f"--algo {algo} trains inside a world model: pass --model RUN_DIR (from wmil train-model)")
+    if distributed.launched()[1] > 1:
+        if not cls.data_parallel:
+            raise UserError(f"--algo {algo} does not run data-parallel (it draws its batches outside the shared "
+                            f"samplers); run it in one process, without torchrun (data-parallel: "
+                            f"{', '.join(sorted(n for n in ALGORITHMS if algorithm_class(n).data_parallel))})")
+        if callbacks:  # a callback's stop on rank 0 would leave the others waiting
+            raise UserError("callbacks run in one process only; train without torchrun to use them")
+    group = distributed.current(dev)  # under torchrun: this rank's share (wmil.distributed)
+    dev = group.device                # on a GPU node: the local rank's GPU
     world_model = (_world_model_from_run(model, str(dev), trust_checkpoint)
                    if model is not None and cls.world_models is not None else None)
     expert_ds = expert if isinstance(expert, Dataset) else load(expert)
@@ -104,35 +115,52 @@ def train_policy(algo: str, model: Optional[str | os.PathLike], expert: str | Da
         "expert_episode_ids": [int(i) for i in expert_ds.episode_ids],
         "env": expert_ds.wmil_metadata.get("env"),
         "ref_min_score": expert_ds.ref_min_score, "ref_max_score": expert_ds.ref_max_score,
-        "train": to_dict(train_cfg), "algo_config": to_dict(algo_cfg),
+        "train": to_dict(train_cfg), "algo_config": to_dict(algo_cfg), "world_size": group.size,
     }
-    # Runs written before the precision option trained in fp32.
-    resume = run.start_or_resume(config, trust=trust_checkpoint, defaults={"train.precision": "fp32"})
+    if group.main:
+        # What runs written before these fields existed did: fp32, one process.
+        resume = run.start_or_resume(config, trust=trust_checkpoint,
+                                     defaults={"train.precision": "fp32", "world_size": 1})
+        group.barrier()
+    else:  # the checkpoint rank 0 resumes from, read only once rank 0 has opened the run
+        group.barrier()
+        resume = run.load_checkpoint(trust=trust_checkpoint, fallback=True)
+    group.same_step(int(resume["step"]) if resume is not None else 0)
     seed_everything(train_cfg.seed)
     if world_model is not None:
         for parameter in world_model.parameters():
             parameter.requires_grad_(False)  # the model is fixed; gradients still flow through it
     learner = cls(world_model, expert_ds, algo_cfg, dev)
+    learner.group = group
+    for field, count in learner.batch_counts().items():
+        group.check_batch(count, field)
     start = 0
     if resume is not None:
         learner.load_training_state(resume["algo"])
         set_rng_state(resume["rng"])
         start = int(resume["step"])
-        run.truncate_metrics(start)
+        if group.main:
+            run.truncate_metrics(start)
+    group.reseed(train_cfg.seed, start)
 
     def update(step: int) -> dict:
-        with autocast(dev, train_cfg.precision):
+        with autocast(dev, train_cfg.precision), reducing_gradients(group.average_gradients if group.parallel
+                                                                     else None):
             metrics = learner.train_step(step)
         check_finite(step, {k: v for k, v in metrics.items() if k.startswith("loss/")}, run)
-        return metrics
+        return group.average_scalars(metrics)
 
     def checkpoint() -> dict:
         return {"algo": learner.training_state(), "rng": rng_state(),
                 "world_model": world_model.state_dict() if world_model is not None else None}
 
-    if start < train_cfg.steps:
+    if start < train_cfg.steps and group.main:
         run_loop(run, train_cfg, start, update, lambda step: learner.evaluate(), checkpoint, progress,
                  desc=f"imagine {algo}", postfix_keys=learner.progress_keys, callbacks=callbacks)
+    else:  # another rank: the same updates, nothing written (rank 0 evaluates and checkpoints)
+        for step in range(start + 1, train_cfg.steps + 1):
+            update(step)
+    group.close()
     policy = learner.policy()
     policy.run_dir = run.path  # where the CLI's summary and the user find the run
     return policy

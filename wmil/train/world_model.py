@@ -120,7 +120,10 @@ def train_world_model(dataset: str | Dataset | Sequence[str | Dataset], model: s
     split = [d.split(train_cfg.validation_fraction, seed=train_cfg.seed) for d in datasets]
     train_sets = [t for t, _ in split if len(t)]
     val_sets = [v for _, v in split if len(v)]
-    if hasattr(world_model, "set_normalizer"):
+    if hasattr(world_model, "set_normalizer") and not spec.pixels:
+        # Vector observations only: images are scaled to [-0.5, 0.5] instead (the statistics of a
+        # pixel dataset read from disk are not in memory, and a float64 copy of one that is would
+        # take 8× its size).
         world_model.set_normalizer(*_obs_stats(train_sets))
     world_model.to(dev)
     optimizer = torch.optim.Adam(world_model.parameters(), lr=model_cfg.lr, eps=model_cfg.adam_eps)

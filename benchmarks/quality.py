@@ -203,7 +203,8 @@ def main():
         expert = ensure_dataset(spec["expert"])
         task_model = args.model or spec["model"]
         episodes = args.episodes or spec["episodes"]
-        protocols = [p for p in (args.protocols or spec["protocols"]) if p in spec["protocols"]]
+        # The task's own list by default; --protocols may ask for any (e.g. a held-out shift).
+        protocols = args.protocols or spec["protocols"]
         for seed in args.seeds:
             models = {}
             for demos in args.demos or spec["demos"]:

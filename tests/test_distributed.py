@@ -35,11 +35,23 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+#: What a worker printed when it aborted inside gloo's teardown at exit, after its work (about one
+#: launch in thirty on these machines).
+TEARDOWN_ABORT = "terminate called without an active exception"
+
+
 def _torchrun(n: int, args: list[str]) -> subprocess.CompletedProcess:
+    """Launch ``wmil <args>`` on ``n`` processes. A launch that failed only by gloo's teardown
+    abort is run again once: the same command resumes the run from its last checkpoint
+    (exactly, so the comparisons below still hold) or finds it complete."""
     env = {**os.environ, "WMIL_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(n), "--master-addr",
-               "127.0.0.1", "--master-port", str(_free_port()), "-m", "cli.main", *args]
-    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    for _ in range(2):
+        command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(n), "--master-addr",
+                   "127.0.0.1", "--master-port", str(_free_port()), "-m", "cli.main", *args]
+        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300, cwd=ROOT)
+        if done.returncode == 0 or TEARDOWN_ABORT not in done.stderr:
+            break
+    return done
 
 
 def _weights(out: Path) -> dict:
@@ -52,10 +64,8 @@ def _args(out: Path, model: str, steps: int) -> list[str]:
     return args + [a for k, v in TINY.items() for a in ("-o", f"{k}={v}")]
 
 
-# Under `-m slow` (make test-all): two torchrun launches, ~20 s; and about one run in thirty on
-# this machine a worker aborted at exit inside gloo's teardown ("terminate called without an
-# active exception") after finishing its work, which the default suite must not depend on.
-@pytest.mark.slow
+# The two equivalence tests run in the default suite (a torchrun launch each, ~10 s); the
+# resume tests, two more launches, under `-m slow`.
 def test_two_processes_take_the_steps_of_one_with_the_whole_batch(world, tmp_path):
     """``dynamics`` (no latent noise): after 6 updates of Adam the parameters of 2 processes × 2
     rows equal those of 1 process × 4 rows to float32 rounding, and differ from the start."""
@@ -124,7 +134,6 @@ def learner_world(world, write_dataset, tmp_path):
     return wm
 
 
-@pytest.mark.slow
 def test_two_processes_train_a_learner_as_one_with_the_whole_batch(learner_world, tmp_path):
     """D-BC (no sampling noise in its update: expert rows, E[z] features, exact entropy): after 6
     Adam steps the actor of 2 processes × 4 rows equals that of 1 process × 8 rows to float32

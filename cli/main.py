@@ -92,6 +92,26 @@ def threads_option(command):
                              "threads were at best 1.1x faster, and 10-50x slower beside a busy process.")(command)
 
 
+def _use_memory_budget(ctx, param, value):
+    if value is not None:
+        from wmil.data.dataset import set_memory_budget
+        from wmil.errors import UserError
+
+        try:
+            set_memory_budget(value)
+        except UserError as error:
+            raise click.BadParameter(str(error).split(": ", 1)[-1]) from None
+    return value
+
+
+def memory_budget_option(command):
+    """``--memory-budget SIZE``: pixel datasets larger than this are read from disk."""
+    return click.option("--memory-budget", expose_value=False, callback=_use_memory_budget, metavar="SIZE",
+                        help="Pixel datasets whose frames take more than this (e.g. 4GB, 512MiB) are sampled from "
+                             "disk instead of RAM (default: 2 GiB or a quarter of the available memory, whichever "
+                             "is smaller; or $WMIL_IN_MEMORY_BYTES).")(command)
+
+
 RATIO_WARNING = ("warning: open-loop ratio {ratio:.3g} at horizon {h}: the model predicts worse than repeating the "
                  "last observation; train longer (--steps), on more data, or check the observations")
 
@@ -384,6 +404,7 @@ def datasets_delete(name, yes):
               help="Also load checkpoints that need unpickling (written by older wmil versions). Unpickling can "
                    "run code stored in the file: use only for files you trust.")
 @click.option("--allow-nonfinite", is_flag=True, help="Accept NaN/inf in observations, rewards and actions (an error otherwise); recorded as train.allow_nonfinite.")
+@memory_budget_option
 @threads_option
 def train_model_cmd(datasets, model, preset, steps, seed, out, device, precision, overrides, quiet, trust_checkpoint,
                     allow_nonfinite):
@@ -478,6 +499,7 @@ def evaluate_model_cmd(run_dir, datasets, batches, context, expert, reward_featu
 @click.option("--allow-nonfinite", is_flag=True, help="Accept NaN/inf in observations, rewards and actions in the expert data (an error otherwise).")
 @click.option("--precision", type=click.Choice(["fp32", "bf16"]),
               help="fp32 (default) or bf16 autocast for the updates' forward passes; heads, returns and losses stay fp32.")
+@memory_budget_option
 @threads_option
 def imagine_cmd(algo, model_run, expert, expert_episodes, preset, steps, seed, out, device, overrides, quiet,
                 trust_checkpoint, allow_nonfinite, precision):

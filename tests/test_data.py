@@ -223,3 +223,22 @@ def test_views_split_and_summary(write_dataset):
     s = ds.summary()
     assert s["episodes"] == 5 and s["steps"] == 25 and s["length"]["max"] == 7
     assert "episodes=5" in repr(ds) and "float32" in repr(ds)
+
+
+def test_memory_budget_sizes_default_and_environment(monkeypatch):
+    from wmil.data import dataset as dataset_module
+    from wmil.data.dataset import memory_budget, parse_size, set_memory_budget
+
+    assert parse_size("4GB") == 4 * 10**9 and parse_size("512MiB") == 512 * 2**20 and parse_size("2e9") == 2 * 10**9
+    with pytest.raises(UserError, match=r"--memory-budget='lots': expected a size such as 4GB"):
+        parse_size("lots")
+    monkeypatch.setattr(dataset_module, "IN_MEMORY_BYTES", None)
+    monkeypatch.delenv("WMIL_IN_MEMORY_BYTES", raising=False)
+    monkeypatch.setattr(dataset_module, "available_memory", lambda: 4 * 2**30)
+    assert memory_budget() == 2**30, "a quarter of the available memory when that is below 2 GiB"
+    monkeypatch.setattr(dataset_module, "available_memory", lambda: None)
+    assert memory_budget() == 2 * 2**30
+    monkeypatch.setenv("WMIL_IN_MEMORY_BYTES", "3GiB")
+    assert memory_budget() == 3 * 2**30
+    set_memory_budget("1MB")
+    assert memory_budget() == 10**6, "--memory-budget wins over the environment"

@@ -193,8 +193,8 @@ def test_evaluate_model_saves_an_image_strip_for_pixels(tmp_path):
 
 
 def test_a_pixel_dataset_read_from_disk_trains(tmp_path, monkeypatch):
-    """Pixel datasets above the in-memory limit (2 GiB by default) are sampled from disk; training
-    on one must not need their frames in memory (it once computed observation statistics from
+    """Pixel datasets above the in-memory limit (``--memory-budget``) are sampled from disk;
+    training on one must not need their frames in memory (it once computed observation statistics from
     them, which failed for out-of-core data and took a float64 copy of in-memory data)."""
     import gymnasium as gym
     import numpy as np
@@ -202,7 +202,7 @@ def test_a_pixel_dataset_read_from_disk_trains(tmp_path, monkeypatch):
     from wmil.data import load
     from wmil.data.storage import DatasetWriter, Episode
 
-    monkeypatch.setattr("wmil.data.dataset.IN_MEMORY_BYTES", 0)
+    monkeypatch.setattr("wmil.data.dataset.IN_MEMORY_BYTES", None)  # restored after the test
     rng = np.random.default_rng(0)
     with DatasetWriter("px/disk-v0", gym.spaces.Box(0, 255, (1, 64, 64), np.uint8), gym.spaces.Discrete(3)) as w:
         for e in range(3):
@@ -210,8 +210,12 @@ def test_a_pixel_dataset_read_from_disk_trains(tmp_path, monkeypatch):
             truncs[-1] = True
             w.add(Episode(rng.integers(0, 256, (13, 1, 64, 64), dtype=np.uint8), rng.integers(0, 3, 12),
                           np.zeros(12, np.float32), np.zeros(12, bool), truncs, seed=e))
+    assert load("px/disk-v0").aligned.obs is not None, "3 × 13 frames fit the default budget"
+    args = ["train-model", "--dataset", "px/disk-v0", "--preset", "tiny", "--steps", "2", "--quiet", "--device",
+            "cpu", "--out", str(tmp_path / "px")] + [a for k, v in {**TINY, "batch_size": "2"}.items()
+                                                      for a in ("-o", f"{k}={v}")]
+    assert wmil_main(args + ["--memory-budget", "0"]) == 0
     assert load("px/disk-v0").aligned.obs is None, "the frames must be read from disk"
-    model = train_world_model("px/disk-v0", model="rssm", preset="tiny", out=tmp_path / "px", steps=2,
-                              overrides={**TINY, "batch_size": "2"}, progress=False, device="cpu")
     last = RunDir(tmp_path / "px", "world_model").read_metrics()[-1]
-    assert np.isfinite(last["loss/total"]) and model.spec.pixels
+    assert np.isfinite(last["loss/total"])
+    assert wmil_main(args + ["--memory-budget", "lots"]) == 2

@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -35,8 +36,56 @@ from wmil.data.storage import Episode
 from wmil.errors import UserError
 from wmil.types import DataSpec, SequenceBatch, TransitionBatch
 
-#: Pixel datasets whose observations take less than this are loaded into RAM for sampling.
-IN_MEMORY_BYTES = int(os.environ.get("WMIL_IN_MEMORY_BYTES", 2 * 2**30))
+#: Pixel datasets whose frames take at most this many bytes are loaded into RAM for sampling,
+#: larger ones are read from disk (through the OS page cache) window by window. None: the
+#: default of :func:`memory_budget`. Set by ``--memory-budget`` (:func:`set_memory_budget`) or
+#: the ``WMIL_IN_MEMORY_BYTES`` environment variable.
+IN_MEMORY_BYTES: Optional[int] = None
+
+_SIZE = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:e[0-9]+)?)\s*(b|kb|kib|mb|mib|gb|gib|tb|tib)?\s*$", re.IGNORECASE)
+_UNITS = {"b": 1, "kb": 10**3, "kib": 2**10, "mb": 10**6, "mib": 2**20, "gb": 10**9, "gib": 2**30,
+          "tb": 10**12, "tib": 2**40}
+
+
+def parse_size(value, where: str = "--memory-budget") -> int:
+    """Bytes from ``'4GB'``, ``'512MiB'``, ``'2e9'`` or an int; a one-line UserError otherwise."""
+    if isinstance(value, int) and value >= 0:
+        return value
+    match = _SIZE.match(str(value))
+    if not match:
+        raise UserError(f"{where}={value!r}: expected a size such as 4GB, 512MiB or 2000000000 (bytes)")
+    return int(float(match.group(1)) * _UNITS[(match.group(2) or "b").lower()])
+
+
+def available_memory() -> Optional[int]:
+    """Bytes of memory available to new work now (Linux ``MemAvailable``), or None."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def memory_budget() -> int:
+    """The in-memory limit for pixel datasets: ``--memory-budget`` / ``WMIL_IN_MEMORY_BYTES`` when
+    set, else 2 GiB or a quarter of the memory available now, whichever is smaller (sampling
+    from disk costs little: ``benchmarks/results/memory.md``)."""
+    if IN_MEMORY_BYTES is not None:
+        return IN_MEMORY_BYTES
+    env = os.environ.get("WMIL_IN_MEMORY_BYTES", "").strip()
+    if env:
+        return parse_size(env, "WMIL_IN_MEMORY_BYTES")
+    available = available_memory()
+    return min(2 * 2**30, available // 4) if available else 2 * 2**30
+
+
+def set_memory_budget(value) -> None:
+    """Load pixel datasets whose frames take at most ``value`` bytes (or a size string) into
+    memory, read larger ones from disk (None: back to the default)."""
+    global IN_MEMORY_BYTES
+    IN_MEMORY_BYTES = None if value is None else parse_size(value)
 _MAIN_FILE = "main_data.hdf5"
 
 
@@ -328,7 +377,7 @@ class AlignedArrays:
         n_obs = dataset.lengths + 1
         offsets = np.concatenate([[0], np.cumsum(n_obs)[:-1]]).astype(np.int64)
         total = int(n_obs.sum())
-        in_memory = not spec.pixels or total * int(np.prod(spec.obs_shape)) <= IN_MEMORY_BYTES
+        in_memory = not spec.pixels or total * int(np.prod(spec.obs_shape)) <= memory_budget()
         obs = np.empty((total, *spec.obs_shape), dtype=spec.obs_dtype) if in_memory else None
         A = spec.action_dim
         prev_action = np.zeros((total, A), np.float32)

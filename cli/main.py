@@ -105,9 +105,9 @@ def _use_memory_budget(ctx, param, value):
 
 
 def memory_budget_option(command):
-    """``--memory-budget SIZE``: pixel datasets larger than this are read from disk."""
+    """``--memory-budget SIZE``: datasets whose observations take more are read from disk."""
     return click.option("--memory-budget", expose_value=False, callback=_use_memory_budget, metavar="SIZE",
-                        help="Pixel datasets whose frames take more than this (e.g. 4GB, 512MiB) are sampled from "
+                        help="Datasets whose observations take more than this (e.g. 4GB, 512MiB) are sampled from "
                              "disk instead of RAM (default: 2 GiB or a quarter of the available memory, whichever "
                              "is smaller; or $WMIL_IN_MEMORY_BYTES).")(command)
 

@@ -219,3 +219,22 @@ def test_a_pixel_dataset_read_from_disk_trains(tmp_path, monkeypatch):
     last = RunDir(tmp_path / "px", "world_model").read_metrics()[-1]
     assert np.isfinite(last["loss/total"])
     assert wmil_main(args + ["--memory-budget", "lots"]) == 2
+
+
+def test_a_vector_dataset_read_from_disk_trains_with_the_same_statistics(world, tmp_path, monkeypatch):
+    """Above the memory budget vector observations are read from disk too: the model's
+    standardisation (accumulated episode by episode) equals the in-memory one, and it trains."""
+    from wmil.data import load
+    from wmil.data.dataset import set_memory_budget
+
+    monkeypatch.setattr("wmil.data.dataset.IN_MEMORY_BYTES", None)  # restored after the test
+    kw = dict(model="rssm", preset="tiny", steps=2, overrides=TINY, progress=False, device="cpu")
+    ram = train_world_model(world, out=tmp_path / "ram", **kw)
+    set_memory_budget(0)
+    disk_set = load("wm/world-v0")
+    assert disk_set.aligned.obs is None
+    disk = train_world_model(disk_set, out=tmp_path / "disk", **kw)
+    torch.testing.assert_close(disk.obs_mean, ram.obs_mean, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(disk.obs_std, ram.obs_std, rtol=1e-5, atol=1e-6)
+    for key, value in ram.state_dict().items():  # same batches from disk as from RAM: the same steps
+        torch.testing.assert_close(disk.state_dict()[key], value, rtol=1e-5, atol=1e-6, msg=key)

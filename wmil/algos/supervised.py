@@ -92,7 +92,7 @@ def demo_pairs(dataset: Dataset) -> Demos:
     rows = np.flatnonzero(arrays.action_mask)
     if arrays.obs is not None:
         obs = arrays.obs[rows]
-    else:  # pixels read out of core: the demos are few, read them whole
+    else:  # observations read from disk (above the memory budget): the demos are few, read them whole
         obs = np.concatenate([dataset.episode(i).observations[:-1] for i in range(len(dataset))])
     return Demos(torch.from_numpy(np.ascontiguousarray(obs)), torch.from_numpy(arrays.action[rows]))
 

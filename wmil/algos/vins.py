@@ -338,7 +338,10 @@ class ObservationInputs:
 
     def demo_inputs(self, expert: Dataset, latents: ExpertLatents) -> Tensor:
         """``(N, D)``: every expert observation, episodes laid end to end."""
-        return torch.from_numpy(expert.aligned.obs).to(latents.features.device)
+        obs = expert.aligned.obs
+        if obs is None:  # read from disk (above the memory budget): the demos are few, read them whole
+            obs = np.concatenate([expert.episode(i).observations for i in range(len(expert))])
+        return torch.from_numpy(obs).to(latents.features.device)
 
     def of_state(self, state: State, obs: Optional[Tensor] = None) -> Tensor:
         """What V and π_BC read of a model state (the observation itself when it is at hand)."""

@@ -36,7 +36,7 @@ from wmil.data.storage import Episode
 from wmil.errors import UserError
 from wmil.types import DataSpec, SequenceBatch, TransitionBatch
 
-#: Pixel datasets whose frames take at most this many bytes are loaded into RAM for sampling,
+#: Datasets whose observations take at most this many bytes are loaded into RAM for sampling,
 #: larger ones are read from disk (through the OS page cache) window by window. None: the
 #: default of :func:`memory_budget`. Set by ``--memory-budget`` (:func:`set_memory_budget`) or
 #: the ``WMIL_IN_MEMORY_BYTES`` environment variable.
@@ -69,7 +69,7 @@ def available_memory() -> Optional[int]:
 
 
 def memory_budget() -> int:
-    """The in-memory limit for pixel datasets: ``--memory-budget`` / ``WMIL_IN_MEMORY_BYTES`` when
+    """The in-memory limit for a dataset's observations: ``--memory-budget`` / ``WMIL_IN_MEMORY_BYTES`` when
     set, else 2 GiB or a quarter of the memory available now, whichever is smaller (sampling
     from disk costs little: ``benchmarks/results/memory.md``)."""
     if IN_MEMORY_BYTES is not None:
@@ -82,7 +82,7 @@ def memory_budget() -> int:
 
 
 def set_memory_budget(value) -> None:
-    """Load pixel datasets whose frames take at most ``value`` bytes (or a size string) into
+    """Load datasets whose observations take at most ``value`` bytes (or a size string) into
     memory, read larger ones from disk (None: back to the default)."""
     global IN_MEMORY_BYTES
     IN_MEMORY_BYTES = None if value is None else parse_size(value)
@@ -361,7 +361,7 @@ class AlignedArrays:
     action[t], reward[t], is_first[t], is_terminal[t], action_mask[t].
     """
 
-    obs: Optional[np.ndarray]   # (N, *O) or None when pixels are read out of core
+    obs: Optional[np.ndarray]   # (N, *O) or None when observations are read from disk (memory_budget)
     prev_action: np.ndarray     # (N, A) float32
     action: np.ndarray          # (N, A) float32
     reward: np.ndarray          # (N,) float32
@@ -377,7 +377,7 @@ class AlignedArrays:
         n_obs = dataset.lengths + 1
         offsets = np.concatenate([[0], np.cumsum(n_obs)[:-1]]).astype(np.int64)
         total = int(n_obs.sum())
-        in_memory = not spec.pixels or total * int(np.prod(spec.obs_shape)) <= memory_budget()
+        in_memory = total * int(np.prod(spec.obs_shape)) * np.dtype(spec.obs_dtype).itemsize <= memory_budget()
         obs = np.empty((total, *spec.obs_shape), dtype=spec.obs_dtype) if in_memory else None
         A = spec.action_dim
         prev_action = np.zeros((total, A), np.float32)
@@ -460,7 +460,7 @@ class SequenceSampler:
 
     def _read_pixels(self, episode, start, valid) -> np.ndarray:
         ds = self.dataset
-        out = np.zeros((len(episode), self.length, *ds.spec.obs_shape), np.uint8)
+        out = np.zeros((len(episode), self.length, *ds.spec.obs_shape), ds.spec.obs_dtype)
         for b, (e, s) in enumerate(zip(episode, start)):
             n = int(valid[b].sum())
             out[b, :n] = ds._group(ds.episode_ids[e])["observations"][s:s + n]
@@ -498,7 +498,7 @@ class TransitionSampler:
     def _read_pairs(self, rows):
         ds, a = self.dataset, self.arrays
         episode = np.searchsorted(a.offsets, rows, side="right") - 1
-        out = np.zeros((2, len(rows), *ds.spec.obs_shape), np.uint8)
+        out = np.zeros((2, len(rows), *ds.spec.obs_shape), ds.spec.obs_dtype)
         for b, (e, r) in enumerate(zip(episode, rows)):
             t = int(r - a.offsets[e])
             pair = ds._group(ds.episode_ids[e])["observations"][t:t + 2]

@@ -57,8 +57,23 @@ class WorldModelTrainConfig(LoopConfig):
 
 
 def _obs_stats(datasets: Sequence[Dataset]) -> tuple[torch.Tensor, torch.Tensor]:
-    obs = np.concatenate([d.aligned.obs for d in datasets]).astype(np.float64)
-    return torch.tensor(obs.mean(0), dtype=torch.float32), torch.tensor(obs.std(0), dtype=torch.float32)
+    """Per-coordinate mean and std of every observation of ``datasets`` (vectors), accumulated
+    episode by episode in float64 where the observations are read from disk."""
+    if all(d.aligned.obs is not None for d in datasets):
+        obs = np.concatenate([d.aligned.obs for d in datasets]).astype(np.float64)
+        return torch.tensor(obs.mean(0), dtype=torch.float32), torch.tensor(obs.std(0), dtype=torch.float32)
+    count, total, squares = 0, 0.0, 0.0
+    for d in datasets:
+        chunks = [d.aligned.obs] if d.aligned.obs is not None else \
+            (d.episode(i).observations for i in range(len(d)))
+        for chunk in chunks:
+            chunk = np.asarray(chunk, np.float64)
+            count += len(chunk)
+            total = total + chunk.sum(0)
+            squares = squares + (chunk ** 2).sum(0)
+    mean = total / count
+    std = np.sqrt(np.maximum(squares / count - mean ** 2, 0.0))
+    return torch.tensor(mean, dtype=torch.float32), torch.tensor(std, dtype=torch.float32)
 
 
 def _resolve(model: str, preset: str, overrides: dict[str, str], train_overrides: dict):
@@ -121,9 +136,8 @@ def train_world_model(dataset: str | Dataset | Sequence[str | Dataset], model: s
     train_sets = [t for t, _ in split if len(t)]
     val_sets = [v for _, v in split if len(v)]
     if hasattr(world_model, "set_normalizer") and not spec.pixels:
-        # Vector observations only: images are scaled to [-0.5, 0.5] instead (the statistics of a
-        # pixel dataset read from disk are not in memory, and a float64 copy of one that is would
-        # take 8× its size).
+        # Vector observations only: images are scaled to [-0.5, 0.5] instead (and a float64 copy
+        # of a pixel dataset would take 8× its size).
         world_model.set_normalizer(*_obs_stats(train_sets))
     world_model.to(dev)
     optimizer = torch.optim.Adam(world_model.parameters(), lr=model_cfg.lr, eps=model_cfg.adam_eps)

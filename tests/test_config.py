@@ -126,7 +126,7 @@ def test_every_component_config_is_typed_and_documented():
         for preset in PRESETS:
             for name, _, accepted, doc in describe(build_config(cls, preset)):
                 assert doc, f"{cls.__name__}.{name} has no docstring"
-                assert accepted.split()[0] in ("int", "float", "bool", "str", "one"), (cls.__name__, name, accepted)
+                assert accepted.split()[0] in ("int", "float", "bool", "str", "one", "list"), (cls.__name__, name, accepted)
 
 
 def test_config_show_cli(capsys):

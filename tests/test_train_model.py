@@ -238,3 +238,24 @@ def test_a_vector_dataset_read_from_disk_trains_with_the_same_statistics(world, 
     torch.testing.assert_close(disk.obs_std, ram.obs_std, rtol=1e-5, atol=1e-6)
     for key, value in ram.state_dict().items():  # same batches from disk as from RAM: the same steps
         torch.testing.assert_close(disk.state_dict()[key], value, rtol=1e-5, atol=1e-6, msg=key)
+
+
+def test_dataset_weights_set_each_datasets_share_of_a_batch(write_dataset, tmp_path):
+    from wmil.data.dataset import MixedSampler
+
+    a = write_dataset("mix/a-v0", [20, 20, 20, 20])   # 4× the windows of b
+    b = write_dataset("mix/b-v0", [20])
+    for weights, share_b in ((None, 0.2), ((1.0, 3.0), 0.75), ((1.0, 0.0), 0.0)):
+        sampler = MixedSampler([a, b], 16, 8, seed=0, weights=weights)
+        rows_b = 0
+        for _ in range(300):
+            sampler.sample()
+            rows_b += int(sampler.last_counts[1])
+        assert rows_b / (300 * 16) == pytest.approx(share_b, abs=0.02), weights
+    kw = dict(model="rssm", preset="tiny", steps=1, progress=False, device="cpu")
+    train_world_model([a, b], out=tmp_path / "w", overrides={**TINY, "dataset_weights": "0.5,0.5"}, **kw)
+    with pytest.raises(UserError, match=r"train.dataset_weights has 3 values for 2 datasets \(mix/a-v0, mix/b-v0\)"):
+        train_world_model([a, b], out=tmp_path / "x", overrides={**TINY, "dataset_weights": "1,1,1"}, **kw)
+    with pytest.raises(UserError, match="weights must be >= 0 with a positive one"):
+        train_world_model([a, b], out=tmp_path / "y", overrides={**TINY, "dataset_weights": "0,0"}, **kw)
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists(), "nothing is written"

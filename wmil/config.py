@@ -369,6 +369,11 @@ def describe_type(config_cls: type, name: str) -> str:
     base, rng, optional = _unwrap(_hints(config_cls)[name])
     if typing.get_origin(base) is Literal:
         text = "one of " + ", ".join(repr(c) for c in typing.get_args(base))
+    elif typing.get_origin(base) in (tuple, list):  # comma-separated on the command line
+        item, item_range, _ = _unwrap(typing.get_args(base)[0])
+        text = "list of " + getattr(item, "__name__", str(item))
+        if item_range is not None:
+            text += " " + item_range.describe()
     else:
         text = getattr(base, "__name__", str(base))
         if rng is not None:

@@ -520,12 +520,19 @@ def load_all(names: Sequence[str | Dataset]) -> list[Dataset]:
 
 
 class MixedSampler:
-    """Sequence windows from several datasets, in proportion to their number of windows."""
+    """Sequence windows from several datasets, in proportion to their number of windows or to
+    ``weights`` (one per dataset, normalised): each batch's rows are split among the datasets by
+    a multinomial draw with these probabilities."""
 
-    def __init__(self, datasets: Sequence[Dataset], batch_size: int, length: int, seed: int, pad: bool = True):
+    def __init__(self, datasets: Sequence[Dataset], batch_size: int, length: int, seed: int, pad: bool = True,
+                 weights: Optional[Sequence[float]] = None):
         self.samplers = [SequenceSampler(d, batch_size, length, seed=seed + 7919 * i, pad=pad)
                          for i, d in enumerate(datasets)]
-        weights = np.array([s.cum_windows[-1] for s in self.samplers], dtype=np.float64)
+        if weights is None:
+            weights = [s.cum_windows[-1] for s in self.samplers]
+        if len(weights) != len(self.samplers):
+            raise ValueError(f"{len(weights)} weights for {len(self.samplers)} datasets")
+        weights = np.asarray(weights, dtype=np.float64)
         self.weights = weights / weights.sum()
         self.batch_size = batch_size
         self.rng = np.random.default_rng(seed)
@@ -534,6 +541,7 @@ class MixedSampler:
         if len(self.samplers) == 1:
             return self.samplers[0].sample()
         counts = self.rng.multinomial(self.batch_size, self.weights)
+        self.last_counts = counts  # rows per dataset in the last batch
         parts = []
         for sampler, count in zip(self.samplers, counts):
             if count:

@@ -16,7 +16,7 @@ from typing import Any, Callable, ClassVar, Literal, Optional, Sequence
 import numpy as np
 import torch
 
-from wmil.config import LoopConfig, PosInt, Prob, build_config, split_overrides, to_dict
+from wmil.config import LoopConfig, NonNegFloat, PosInt, Prob, build_config, split_overrides, to_dict
 from wmil.data.dataset import Dataset, MixedSampler, load_all
 from wmil.errors import UserError
 from wmil import distributed
@@ -46,6 +46,8 @@ class WorldModelTrainConfig(LoopConfig):
     """Observed steps before open-loop prediction."""
     precision: Literal["fp32", "bf16"] = "fp32"
     """'fp32', or 'bf16' autocast for the forward pass (KL, losses, latents and the GRU state stay float32)."""
+    dataset_weights: Optional[tuple[NonNegFloat, ...]] = None
+    """Share of each batch drawn from each dataset, in the order given (e.g. 0.7,0.3; normalised); None: in proportion to each dataset's number of training windows."""
 
     DEFAULTS: ClassVar = dict(steps=5000, log_every=50, eval_every=500, checkpoint_every=1000)
     PRESETS: ClassVar = {
@@ -74,6 +76,21 @@ def _obs_stats(datasets: Sequence[Dataset]) -> tuple[torch.Tensor, torch.Tensor]
     mean = total / count
     std = np.sqrt(np.maximum(squares / count - mean ** 2, 0.0))
     return torch.tensor(mean, dtype=torch.float32), torch.tensor(std, dtype=torch.float32)
+
+
+def _dataset_weights(weights: Optional[tuple[float, ...]], datasets: Sequence[Dataset],
+                     trained: Sequence[bool]) -> Optional[list[float]]:
+    """``dataset_weights`` checked against the datasets, for the ones with training episodes."""
+    if weights is None:
+        return None
+    names = ", ".join(d.name for d in datasets)
+    if len(weights) != len(datasets):
+        raise UserError(f"train.dataset_weights has {len(weights)} values for {len(datasets)} datasets ({names}); "
+                        "give one weight per --dataset, in the same order")
+    if any(w < 0 for w in weights) or not sum(w for w, t in zip(weights, trained) if t) > 0:
+        raise UserError(f"train.dataset_weights={','.join(map(str, weights))}: weights must be >= 0 with a "
+                        "positive one for a dataset that has training episodes")
+    return [w for w, t in zip(weights, trained) if t]
 
 
 def _resolve(model: str, preset: str, overrides: dict[str, str], train_overrides: dict):
@@ -106,6 +123,7 @@ def train_world_model(dataset: str | Dataset | Sequence[str | Dataset], model: s
                        if v is not None}
     train_cfg, model_cfg = _resolve(model, preset, overrides or {}, train_overrides)
     check_mode(train_cfg.on_divergence)
+    _dataset_weights(train_cfg.dataset_weights, datasets, [True] * len(datasets))  # before anything is written
     for d in datasets:  # every episode, before anything is written (wmil.data.check)
         d.check(train_cfg.allow_nonfinite)
     dev = resolve_device(device)
@@ -124,7 +142,7 @@ def train_world_model(dataset: str | Dataset | Sequence[str | Dataset], model: s
         # What runs written before a field existed did: fp32, a Gaussian observation likelihood.
         resume = run.start_or_resume(config, trust=trust_checkpoint,
                                      defaults={"train.precision": "fp32", "model_config.obs_likelihood": "gaussian",
-                                               "world_size": 1})
+                                               "world_size": 1, "train.dataset_weights": None})
         group.barrier()
     else:  # the checkpoint rank 0 resumes from, read only once rank 0 has opened the run
         group.barrier()
@@ -141,7 +159,8 @@ def train_world_model(dataset: str | Dataset | Sequence[str | Dataset], model: s
         world_model.set_normalizer(*_obs_stats(train_sets))
     world_model.to(dev)
     optimizer = torch.optim.Adam(world_model.parameters(), lr=model_cfg.lr, eps=model_cfg.adam_eps)
-    sampler = MixedSampler(train_sets, train_cfg.batch_size, train_cfg.seq_len, seed=train_cfg.seed)
+    weights = _dataset_weights(train_cfg.dataset_weights, datasets, [len(t) > 0 for t, _ in split])
+    sampler = MixedSampler(train_sets, train_cfg.batch_size, train_cfg.seq_len, seed=train_cfg.seed, weights=weights)
     eval_len = train_cfg.open_loop_context + max(HORIZONS)
     val_sampler = _validation_sampler(val_sets or train_sets, train_cfg, eval_len)
     start = 0

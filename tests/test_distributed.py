@@ -175,10 +175,11 @@ def test_ditto_trains_under_torchrun_and_resumes_in_one_process(learner_world, t
 def test_an_algorithm_that_cannot_run_data_parallel_is_a_one_line_error(learner_world, tmp_path, monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "0")
-    with pytest.raises(UserError, match=r"--algo sqil does not run data-parallel .* \(data-parallel: dbc, dgail, ditto\)"):
-        train_policy("sqil", learner_world, "dp/expert-v0", out=tmp_path / "sqil", preset="tiny", steps=2,
+    with pytest.raises(UserError, match=r"--algo gpril does not run data-parallel .* \(data-parallel: dbc, dgail, "
+                                        r"ditto, sqil\)"):
+        train_policy("gpril", learner_world, "dp/expert-v0", out=tmp_path / "gpril", preset="tiny", steps=2,
                      overrides=POLICY, progress=False, device="cpu")
-    assert not (tmp_path / "sqil").exists(), "nothing is written"
+    assert not (tmp_path / "gpril").exists(), "nothing is written"
 
 
 def test_each_process_takes_its_block_of_the_same_global_draw(learner_world):
@@ -207,3 +208,12 @@ def test_each_process_takes_its_block_of_the_same_global_draw(learner_world):
     torch.testing.assert_close(torch.cat([first[1][:2], second[1][:2], first[1][2:], second[1][2:]]), whole[1])
     torch.testing.assert_close(torch.cat([first[2], second[2]], 1), whole[2])
     assert first[0].shape[0] == 4 and first[2].shape[1] == 4
+
+
+@pytest.mark.slow
+def test_sqil_trains_under_torchrun(learner_world, tmp_path):
+    out = tmp_path / "sqil"
+    done = _torchrun(2, _imagine_args("sqil", learner_world, out, 3))
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = [m for m in RunDir(out, "policy").read_metrics() if "loss/q" in m]
+    assert [m["step"] for m in rows] == [1, 2, 3]

@@ -1,7 +1,7 @@
 """Data-parallel training under ``torchrun`` (DESIGN.md, Scale).
 
 ``torchrun --nproc-per-node N --no-python wmil train-model ...`` (or ``wmil imagine`` for the
-learners whose ``data_parallel`` is set: DITTO, D-GAIL, D-BC) runs N copies of the same command; each reads the launcher's ``RANK``/``WORLD_SIZE``/``LOCAL_RANK`` and joins one process
+learners whose ``data_parallel`` is set: DITTO, D-GAIL, D-BC, SQIL) runs N copies of the same command; each reads the launcher's ``RANK``/``WORLD_SIZE``/``LOCAL_RANK`` and joins one process
 group (gloo on CPU, NCCL on CUDA, one GPU per local rank). Without those variables (or with
 ``WORLD_SIZE=1``) nothing here does anything, so the one-process path is unchanged bit for bit.
 

@@ -341,6 +341,15 @@ class LatentLearner(Learner):
             parts.append(self.world.states[torch.as_tensor(rows, device=self.world.features.device)])
         return parts[0] if len(parts) == 1 else State.cat(parts)
 
+    def start_counts(self, count: int, field: str) -> dict[str, int]:
+        """:meth:`batch_counts` entries of a :meth:`start_states` draw of ``count`` (config field
+        ``field``): each part of mixed starts is drawn and sharded on its own."""
+        counts = {field: count}
+        if getattr(self.config, "starts", "expert") == "mixed":
+            counts[f"{field} // 2 (the world half of mixed starts)"] = count // 2
+            counts[f"{field} - {field} // 2 (the expert half of mixed starts)"] = count - count // 2
+        return counts
+
     def expert_rows(self, count: int) -> Tensor:
         """``count`` expert rows with a logged action, drawn uniformly with replacement (``count``
         is global: this process's share of them, :meth:`shard`)."""
@@ -402,9 +411,7 @@ class ImitationLearner(LatentLearner):
 
     def batch_counts(self) -> dict[str, int]:
         cfg = self.config
-        counts = {"batch_size": cfg.batch_size}
-        if getattr(cfg, "starts", "expert") == "mixed":  # each half is drawn and sharded on its own
-            counts["batch_size // 2 (the world half of mixed starts)"] = cfg.batch_size // 2
+        counts = self.start_counts(cfg.batch_size, "batch_size")
         if cfg.bc_weight > 0:
             counts["bc_batch_size"] = cfg.bc_batch_size
         return counts

@@ -178,6 +178,10 @@ class Sqil(LatentLearner):
     progress_keys = ("loss/q", "q/demo_fraction", "q/demo_minus_samp")
     metric_keys = ("loss/q", "loss/q_demo", "loss/q_samp", "q/demo", "q/samp", "q/demo_fraction", "q/samp_fraction")
     evaluation_act = "sample"  # SQIL's Boltzmann policy π ∝ exp(Q/α)
+    data_parallel = True  # demo rows and rollout starts come from the base's sharded samplers
+
+    def batch_counts(self) -> dict[str, int]:
+        return {"batch_size": self.config.batch_size, **self.start_counts(self.config.rollout_starts, "rollout_starts")}
 
     def __init__(self, world_model, expert: Dataset, config: SqilConfig, device: torch.device):
         if config.gamma >= 1.0:

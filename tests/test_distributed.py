@@ -211,9 +211,10 @@ def test_each_process_takes_its_block_of_the_same_global_draw(learner_world):
 
 
 @pytest.mark.slow
-def test_sqil_trains_under_torchrun(learner_world, tmp_path):
-    out = tmp_path / "sqil"
-    done = _torchrun(2, _imagine_args("sqil", learner_world, out, 3))
+@pytest.mark.parametrize("algo, key", [("sqil", "loss/q"), ("dgail", "loss/discriminator")])
+def test_other_data_parallel_learners_train_under_torchrun(learner_world, tmp_path, algo, key):
+    out = tmp_path / algo
+    done = _torchrun(2, _imagine_args(algo, learner_world, out, 3))
     assert done.returncode == 0, done.stderr[-3000:]
-    rows = [m for m in RunDir(out, "policy").read_metrics() if "loss/q" in m]
+    rows = [m for m in RunDir(out, "policy").read_metrics() if key in m]
     assert [m["step"] for m in rows] == [1, 2, 3]

@@ -234,11 +234,11 @@ class DGail(ImitationLearner):
             self.discriminator.requires_grad_(True)
 
     def update(self, step: int) -> dict:
-        H, B = self.config.horizon, self.config.batch_size
-        start = self.start_states(B, self.starts)
+        H = self.config.horizon
+        start = self.start_states(self.config.batch_size, self.starts)          # this process's B rows
         imagined = imagine(self.world_model, self.actor, start, H, self.config.features)
         transitions = self.imagined_transitions(imagined)                       # (H, B, X)
-        metrics = self.update_discriminator(transitions.reshape(H * B, -1))
+        metrics = self.update_discriminator(transitions.reshape(-1, transitions.shape[-1]))
         reward = self.reward(transitions)                                        # (H, B)
         bc, bc_metrics = self.bc_term()
         metrics.update(self.ac.update(imagined, reward, actor_extra=bc), **bc_metrics)

@@ -155,6 +155,8 @@ def main():
     parser.add_argument("--label", default="", help="names a variant (e.g. an ablation's overrides): its own rows "
                         "in the table and its own run dirs")
     parser.add_argument("--fresh", action="store_true", help="drop earlier results of these tasks instead of merging")
+    parser.add_argument("--report-only", action="store_true",
+                        help="train and evaluate nothing: rewrite the tables of --tasks from their .jsonl in --results")
     parser.add_argument("--n-envs", type=int, default=25,
                         help="environment copies per evaluation, the policy acting for all in one batch")
     parser.add_argument("--precision", choices=["fp32", "bf16"],
@@ -165,10 +167,13 @@ def main():
     parser.add_argument("--wm-override", action="append", default=[],
                         help="world-model overrides key=value (e.g. kl_scale=1.0), for every world model")
     args = parser.parse_args()
+    if args.report_only:
+        return report_results(args, [], [])
 
     from wmil.config import parse_overrides
     from wmil.eval.evaluate import evaluate_policy
     from wmil.eval.world_model import evaluate_world_model
+    from wmil.runs import RunDir
     from wmil.train.policy import train_policy
     from wmil.train.world_model import train_world_model
 
@@ -187,14 +192,17 @@ def main():
         out = runs / task / f"wm-{kind}-s{seed}"
         started = time.perf_counter()
         overrides = {**{k: str(v) for k, v in spec["wm"].items() if k != "steps"}, **wm_cli}
-        train_world_model(ensure_dataset(spec["world"]), model=kind, preset="small", out=out,
-                          steps=args.wm_steps or spec["wm"]["steps"], seed=seed, overrides=overrides,
-                          progress=False)
+        steps = args.wm_steps or spec["wm"]["steps"]
+        done = RunDir(out, "world_model").checkpoints() if (out / "config.yaml").exists() else []
+        reused = bool(done) and int(done[-1].stem.split("_")[-1]) >= steps  # trained by an earlier run
+        train_world_model(ensure_dataset(spec["world"]), model=kind, preset="small", out=out, steps=steps,
+                          seed=seed, overrides=overrides, progress=False)
         minutes = (time.perf_counter() - started) / 60
         check = evaluate_world_model(out, expert=expert, horizon=15)
         wm_details.append(dict(kind="world_model", task=task, model=kind, seed=seed, minutes=minutes,
-                               overrides=overrides, **{k: v for k, v in check.items()
-                                                      if k.startswith(("open_loop/ratio", "reward_check/"))}))
+                               reused=reused, overrides=overrides, **{k: v for k, v in check.items()
+                                                                       if k.startswith(("open_loop/ratio",
+                                                                                        "reward_check/"))}))
         print(json.dumps(wm_details[-1]), flush=True)
         return out, minutes
 
@@ -258,6 +266,11 @@ def report_results(args, details: list[dict], wm_details: list[dict]) -> None:
         earlier = [json.loads(line) for line in jsonl.read_text().splitlines() if line.strip()]
         new = {result_key(d) for d in details}
         new_wm = {(d["task"], d["model"], d["seed"]) for d in wm_details}
+        earlier_wm = {(d["task"], d["model"], d["seed"]): d for d in earlier if d.get("kind") == "world_model"}
+        for d in wm_details:  # a reused model keeps the training minutes of the run that trained it
+            first = earlier_wm.get((d["task"], d["model"], d["seed"]))
+            if d.get("reused") and first is not None:
+                d["minutes"] = first["minutes"]
         wm_details = [d for d in earlier if d.get("kind") == "world_model"
                       and (d["task"], d["model"], d["seed"]) not in new_wm] + wm_details
         details = [d for d in earlier if d.get("kind") != "world_model" and result_key(d) not in new] + details

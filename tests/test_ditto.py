@@ -3,6 +3,8 @@ pixel path, and a learning check on CartPole that can fail (fixed seeds, scored 
 
 import math
 
+import numpy as np
+
 import pytest
 import torch
 from helpers import tiny_world_model
@@ -112,3 +114,25 @@ def test_ditto_learns_cartpole_above_random(tmp_path):
     assert distance[-1] < 0.9 * distance[0], distance
     accuracy = [m["eval/action_accuracy"] for m in rows if "eval/action_accuracy" in m]
     assert accuracy[-1] > 0.6, accuracy  # CartPole's two actions: chance is 0.5
+
+
+def test_early_starts_draw_that_share_of_starts_from_each_episodes_first_steps(tmp_path, write_dataset):
+    """``early_starts=f``: a share f of each batch starts within the first H steps of an episode;
+    0 (the default) draws uniformly over every start row as before."""
+    world = write_dataset("es/world-v0", [12, 14, 16, 11])
+    expert = write_dataset("es/expert-v0", [40, 30, 50])
+    model = load_world_model(tiny_world_model(world, tmp_path / "wm", steps=2))
+    for share in (0.0, 0.5, 1.0):
+        config = DittoConfig.preset("tiny", {"horizon": 3, "batch_size": 64, "early_starts": share})
+        ditto = Ditto(model, expert, config, torch.device("cpu"))
+        seen = []
+        window = ditto.expert.window
+        ditto.expert.window = lambda rows, h: seen.append(rows) or window(rows, h)
+        for _ in range(20):
+            ditto.sample_starts()
+        rows = np.concatenate(seen)
+        offsets = ditto.expert.offsets
+        t = rows - offsets[np.searchsorted(offsets, rows, side="right") - 1]
+        assert len(ditto.early_starts) == 3 * 3  # H = 3 steps of each of 3 episodes
+        expected = share + (1 - share) * len(ditto.early_starts) / len(ditto.starts)  # uniform draws hit them too
+        assert abs((t < 3).mean() - expected) < 0.06, (share, (t < 3).mean())

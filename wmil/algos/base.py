@@ -443,6 +443,13 @@ class ImitationLearner(LatentLearner):
         return self.world_model.features(imagined.states, mode)
 
     @property
+    def early_starts(self) -> np.ndarray:
+        """The start rows within the first ``horizon`` steps of their episode."""
+        offsets = np.asarray(self.expert.offsets)
+        first = offsets[np.searchsorted(offsets, self.starts, side="right") - 1]
+        return self.starts[self.starts - first < self.config.horizon]
+
+    @property
     def expert_latent(self) -> Tensor:
         """``(N, L)``: :meth:`reward_latent` of every expert row, computed once (the expert's z
         is a fixed posterior sample), so an update gathers only the rows and width it compares."""
@@ -453,7 +460,15 @@ class ImitationLearner(LatentLearner):
     def sample_starts(self) -> tuple[State, Tensor]:
         """``batch_size`` expert start states ``(B,)`` and the reward latents of the expert
         windows that follow them ``(H+1, B, L)`` (row k: k steps on); this process's share."""
-        rows = self.shard(self.rng.choice(self.starts, self.config.batch_size))
+        count = self.config.batch_size
+        early = getattr(self.config, "early_starts", 0.0)
+        if early > 0:  # a share of the starts from the first H steps of each episode (DittoConfig)
+            n_early = int(round(count * early))
+            rows = np.concatenate([self.rng.choice(self.early_starts, n_early),
+                                   self.rng.choice(self.starts, count - n_early)])
+        else:
+            rows = self.rng.choice(self.starts, count)
+        rows = self.shard(rows)
         index = self.expert.window(rows, self.config.horizon)
         return self.expert.states[index[0]], self.expert_latent[index]
 

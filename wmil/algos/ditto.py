@@ -36,6 +36,7 @@ from typing import ClassVar
 import torch
 
 from wmil.algos.base import ImitationConfig, ImitationLearner
+from wmil.config import Prob
 from wmil.imagination.actor_critic import imagine
 from wmil.imagination.metrics import ditto_similarity
 from wmil.types import Imagined
@@ -46,6 +47,9 @@ Tensor = torch.Tensor
 @dataclass(frozen=True)
 class DittoConfig(ImitationConfig):
     """DITTO = the shared actor-critic + the latent-matching reward."""
+
+    early_starts: Prob = 0.0
+    """Fraction of each batch's start states drawn from the first ``horizon`` steps of the expert episodes (0: uniform over every start row, the authors'). An option for tasks whose first steps decide an episode and are a sliver of the data: in MinAtar Breakout the first ball is lost about 6 steps after reset, and the two reset frames are 0.1 % of the rows."""
 
     PRESETS: ClassVar = {
         "tiny": dict(batch_size=16, horizon=5, layers=1, units=32, eval_starts=16),

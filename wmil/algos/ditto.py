@@ -26,8 +26,9 @@ from shifted starts (1 demo, 2 seeds, ``benchmarks/results/quality-cartpole.md``
 either way): a z sampled afresh at every step is noise the actor reacts to in states the demos
 never showed. Confirmed on held-out seeds (3, 4: new world models) and under action noise, a
 protocol no setting was chosen on: 0.91 / 0.66 / 0.36 (standard / noise / shifted) against
-0.75 / 0.31 / 0.23 with sampled z (BC 0.49 / 0.41 / 0.16). The default stays the authors' until
-a second task (LunarLander) measures the same.
+0.75 / 0.31 / 0.23 with sampled z (BC 0.49 / 0.41 / 0.16). LunarLander does not confirm it
+(seed 0, standard / shifted: 1 demo 0.31 / 0.22 against 0.27 / 0.17, 4 demos −0.05 / 0.18
+against 0.22 / 0.21; every DITTO cell there is a miss), so the default stays the authors'.
 """
 
 from __future__ import annotations

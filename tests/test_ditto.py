@@ -133,6 +133,6 @@ def test_early_starts_draw_that_share_of_starts_from_each_episodes_first_steps(t
         rows = np.concatenate(seen)
         offsets = ditto.expert.offsets
         t = rows - offsets[np.searchsorted(offsets, rows, side="right") - 1]
-        assert len(ditto.early_starts) == 3 * 3  # H = 3 steps of each of 3 episodes
-        expected = share + (1 - share) * len(ditto.early_starts) / len(ditto.starts)  # uniform draws hit them too
+        assert len(ditto.early_rows) == 3 * 3  # H = 3 steps of each of 3 episodes
+        expected = share + (1 - share) * len(ditto.early_rows) / len(ditto.starts)  # uniform draws hit them too
         assert abs((t < 3).mean() - expected) < 0.06, (share, (t < 3).mean())

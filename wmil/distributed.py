@@ -131,6 +131,20 @@ class Group:
             torch.distributed.barrier()
             torch.distributed.destroy_process_group()
 
+    def open_run(self, run, config: dict, trust: bool, defaults: dict):
+        """The checkpoint a run resumes from (None when it starts afresh), the same on every rank:
+        rank 0 opens ``run`` (a :class:`wmil.runs.RunDir`) with ``config``
+        (``start_or_resume``; ``defaults`` fill fields older runs lack), the other ranks read
+        that checkpoint once rank 0 has opened the run, and all check they resume at one step."""
+        if self.main:
+            resume = run.start_or_resume(config, trust=trust, defaults=defaults)
+            self.barrier()
+        else:
+            self.barrier()
+            resume = run.load_checkpoint(trust=trust, fallback=True)
+        self.same_step(int(resume["step"]) if resume is not None else 0)
+        return resume
+
     def same_step(self, step: int) -> None:
         """Raise unless every rank resumes from ``step`` (they read the same checkpoint)."""
         if not self.parallel:

@@ -419,6 +419,8 @@ class ImitationLearner(LatentLearner):
     def __init__(self, world_model, expert: Dataset, config: ImitationConfig, device: torch.device):
         super().__init__(world_model, expert, config, device)
         self.starts = self.expert.starts(config.horizon)
+        #: The start rows within the first ``horizon`` steps of their episode (DITTO's early_starts).
+        self.early_rows = self.expert.starts(config.horizon, first=config.horizon)
         self.ac = self.add_component("actor_critic", ActorCritic(self.feature_dim, self.spec, config).to(device))
         self.seed_rng()
         self.eval_rows = self.metric_rows()
@@ -443,13 +445,6 @@ class ImitationLearner(LatentLearner):
         return self.world_model.features(imagined.states, mode)
 
     @property
-    def early_starts(self) -> np.ndarray:
-        """The start rows within the first ``horizon`` steps of their episode."""
-        offsets = np.asarray(self.expert.offsets)
-        first = offsets[np.searchsorted(offsets, self.starts, side="right") - 1]
-        return self.starts[self.starts - first < self.config.horizon]
-
-    @property
     def expert_latent(self) -> Tensor:
         """``(N, L)``: :meth:`reward_latent` of every expert row, computed once (the expert's z
         is a fixed posterior sample), so an update gathers only the rows and width it compares."""
@@ -464,7 +459,7 @@ class ImitationLearner(LatentLearner):
         early = getattr(self.config, "early_starts", 0.0)
         if early > 0:  # a share of the starts from the first H steps of each episode (DittoConfig)
             n_early = int(round(count * early))
-            rows = np.concatenate([self.rng.choice(self.early_starts, n_early),
+            rows = np.concatenate([self.rng.choice(self.early_rows, n_early),
                                    self.rng.choice(self.starts, count - n_early)])
         else:
             rows = self.rng.choice(self.starts, count)

@@ -10,6 +10,7 @@ episode end.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 import numpy as np
 import torch
@@ -97,9 +98,11 @@ class ExpertLatents:
                              offsets=np.concatenate([p.offsets + s for p, s in zip(parts, shift)]),
                              n_obs=np.concatenate([p.n_obs for p in parts]))
 
-    def starts(self, horizon: int) -> np.ndarray:
-        """Rows from which ``horizon`` expert steps follow inside the same episode."""
-        valid = [np.arange(o, o + n - horizon) for o, n in zip(self.offsets, self.n_obs) if n > horizon]
+    def starts(self, horizon: int, first: Optional[int] = None) -> np.ndarray:
+        """Rows from which ``horizon`` expert steps follow inside the same episode (with ``first``:
+        only the first ``first`` of them in each episode)."""
+        valid = [np.arange(o, o + (n - horizon if first is None else min(first, n - horizon)))
+                 for o, n in zip(self.offsets, self.n_obs) if n > horizon]
         if not valid:
             raise UserError(f"every expert episode is shorter than the imagination horizon {horizon} + 1 "
                             f"(longest has {int(self.n_obs.max())} observations); lower the horizon")

@@ -117,15 +117,8 @@ def train_policy(algo: str, model: Optional[str | os.PathLike], expert: str | Da
         "ref_min_score": expert_ds.ref_min_score, "ref_max_score": expert_ds.ref_max_score,
         "train": to_dict(train_cfg), "algo_config": to_dict(algo_cfg), "world_size": group.size,
     }
-    if group.main:
-        # What runs written before these fields existed did: fp32, one process.
-        resume = run.start_or_resume(config, trust=trust_checkpoint,
-                                     defaults={"train.precision": "fp32", "world_size": 1})
-        group.barrier()
-    else:  # the checkpoint rank 0 resumes from, read only once rank 0 has opened the run
-        group.barrier()
-        resume = run.load_checkpoint(trust=trust_checkpoint, fallback=True)
-    group.same_step(int(resume["step"]) if resume is not None else 0)
+    # What runs written before these fields existed did: fp32, one process.
+    resume = group.open_run(run, config, trust_checkpoint, defaults={"train.precision": "fp32", "world_size": 1})
     seed_everything(train_cfg.seed)
     if world_model is not None:
         for parameter in world_model.parameters():

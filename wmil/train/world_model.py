@@ -138,16 +138,10 @@ def train_world_model(dataset: str | Dataset | Sequence[str | Dataset], model: s
         "dataset_paths": [str(d.data_dir.parent) for d in datasets], "spec": spec.to_dict(),
         "train": to_dict(train_cfg), "model_config": to_dict(model_cfg), "world_size": group.size,
     }
-    if group.main:
-        # What runs written before a field existed did: fp32, a Gaussian observation likelihood.
-        resume = run.start_or_resume(config, trust=trust_checkpoint,
-                                     defaults={"train.precision": "fp32", "model_config.obs_likelihood": "gaussian",
-                                               "world_size": 1, "train.dataset_weights": None})
-        group.barrier()
-    else:  # the checkpoint rank 0 resumes from, read only once rank 0 has opened the run
-        group.barrier()
-        resume = run.load_checkpoint(trust=trust_checkpoint, fallback=True)
-    group.same_step(int(resume["step"]) if resume is not None else 0)
+    # What runs written before a field existed did: fp32, a Gaussian observation likelihood.
+    resume = group.open_run(run, config, trust_checkpoint,
+                            defaults={"train.precision": "fp32", "model_config.obs_likelihood": "gaussian",
+                                      "world_size": 1, "train.dataset_weights": None})
     seed_everything(train_cfg.seed)
     world_model = make_world_model(model, spec, model_cfg)
     split = [d.split(train_cfg.validation_fraction, seed=train_cfg.seed) for d in datasets]

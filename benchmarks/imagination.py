@@ -90,6 +90,8 @@ class _Bench:
         os.environ["MINARI_DATASETS_PATH"] = str(root / "minari")
         self.root = root
         self.learners: dict = {}
+        self.warm: set = set()   # (algo, precision, what) already warmed up
+        self.step = 0            # update counter passed to train_step
 
     def learner(self, algo: str):
         import torch
@@ -110,7 +112,6 @@ class _Bench:
             config = build_config(cls.config_cls, "small", {}, name)
             seed_everything(0)
             self.learners[algo] = cls(world_model, load(f"bench/{kind}-expert-v0"), config, torch.device("cpu"))
-            self.step = 0
         return self.learners[algo]
 
     def measure(self, algo: str, precision: str, seconds: float, what: str) -> float:
@@ -142,13 +143,11 @@ class _Bench:
                 learner.train_step(self.step)
             per_call = 1
         key = (algo, precision, what)
-        warm = getattr(self, "warm", set())
         with context():
-            if key not in warm:
+            if key not in self.warm:
                 for _ in range(3):
                     work()
-                warm.add(key)
-                self.warm = warm
+                self.warm.add(key)
             count, begin = 0, time.perf_counter()
             while True:
                 work()

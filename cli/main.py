@@ -472,6 +472,14 @@ def evaluate_model_cmd(run_dir, datasets, batches, context, expert, reward_featu
                    f"target 0.9)" + (f"; by expert action {', '.join(classes)}" if classes else "")
                    + (f"; beats a perturbed action {report['reward_check/pairwise']:.2f}"
                       if "reward_check/pairwise" in report else ""))
+    if "start_recall/episodes" in report:
+        from wmil.eval.world_model import RECALL_STEPS
+
+        channels = sorted({int(k.split("/c")[1].split("_")[0]) for k in report if k.startswith("start_recall/c")})
+        click.echo(f"cells shown by the filter k steps after an episode starts ({report['start_recall/episodes']} "
+                   f"episodes; recall per channel, k = {', '.join(map(str, RECALL_STEPS))}):")
+        for c in channels:
+            click.echo(f"  channel {c}: " + " ".join(f"{report[f'start_recall/c{c}_t{k}']:.2f}" for k in RECALL_STEPS))
     click.echo(f"report: {report['report_path']}" + (f"; image strip: {report['strip_path']}" if report.get("strip_path") else ""))
     if report.get("video_path"):
         click.echo(f"video: {report['video_path']}  (left: real frames; right: the model, red bar = imagined)")

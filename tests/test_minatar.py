@@ -248,7 +248,13 @@ def test_tiny_minatar_run_through_the_command_line(tmp_path, capsys):
     assert isinstance(wm.encoder, GridEncoder) and wm.likelihood == "gaussian"
     assert wmil_main(["evaluate-model", str(runs / "wm"), "--dataset", "mini-breakout/expert-v0", "--batches", "1",
                       "--video"]) == 0
-    assert f"video: {runs / 'wm' / 'open_loop.gif'}" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert f"video: {runs / 'wm' / 'open_loop.gif'}" in printed and "channel 1:" in printed
+    import json
+
+    report = json.loads((runs / "wm" / "open_loop.json").read_text())
+    assert report["start_recall/episodes"] == 3
+    assert all(0 <= report[f"start_recall/c{c}_t{k}"] <= 1 for c in (0, 3) for k in (0, 20))  # paddle, bricks
     from PIL import Image
 
     with Image.open(runs / "wm" / "open_loop.gif") as gif:   # 4 windows (rows) of real | model, 25 steps
@@ -281,3 +287,45 @@ def test_tiny_minatar_run_through_the_command_line(tmp_path, capsys):
         torch.manual_seed(0)
         from_obs = [b.act(obs, deterministic=False) for _ in range(3)]
         assert from_raw == from_obs
+
+
+class _Echo:
+    """A stand-in world model whose posterior is the observation itself and whose decoder shows
+    it, except channel ``blind`` during the first ``late`` steps after an episode starts."""
+
+    def __init__(self, blind: int, late: int):
+        self.blind, self.late = blind, late
+
+    def parameters(self):
+        return iter([torch.zeros(1)])
+
+    def observe(self, obs, prev_action, is_first):
+        return obs.float() / 255 - 0.5, None
+
+    def features(self, state, mode):
+        return state
+
+    def decode(self, features):
+        out = features.clone()
+        out[:, :self.late, self.blind] = -0.5
+        return out
+
+
+def test_start_recall_counts_the_cells_the_filter_shows_after_an_episode_starts():
+    from types import SimpleNamespace
+
+    from wmil.eval.world_model import start_recall
+
+    rng = np.random.default_rng(0)
+    lengths = [25, 10, 30]                     # the 10-step episode is too short for k = 20
+    obs = (rng.random((sum(lengths), 3, 10, 10)) < 0.2).astype(np.uint8) * 255
+    offsets = np.cumsum([0] + lengths[:-1])
+    is_first = np.zeros(len(obs), bool)
+    is_first[offsets] = True
+    view = SimpleNamespace(aligned=SimpleNamespace(obs=obs, prev_action=np.zeros((len(obs), 3), np.float32),
+                                                   is_first=is_first, offsets=offsets, n_obs=np.array(lengths)))
+    report = start_recall(_Echo(blind=1, late=3), [view])
+    assert report["start_recall/episodes"] == 2
+    for k in (0, 1, 2):
+        assert report[f"start_recall/c1_t{k}"] == 0.0 and report[f"start_recall/c0_t{k}"] == 1.0
+    assert all(report[f"start_recall/c{c}_t{k}"] == 1.0 for c in range(3) for k in (5, 10, 20))

@@ -20,6 +20,7 @@ import torch
 from wmil.errors import UserError
 from wmil.runs import RunDir, from_config, write_text_atomic
 from wmil.data.dataset import MixedSampler, load_all
+from wmil.nets.grid import is_grid
 from wmil.train.world_model import load_world_model
 from wmil.world_models.base import HORIZONS, open_loop_errors
 
@@ -65,6 +66,8 @@ def evaluate_world_model(run_dir: str | os.PathLike, datasets: Optional[Sequence
         report["per_dim_naive_mse_15_steps"] = torch.stack([n for _, n in per_dim]).mean(0).tolist()
     report.update({"run": str(run_dir), "context": context, "windows": batches * 32,
                    "datasets": [v.name for v in views]})
+    if model.spec.pixels and is_grid(tuple(model.spec.obs_shape)):
+        report.update(start_recall(model, views, seed=seed))
     if expert is not None:
         from wmil.data.dataset import load
         from wmil.eval.reward_check import reward_check
@@ -85,6 +88,44 @@ def evaluate_world_model(run_dir: str | os.PathLike, datasets: Optional[Sequence
     write_text_atomic(path, json.dumps(report, indent=2))  # a kill never leaves half a report
     report["report_path"] = str(path)
     return report
+
+
+#: Steps after an episode's first observation at which :func:`start_recall` reports.
+RECALL_STEPS = (0, 1, 2, 5, 10, 20)
+
+
+@torch.no_grad()
+def start_recall(model, views, steps: Sequence[int] = RECALL_STEPS, episodes: int = 64, seed: int = 0) -> dict:
+    """Per channel of a binary grid image: the recall of its 'on' cells in the reconstruction of
+    the filter's posterior, ``k`` steps after each episode's first observation, on up to
+    ``episodes`` episodes of ``views`` long enough for the last step (the filter starts afresh at
+    the first observation, as a deployed policy's does). A cell counts as shown when the decoded
+    value is past the midpoint (probability ½ for a Bernoulli decoder). Keys
+    ``start_recall/c{channel}_t{k}``; NaN where no cell of that channel is on."""
+    length = max(steps) + 1
+    obs, prev, first = [], [], []
+    for view in views:
+        arrays = view.aligned
+        for e in np.flatnonzero(arrays.n_obs >= length)[:max(episodes - len(obs), 0)]:
+            rows = slice(int(arrays.offsets[e]), int(arrays.offsets[e]) + length)
+            obs.append(torch.from_numpy(arrays.obs[rows]) if arrays.obs is not None
+                       else torch.from_numpy(view._group(view.episode_ids[e])["observations"][:length]))
+            prev.append(torch.from_numpy(arrays.prev_action[rows]))
+            first.append(torch.from_numpy(arrays.is_first[rows]))
+    if not obs:
+        return {}
+    device = next(iter(model.parameters())).device
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        posterior, _ = model.observe(torch.stack(obs).to(device), torch.stack(prev).to(device),
+                                     torch.stack(first).to(device))
+        shown = model.decode(model.features(posterior, "sample")) > 0                    # (B, T, C, H, W)
+    truth = torch.stack(obs).to(device) > 127
+    hits, on = (shown & truth).sum((0, 3, 4)).float(), truth.sum((0, 3, 4)).float()   # (T, C)
+    recall = hits / on
+    out = {f"start_recall/c{c}_t{k}": float(recall[k, c]) for k in steps for c in range(recall.shape[1])}
+    out["start_recall/episodes"] = len(obs)
+    return out
 
 
 @torch.no_grad()

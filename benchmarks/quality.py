@@ -56,14 +56,14 @@ SHIFTED = ["standard", "shifted"]
 #: than a Bernoulli per cell: benchmarks/results/minatar-likelihood-breakout.md), batch 16×50.
 WM_BC = {"cnn_depth": "16", "layers": "2", "units": "200", "act": "elu"}
 #: Budgets from CPU time measured on a loaded machine (rssm 16×50 ≈ 0.2 s per update, DITTO ≈ 0.35 s):
-#: each learner ≈ 7-12 min, inside the 15 min target. BC trains for
-#: 10,000 updates (≈ 2-3 min; it keeps its best held-out parameters): at 1,500 it had not fitted
-#: the few opening frames that decide Breakout (16 demos: 0.03 at 1,500 updates, 0.28 at 10,000).
+#: each learner ≈ 7-12 min, inside the 15 min target. BC and D-BC train for 10,000 updates
+#: (≈ 2-3 min; BC keeps its best held-out parameters): at 1,500 neither had fitted the few opening
+#: frames that decide Breakout (16 demos: BC 0.03 → 0.28, D-BC 0.05 → 0.32 on the 16,000-update model).
 #: World models: 16,000 updates (≈ 86 min on one shared thread in fp32, over the 60 min target):
 #: at 8,000 the Breakout model showed the ball in none of the first two frames after a reset and
 #: in 44 % at step 5 (start recall, wmil.eval.world_model), at 16,000 from the second frame on.
 MINATAR = dict(model="rssm", wm=dict(steps=16000, batch_size=16, seq_len=50),
-               learner=dict(steps=1500, steps_by_algo={"bc": 10000}),
+               learner=dict(steps=1500, steps_by_algo={"bc": 10000, "dbc": 10000}),
                learner_overrides={"bc": WM_BC}, demos=[1, 4, 16, 64], episodes=50,
                protocols=["standard", "noise"])
 TASKS = {

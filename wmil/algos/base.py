@@ -419,8 +419,6 @@ class ImitationLearner(LatentLearner):
     def __init__(self, world_model, expert: Dataset, config: ImitationConfig, device: torch.device):
         super().__init__(world_model, expert, config, device)
         self.starts = self.expert.starts(config.horizon)
-        #: The start rows within the first ``horizon`` steps of their episode (DITTO's early_starts).
-        self.early_rows = self.expert.starts(config.horizon, first=config.horizon)
         self.ac = self.add_component("actor_critic", ActorCritic(self.feature_dim, self.spec, config).to(device))
         self.seed_rng()
         self.eval_rows = self.metric_rows()
@@ -452,18 +450,14 @@ class ImitationLearner(LatentLearner):
             self._expert_latent = self.reward_latent(self.expert.states, self.expert.features)
         return self._expert_latent
 
+    def start_rows(self, count: int) -> np.ndarray:
+        """``count`` expert start rows of a global batch, drawn uniformly with replacement."""
+        return self.rng.choice(self.starts, count)
+
     def sample_starts(self) -> tuple[State, Tensor]:
         """``batch_size`` expert start states ``(B,)`` and the reward latents of the expert
         windows that follow them ``(H+1, B, L)`` (row k: k steps on); this process's share."""
-        count = self.config.batch_size
-        early = getattr(self.config, "early_starts", 0.0)
-        if early > 0:  # a share of the starts from the first H steps of each episode (DittoConfig)
-            n_early = int(round(count * early))
-            rows = np.concatenate([self.rng.choice(self.early_rows, n_early),
-                                   self.rng.choice(self.starts, count - n_early)])
-        else:
-            rows = self.rng.choice(self.starts, count)
-        rows = self.shard(rows)
+        rows = self.shard(self.start_rows(self.config.batch_size))
         index = self.expert.window(rows, self.config.horizon)
         return self.expert.states[index[0]], self.expert_latent[index]
 

@@ -36,6 +36,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
+import numpy as np
 import torch
 
 from wmil.algos.base import ImitationConfig, ImitationLearner
@@ -68,6 +69,18 @@ class Ditto(ImitationLearner):
     config_cls = DittoConfig
     progress_keys = ("reward/latent_distance", "actor/entropy")
     metric_keys = ("loss/actor", "loss/critic", "reward/latent_distance", "actor/entropy")
+
+    def __init__(self, world_model, expert, config: DittoConfig, device: torch.device):
+        super().__init__(world_model, expert, config, device)
+        #: The start rows within the first ``horizon`` steps of their episode (``early_starts``).
+        self.early_rows = self.expert.starts(config.horizon, first=config.horizon)
+
+    def start_rows(self, count: int) -> np.ndarray:
+        """As the base's, with a share ``early_starts`` of them from :attr:`early_rows`."""
+        if self.config.early_starts == 0:
+            return super().start_rows(count)
+        n_early = int(round(count * self.config.early_starts))
+        return np.concatenate([self.rng.choice(self.early_rows, n_early), self.rng.choice(self.starts, count - n_early)])
 
     def rewards(self, imagined: Imagined, expert: Tensor) -> tuple[Tensor, Tensor]:
         """(reward (H, B), similarity (H+1, B)) of an imagined rollout against the expert

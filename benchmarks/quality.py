@@ -247,7 +247,8 @@ def main():
                         models[kind] = world_model(task, spec, kind, seed, expert)
                     model_dir, wm_minutes = models[kind] if kind else (None, 0.0)
                     label = f"-{args.label}" if args.label else ""
-                    out = runs / task / f"{name}-{kind + wm_label if kind else 'none'}{label}-k{demos}-s{seed}"
+                    model_name = kind + wm_label if kind else None   # the world model's variant in names and rows
+                    out = runs / task / f"{name}-{model_name or 'none'}{label}-k{demos}-s{seed}"
                     overrides = {**fixed, **learner_overrides(spec, name, algo, cli)}
                     started = time.perf_counter()
                     train_policy(algo, model_dir, expert, out=out, preset="small", seed=seed, expert_episodes=demos,
@@ -263,7 +264,7 @@ def main():
                             # at the goal); success at the last step is kept as success_final.
                             score = report.get("success_any", report.get("normalized_score"))
                             details.append(dict(
-                                task=task, model=kind + wm_label if kind else "-", demos=demos, algo=name, label=args.label, seed=seed,
+                                task=task, model=model_name or "-", demos=demos, algo=name, label=args.label, seed=seed,
                                 protocol=protocol, act=report["act"], score=score, ret=report["return_mean"],
                                 ref=[report.get("ref_min_score"), report.get("ref_max_score")],
                                 success_final=report.get("success_rate"), wm_minutes=wm_minutes, minutes=minutes,

@@ -244,6 +244,11 @@ class Dataset:
                 f"obs={o.shape} {o.dtype}, action={a})")
 
     # ---- episodes ----------------------------------------------------------------------
+    def observations(self, i: int, start: int = 0, stop: Optional[int] = None) -> np.ndarray:
+        """Observations ``start:stop`` of the i-th selected episode, read from the file alone (the
+        out-of-core samplers' read; unlike :meth:`episode` it does not run the check)."""
+        return self._group(self.episode_ids[i])["observations"][start:stop]
+
     def episode(self, i: int) -> Episode:
         """The i-th selected episode, read whole (after the dataset's check)."""
         self.check()
@@ -463,7 +468,7 @@ class SequenceSampler:
         out = np.zeros((len(episode), self.length, *ds.spec.obs_shape), ds.spec.obs_dtype)
         for b, (e, s) in enumerate(zip(episode, start)):
             n = int(valid[b].sum())
-            out[b, :n] = ds._group(ds.episode_ids[e])["observations"][s:s + n]
+            out[b, :n] = ds.observations(e, s, s + n)
         return out
 
 
@@ -501,7 +506,7 @@ class TransitionSampler:
         out = np.zeros((2, len(rows), *ds.spec.obs_shape), ds.spec.obs_dtype)
         for b, (e, r) in enumerate(zip(episode, rows)):
             t = int(r - a.offsets[e])
-            pair = ds._group(ds.episode_ids[e])["observations"][t:t + 2]
+            pair = ds.observations(e, t, t + 2)
             out[0, b], out[1, b] = pair[0], pair[1]
         return out[0], out[1]
 

@@ -109,7 +109,7 @@ def start_recall(model, views, steps: Sequence[int] = RECALL_STEPS, episodes: in
         for e in np.flatnonzero(arrays.n_obs >= length)[:max(episodes - len(obs), 0)]:
             rows = slice(int(arrays.offsets[e]), int(arrays.offsets[e]) + length)
             obs.append(torch.from_numpy(arrays.obs[rows]) if arrays.obs is not None
-                       else torch.from_numpy(view._group(view.episode_ids[e])["observations"][:length]))
+                       else torch.from_numpy(view.observations(e, 0, length)))
             prev.append(torch.from_numpy(arrays.prev_action[rows]))
             first.append(torch.from_numpy(arrays.is_first[rows]))
     if not obs:

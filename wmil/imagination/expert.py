@@ -53,7 +53,7 @@ class ExpertLatents:
         for e in range(len(arrays.n_obs)):
             start, n = int(arrays.offsets[e]), int(arrays.n_obs[e])
             rows = slice(start, start + n)
-            obs = torch.from_numpy(arrays.obs[rows]) if arrays.obs is not None else _read_obs(dataset, e, n)
+            obs = torch.from_numpy(arrays.obs[rows] if arrays.obs is not None else dataset.observations(e, 0, n))
             batch_obs = obs.unsqueeze(0).to(device)
             prev = torch.from_numpy(arrays.prev_action[rows]).unsqueeze(0).to(device)
             first = torch.from_numpy(arrays.is_first[rows]).unsqueeze(0).to(device)
@@ -136,8 +136,3 @@ class ExpertLatents:
         :mod:`wmil.types`), so (features[t], action[t], features[t + 1]) is one logged step."""
         rows = torch.as_tensor(rows, device=self.features.device)
         return rows, rows + 1
-
-
-def _read_obs(dataset: Dataset, episode: int, n: int) -> Tensor:
-    group = dataset._group(dataset.episode_ids[episode])
-    return torch.from_numpy(group["observations"][:n])

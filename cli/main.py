@@ -513,7 +513,7 @@ def imagine_cmd(algo, model_run, expert, expert_episodes, preset, steps, seed, o
                 trust_checkpoint, allow_nonfinite, precision):
     """Train an imitation policy entirely inside a world model (no environment access).
 
-    Data-parallel (DITTO, D-GAIL, D-BC, SQIL): `torchrun --nproc-per-node N --no-python wmil imagine ...`
+    Data-parallel (every algorithm): `torchrun --nproc-per-node N --no-python wmil imagine ...`
     splits each global batch over N processes; rank 0 writes the run."""
     from wmil.train.policy import train_policy
     from wmil.config import parse_overrides

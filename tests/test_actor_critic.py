@@ -95,3 +95,48 @@ def test_bf16_autocast_lowers_the_products_and_still_learns():
     assert math.isfinite(metrics["loss/actor"]) and math.isfinite(metrics["loss/critic"])
     probs = torch.softmax(ac.actor.net(torch.eye(3)), -1)[:, 2]
     assert float(probs.min()) > 0.9, probs
+
+
+@pytest.mark.parametrize("scale", ["batch", "return_range"])
+def test_two_halves_with_the_global_batch_statistics_take_the_whole_batch_gradient(scale):
+    """Data-parallel actor-critic (synchronised batch statistics): two processes holding half
+    the rollouts each, standardising with the statistics ``gather`` returns for the whole
+    batch, average to the one-process actor gradient; with their own halves' statistics
+    (no ``gather``) they do not."""
+    import copy
+
+    from wmil.nets import reducing_gradients
+    from wmil.types import Imagined
+
+    torch.manual_seed(0)
+    H, B = 3, 8
+    features = torch.randn(H + 1, B, 3)
+    actions = torch.nn.functional.one_hot(torch.randint(3, (H, B)), 3).float()
+    reward = torch.randn(H, B) + torch.arange(B).float()  # rows differ: the halves' statistics differ
+    base = ActorCritic(3, SPEC, _config(advantage_scale=scale))
+
+    def rollout(ac, rows):
+        logits = ac.actor.net(features[:-1, rows])
+        log_prob = (torch.log_softmax(logits, -1) * actions[:, rows]).sum(-1)
+        entropy = -(torch.softmax(logits, -1) * torch.log_softmax(logits, -1)).sum(-1)
+        return Imagined([], features[:, rows], actions[:, rows], log_prob, entropy)
+
+    def actor_gradient(rows, gather=None):
+        ac, grads = copy.deepcopy(base), []
+        with reducing_gradients(lambda params: grads.append([p.grad.clone() for p in params])):
+            ac.update(rollout(ac, rows), reward[:, rows], gather=gather)
+        return grads[0]  # the actor's step comes first
+
+    halves = [slice(0, B // 2), slice(B // 2, B)]
+    seen = {0: [], 1: []}
+    for i, rows in enumerate(halves):  # what each half passes to gather (it does not depend on the answer)
+        actor_gradient(rows, lambda x, i=i: seen[i].append(x) or x)
+    calls = {i: iter(range(len(seen[i]))) for i in seen}
+    synced = [actor_gradient(rows, lambda x, i=i: torch.cat([seen[0][(k := next(calls[i]))], seen[1][k]], 1))
+              for i, rows in enumerate(halves)]
+    alone = [actor_gradient(rows) for rows in halves]
+    whole = actor_gradient(slice(0, B))
+    for g_whole, g_a, g_b in zip(whole, *synced):
+        torch.testing.assert_close((g_a + g_b) / 2, g_whole, rtol=1e-4, atol=1e-6)
+    assert any(not torch.allclose((g_a + g_b) / 2, g_whole, rtol=1e-3, atol=1e-5)
+               for g_whole, g_a, g_b in zip(whole, *alone)), "without gather the halves' own statistics differ"

@@ -118,10 +118,14 @@ POLICY = {"log_every": "1", "eval_every": "100", "checkpoint_every": "3", "batch
           "eval_starts": "8"}
 
 
+#: VINS has no imagined rollouts: no horizon, no latent-distance starts.
+BATCH_ONLY = {k: v for k, v in POLICY.items() if k not in ("horizon", "eval_starts")}
+
+
 def _imagine_args(algo: str, wm: Path, out: Path, steps: int) -> list[str]:
     args = ["imagine", "--algo", algo, "--model", str(wm), "--expert", "dp/expert-v0", "--preset", "tiny",
             "--steps", str(steps), "--seed", "4", "--device", "cpu", "--quiet", "--out", str(out)]
-    return args + [a for k, v in POLICY.items() for a in ("-o", f"{k}={v}")]
+    return args + [a for k, v in (BATCH_ONLY if algo == "vins" else POLICY).items() for a in ("-o", f"{k}={v}")]
 
 
 @pytest.fixture
@@ -173,13 +177,48 @@ def test_ditto_trains_under_torchrun_and_resumes_in_one_process(learner_world, t
 
 
 def test_an_algorithm_that_cannot_run_data_parallel_is_a_one_line_error(learner_world, tmp_path, monkeypatch):
+    """Every built-in algorithm runs data-parallel; one that does not (a learner drawing its
+    batches outside the sharded samplers) is refused before anything is written, as is a
+    setting that cannot work distributed (early stopping decided on rank 0 alone)."""
+    from wmil.algos.gpril import Gpril
+
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "0")
-    with pytest.raises(UserError, match=r"--algo gpril does not run data-parallel .* \(data-parallel: dbc, dgail, "
-                                        r"ditto, sqil\)"):
+    monkeypatch.setattr(Gpril, "data_parallel", False)
+    with pytest.raises(UserError, match=r"--algo gpril does not run data-parallel .* \(data-parallel: bc, dbc, "
+                                        r"dgail, ditto, sqil, vins\)"):
         train_policy("gpril", learner_world, "dp/expert-v0", out=tmp_path / "gpril", preset="tiny", steps=2,
                      overrides=POLICY, progress=False, device="cpu")
     assert not (tmp_path / "gpril").exists(), "nothing is written"
+    for algo in ("bc", "vins"):
+        with pytest.raises(UserError, match=rf"--algo {algo} under torchrun: patience=3 stops on rank 0's "
+                                            r"evaluations alone; use -o patience=0"):
+            train_policy(algo, learner_world, "dp/expert-v0", out=tmp_path / algo, preset="tiny", steps=2,
+                         overrides={"patience": "3"}, progress=False, device="cpu")
+        assert not (tmp_path / algo).exists(), "nothing is written"
+
+
+def test_two_processes_train_bc_as_one_with_the_whole_batch(learner_world, tmp_path):
+    """Behaviour cloning (no sampling noise in its update): after 6 Adam steps the network of 2
+    processes × 4 rows equals that of 1 process × 8 rows to float32 rounding; only rank 0 writes
+    and evaluates (held-out episodes, model selection)."""
+    overrides = {"log_every": "1", "eval_every": "3", "checkpoint_every": "3", "batch_size": "8"}
+    args = ["imagine", "--algo", "bc", "--expert", "dp/expert-v0", "--preset", "tiny", "--steps", "6", "--seed", "4",
+            "--device", "cpu", "--quiet", "--out", str(tmp_path / "two")]
+    train_policy("bc", None, "dp/expert-v0", out=tmp_path / "one", preset="tiny", steps=6, seed=4,
+                 overrides=overrides, progress=False, device="cpu")
+    done = _torchrun(2, args + [a for k, v in overrides.items() for a in ("-o", f"{k}={v}")])
+    assert done.returncode == 0, done.stderr[-3000:]
+    one = RunDir(tmp_path / "one", "policy").load_checkpoint()["algo"]
+    run = RunDir(tmp_path / "two", "policy")
+    two, halfway = run.load_checkpoint()["algo"], run.load_checkpoint(run.checkpoints()[0])["algo"]
+    moved = 0.0
+    for name, value in one["networks"].items():
+        torch.testing.assert_close(two["networks"][name], value, rtol=1e-5, atol=1e-6, msg=name)
+        moved = max(moved, float((value - halfway["networks"][name]).abs().max()))
+    assert moved > 1e-4, "the last three updates must move the parameters far beyond the tolerance"
+    assert two["selections"]["policy"]["best_step"] == one["selections"]["policy"]["best_step"]
+    assert [m["step"] for m in run.read_metrics() if "eval/val_loss" in m] == [3, 6], "rank 0 evaluates, once"
 
 
 def test_each_process_takes_its_block_of_the_same_global_draw(learner_world):
@@ -211,10 +250,39 @@ def test_each_process_takes_its_block_of_the_same_global_draw(learner_world):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("algo, key", [("sqil", "loss/q"), ("dgail", "loss/discriminator")])
+@pytest.mark.parametrize("algo, key", [("sqil", "loss/q"), ("dgail", "loss/discriminator"), ("gpril", "loss/flow_state"),
+                                       ("vins", "loss/td")])
 def test_other_data_parallel_learners_train_under_torchrun(learner_world, tmp_path, algo, key):
     out = tmp_path / algo
     done = _torchrun(2, _imagine_args(algo, learner_world, out, 3))
     assert done.returncode == 0, done.stderr[-3000:]
     rows = [m for m in RunDir(out, "policy").read_metrics() if key in m]
     assert [m["step"] for m in rows] == [1, 2, 3]
+
+
+def test_gpril_processes_take_their_block_of_the_same_triples(learner_world):
+    """GPRIL on the offline data (the same for every process): rank r's triples are rows
+    [r·B/N, (r+1)·B/N) of those one process draws, and the generator advances alike."""
+    from types import SimpleNamespace
+
+    from wmil.algos.base import algorithm_class
+    from wmil.config import build_config
+    from wmil.data import load
+    from wmil.train.world_model import load_world_model
+
+    model = load_world_model(learner_world)
+    cls = algorithm_class("gpril")
+    config = build_config(cls.config_cls, "tiny", {"batch_size": "8", "predecessors": "data"}, "gpril")
+    draws = []
+    for rank, size in ((0, 1), (0, 2), (1, 2)):
+        torch.manual_seed(0)
+        learner = cls(model, load("dp/expert-v0"), config, torch.device("cpu"))
+        learner.group = None if size == 1 else SimpleNamespace(rank=rank, size=size)
+        draws.append((learner.triples(8), learner.triples(8), learner.rng.random()))
+    whole, first, second = draws
+    for k in range(2):
+        for part in range(3):
+            torch.testing.assert_close(torch.cat([first[k][part], second[k][part]]), whole[k][part])
+    assert first[0].state.shape[0] == 4 and whole[2] == first[2] == second[2]
+    with learner.whole_batches():
+        assert learner.triples(8).state.shape[0] == 8, "evaluations draw the whole batch"

@@ -1,7 +1,7 @@
 """Data-parallel training under ``torchrun`` (DESIGN.md, Scale).
 
 ``torchrun --nproc-per-node N --no-python wmil train-model ...`` (or ``wmil imagine`` for the
-learners whose ``data_parallel`` is set: DITTO, D-GAIL, D-BC, SQIL) runs N copies of the same command; each reads the launcher's ``RANK``/``WORLD_SIZE``/``LOCAL_RANK`` and joins one process
+learners whose ``data_parallel`` is set: every built-in one) runs N copies of the same command; each reads the launcher's ``RANK``/``WORLD_SIZE``/``LOCAL_RANK`` and joins one process
 group (gloo on CPU, NCCL on CUDA, one GPU per local rank). Without those variables (or with
 ``WORLD_SIZE=1``) nothing here does anything, so the one-process path is unchanged bit for bit.
 
@@ -24,7 +24,8 @@ How a run is split:
 - **Imagination learners** shard the same way: the learner's NumPy generator is seeded alike on
   every rank, its samplers draw the global batch and keep the rank's block
   (:meth:`wmil.algos.base.Learner.shard`), and :func:`wmil.nets.reducing_gradients` makes every
-  optimiser step average its gradients before clipping.
+  optimiser step average its gradients before clipping. Batch statistics are the global
+  batch's: the actor-critic standardises advantages over every rank's rows (:meth:`Group.gather`).
 - **Rank 0 alone writes**: config, metrics (the ranks' losses averaged), checkpoints,
   validation, progress. The other ranks read the checkpoint rank 0 resumes from and never lock
   or touch the run directory otherwise.
@@ -105,6 +106,15 @@ class Group:
             n = p.grad.numel()
             p.grad.copy_(flat[offset:offset + n].view_as(p.grad))
             offset += n
+
+    def gather(self, tensor: torch.Tensor, dim: int = 0) -> torch.Tensor:
+        """Every rank's ``tensor`` (the same shape on each) concatenated along ``dim`` in rank
+        order: the global batch's rows, since each rank holds its block of one global draw."""
+        if not self.parallel:
+            return tensor
+        parts = [torch.empty_like(tensor) for _ in range(self.size)]
+        torch.distributed.all_gather(parts, tensor.contiguous())
+        return torch.cat(parts, dim)
 
     def average_scalars(self, values: dict[str, float]) -> dict[str, float]:
         """``values`` averaged over the ranks (the same keys on every rank)."""

@@ -24,9 +24,10 @@ imagination (DITTO, D-GAIL/VMIL).
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 from dataclasses import dataclass
-from typing import Any, ClassVar, Optional
+from typing import Any, ClassVar, Iterator, Optional
 
 import numpy as np
 import torch
@@ -184,11 +185,43 @@ class Learner:
 
     def shard(self, rows):
         """This process's block of a global draw ``rows`` (an array or tensor of N·k rows, the
-        same on every process: the generator is seeded alike) — all of it in one process."""
-        if self.processes == 1:
+        same on every process: the generator is seeded alike) — all of it in one process, and
+        inside :meth:`whole_batches`."""
+        if self.processes == 1 or getattr(self, "_whole", False):
             return rows
         size = len(rows) // self.processes
         return rows[self.group.rank * size:(self.group.rank + 1) * size]
+
+    @contextlib.contextmanager
+    def whole_batches(self) -> Iterator[None]:
+        """Inside, :meth:`shard` keeps every row: for the evaluations rank 0 runs alone, which
+        draw what one process would (GPRIL's held-out triples come from the samplers)."""
+        previous, self._whole = getattr(self, "_whole", False), True
+        try:
+            yield
+        finally:
+            self._whole = previous
+
+    @classmethod
+    def parallel_refusal(cls, config) -> Optional[str]:
+        """Why ``config`` cannot run data-parallel (None: it can); the trainer turns it into a
+        one-line error under torchrun, before anything is written."""
+        return None
+
+    def gather(self, tensor: Tensor, dim: int = 1) -> Tensor:
+        """The global batch of a sharded ``tensor`` (every process's block along ``dim``, in
+        rank order; itself in one process): for batch statistics that must be the whole
+        batch's, e.g. the actor-critic's advantage standardisation."""
+        if self.group is None or self.processes == 1:
+            return tensor
+        return self.group.gather(tensor, dim)
+
+    def mean_over_processes(self, values: dict[str, float]) -> dict[str, float]:
+        """``values`` averaged over the processes of a data-parallel run (as they are in one):
+        for decisions every process must take alike, e.g. stopping on a non-finite loss."""
+        if self.group is None:
+            return values
+        return self.group.average_scalars(values)
 
     def batch_counts(self) -> dict[str, int]:
         """The global counts each update draws, by config field (each must split evenly over the

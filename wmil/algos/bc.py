@@ -19,13 +19,14 @@ live in :mod:`wmil.algos.supervised`, which VINS's π_BC shares.
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import ClassVar, Optional
 
 import torch
 from torch import nn
 
 from wmil.algos.base import Learner
-from wmil.algos.supervised import BCConfig, BCNet, BCTrainer, Demos, ObservationPolicy, demo_pairs, split_demos
+from wmil.algos.supervised import (BCConfig, BCNet, BCTrainer, Demos, ObservationPolicy, demo_pairs, patience_refusal,
+                                   split_demos)
 from wmil.data.dataset import Dataset
 from wmil.types import DataSpec
 
@@ -38,6 +39,7 @@ class BC(Learner):
     progress_keys = ("loss/bc", "eval/val_loss")
     metric_keys = ("loss/bc",)
     world_models: ClassVar = None
+    data_parallel = True  # minibatch rows are a sharded global draw (BCTrainer.update)
 
     def __init__(self, world_model, expert: Dataset, config: BCConfig, device: torch.device):
         super().__init__(None, expert, config, device)
@@ -48,8 +50,15 @@ class BC(Learner):
                                                      config, self.spec, device))
         self.seed_rng()
 
+    def batch_counts(self) -> dict[str, int]:
+        return {"batch_size": self.config.batch_size}
+
+    @classmethod
+    def parallel_refusal(cls, config: BCConfig) -> Optional[str]:
+        return patience_refusal(config)
+
     def update(self, step: int) -> dict:
-        return self.bc.update(self.rng)
+        return self.bc.update(self.rng, self.shard)
 
     def evaluate(self) -> dict:
         return self.bc.evaluate(self.steps_done)

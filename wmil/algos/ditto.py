@@ -95,6 +95,6 @@ class Ditto(ImitationLearner):
         imagined = imagine(self.world_model, self.actor, start, self.config.horizon, self.config.features)
         reward, similarity = self.rewards(imagined, expert)
         bc, bc_metrics = self.bc_term()
-        metrics = {**self.ac.update(imagined, reward, actor_extra=bc), **bc_metrics}
+        metrics = {**self.ac.update(imagined, reward, actor_extra=bc, gather=self.gather), **bc_metrics}
         metrics["reward/latent_distance"] = float(1 - similarity[1:].detach().mean())
         return metrics

@@ -270,6 +270,10 @@ class Gpril(LatentLearner):
     config_cls = GprilConfig
     progress_keys = ("loss/flow_state", "loss/policy_demo")
     metric_keys = ("loss/flow_state", "loss/flow_action")
+    data_parallel = True  # rollouts, triples, demo rows and flow targets are sharded global draws
+
+    def batch_counts(self) -> dict[str, int]:
+        return {"batch_size": self.config.batch_size, **self.start_counts(self.config.rollout_starts, "rollout_starts")}
 
     def __init__(self, world_model, expert: Dataset, config: GprilConfig, device: torch.device):
         if config.gamma >= 1.0:
@@ -303,24 +307,27 @@ class Gpril(LatentLearner):
         if self.data is not None:
             source = self.data
             return source.features, source.action, source.offsets, source.n_obs - 1
-        start = self.start_states(cfg.rollout_starts, self.start_rows, rng)
+        start = self.start_states(cfg.rollout_starts, self.start_rows, rng)   # this process's share
         imagined = imagine(self.world_model, self.actor, start, cfg.horizon, cfg.features)
         # Each rollout is one episode of H actions: rows b·(H+1) … b·(H+1)+H; states clamped into the data's range.
         features = imagined.features.clamp(*self.box).transpose(0, 1).reshape(-1, imagined.features.shape[-1])
         actions = torch.cat([imagined.actions, torch.zeros_like(imagined.actions[:1])]).transpose(0, 1)
         actions = actions.reshape(-1, self.spec.action_dim)
-        return features, actions, np.arange(cfg.rollout_starts) * (cfg.horizon + 1), np.full(cfg.rollout_starts,
-                                                                                              cfg.horizon)
+        rollouts = imagined.actions.shape[1]
+        return features, actions, np.arange(rollouts) * (cfg.horizon + 1), np.full(rollouts, cfg.horizon)
 
     def triples(self, size: int, rng: Optional[np.random.Generator] = None,
                 source: Optional[tuple] = None) -> Triples:
         """``size`` triples (s_t, a_t, s_{t+j+1}) from ``source`` (:meth:`trajectories`; fresh
-        ones when None), offsets as ``offsets`` says."""
+        ones when None), offsets as ``offsets`` says. ``size`` is global: in a data-parallel run
+        every process draws as many from its own rollouts (or the shared data), consuming the
+        generator alike, and keeps its block (:meth:`shard`)."""
         rng = self.rng if rng is None else rng
         features, actions, offsets, n_actions = self.trajectories(rng) if source is None else source
         at, target = geometric_offsets(rng, offsets, n_actions, size, self.config.gamma,
                                        wrap=self.config.offsets == "wrap")
-        at, target = torch.as_tensor(at, device=self.device), torch.as_tensor(target, device=self.device)
+        at, target = torch.as_tensor(self.shard(at), device=self.device), torch.as_tensor(self.shard(target),
+                                                                                          device=self.device)
         return Triples(features[at], actions[at], features[target])
 
     # ---- update ------------------------------------------------------------------------
@@ -335,7 +342,8 @@ class Gpril(LatentLearner):
         loss_s = loss_a = norm = 0.0
         for _ in range(cfg.flow_updates):
             term_s, term_a = self.flow_loss(self.triples(cfg.batch_size, source=source), cfg.flow_noise)
-            value_s, value_a = float(term_s.detach()), float(term_a.detach())
+            losses = self.mean_over_processes({"s": float(term_s.detach()), "a": float(term_a.detach())})
+            value_s, value_a = losses["s"], losses["a"]   # every process stops alike on a non-finite loss
             if not (math.isfinite(value_s) and math.isfinite(value_a)):
                 # the trainer's NaN guard stops the run before anything is saved
                 return {"loss/flow_state": value_s, "loss/flow_action": value_a}
@@ -347,7 +355,7 @@ class Gpril(LatentLearner):
             return metrics
         # Policy (lines 10–14): β_π log π(ā|s̄) on demo pairs + β_d log π(a|s), (s, a) ~ B(·|s̄).
         demo = self.expert_rows(cfg.batch_size)
-        targets = torch.as_tensor(self.rng.choice(self.start_rows, cfg.batch_size), device=self.device)
+        targets = torch.as_tensor(self.shard(self.rng.choice(self.start_rows, cfg.batch_size)), device=self.device)
         state, action = self.model.sample(self.expert.features[targets])
         if not (torch.isfinite(state).all() and torch.isfinite(action).all()):
             raise UserError(f"step {step}: the predecessor flows produced non-finite samples; training stopped "

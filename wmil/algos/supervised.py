@@ -19,7 +19,7 @@ with the best score are kept (model selection; ``patience`` also stops the updat
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar, Literal, Optional
+from typing import Callable, ClassVar, Literal, Optional
 
 import numpy as np
 import torch
@@ -30,7 +30,7 @@ from wmil.algos.base import Selection
 from wmil.config import LearnerConfig, NonNegFloat, NonNegInt, PosInt, Prob
 from wmil.data.dataset import Dataset
 from wmil.errors import UserError
-from wmil.nets import ActionHead, Standardizer, preprocess_pixels
+from wmil.nets import ActionHead, Standardizer, apply_gradients, preprocess_pixels
 from wmil.nets.grid import image_encoder, is_grid
 from wmil.policy import DeployedPolicy
 from wmil.types import DataSpec
@@ -95,6 +95,15 @@ def demo_pairs(dataset: Dataset) -> Demos:
     else:  # observations read from disk (above the memory budget): the demos are few, read them whole
         obs = np.concatenate([dataset.episode(i).observations[:-1] for i in range(len(dataset))])
     return Demos(torch.from_numpy(np.ascontiguousarray(obs)), torch.from_numpy(arrays.action[rows]))
+
+
+def patience_refusal(config: BCConfig) -> Optional[str]:
+    """Early stopping decides on rank 0's held-out evaluation alone (the other processes never
+    evaluate), so under torchrun they would stop at different steps."""
+    if config.patience > 0:
+        return (f"patience={config.patience} stops on rank 0's evaluations alone; use -o patience=0 (model "
+                "selection still keeps the best parameters) or run in one process")
+    return None
 
 
 def split_demos(expert: Dataset, config: BCConfig) -> tuple[Dataset, Dataset]:
@@ -235,17 +244,20 @@ class BCTrainer:
     def stopped(self) -> bool:
         return self.selection.stopped
 
-    def update(self, rng: np.random.Generator) -> dict[str, float]:
-        """One Adam step on a minibatch (skipped once early-stopped)."""
-        rows = torch.as_tensor(rng.integers(len(self.train), size=self.config.batch_size), device=self.train.action.device)
+    def update(self, rng: np.random.Generator, shard: Optional[Callable[[np.ndarray], np.ndarray]] = None
+               ) -> dict[str, float]:
+        """One Adam step on a minibatch of ``batch_size`` rows (skipped once early-stopped).
+        ``shard``: this process's block of the global draw (the learner's
+        :meth:`~wmil.algos.base.Learner.shard` in a data-parallel run; the step then averages the
+        gradients over the processes, :func:`wmil.nets.apply_gradients`)."""
+        rows = rng.integers(len(self.train), size=self.config.batch_size)
+        rows = torch.as_tensor(rows if shard is None else shard(rows), device=self.train.action.device)
         if self.stopped:
             with torch.no_grad():
                 loss = self.net.loss(self.train.inputs[rows], self.train.action[rows]).mean()
             return {"loss/bc": float(loss), "bc/stopped": 1.0}
         loss = self.net.loss(self.train.inputs[rows], self.train.action[rows]).mean()
-        self.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        self.opt.step()
+        apply_gradients(self.opt, loss)
         return {"loss/bc": float(loss.detach()), "bc/stopped": 0.0}
 
     def evaluate(self, step: int) -> dict[str, float]:
@@ -284,4 +296,4 @@ class ObservationPolicy(DeployedPolicy):
 
 
 __all__ = ["BCConfig", "BCNet", "BCTrainer", "Demos", "ObservationPolicy", "agreement", "bc_loss",
-           "demo_pairs", "selection_key", "split_demos"]
+           "demo_pairs", "patience_refusal", "selection_key", "split_demos"]

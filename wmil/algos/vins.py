@@ -69,7 +69,7 @@ import torch
 from torch import nn
 
 from wmil.algos.base import Learner, Selection
-from wmil.algos.supervised import BCConfig, BCNet, BCTrainer, Demos, demo_pairs, split_demos
+from wmil.algos.supervised import BCConfig, BCNet, BCTrainer, Demos, demo_pairs, patience_refusal, split_demos
 from wmil.config import (Activation, DiscountConfig, NonNegFloat, NonNegInt, PosFloat, PosInt, TargetConfig,
                          parse_index_groups, parse_indices)
 from wmil.data.dataset import Dataset
@@ -507,6 +507,7 @@ class VINS(Learner):
     config_cls = VINSConfig
     progress_keys = ("loss/td", "loss/ns", "eval/value_step_gain", "eval/shooting_alpha")
     metric_keys = ("loss/td", "loss/ns", "loss/value", "loss/bc")
+    data_parallel = True  # π_BC's and V's minibatches are sharded global draws; their noise is per process
 
     def __init__(self, world_model, expert: Dataset, config: VINSConfig, device: torch.device):
         if world_model is None:
@@ -628,10 +629,17 @@ class VINS(Learner):
         group = torch.randint(len(self.noise_std), (count,), generator=generator).to(self.device)
         return self.noise_std[group], torch.randn(count, self.noise_std.shape[-1], generator=generator).to(self.device)
 
+    def batch_counts(self) -> dict[str, int]:
+        return {"batch_size": self.config.batch_size}
+
+    @classmethod
+    def parallel_refusal(cls, config: VINSConfig) -> Optional[str]:
+        return patience_refusal(config)
+
     def update(self, step: int) -> dict:
         cfg = self.config
-        metrics = self.bc.update(self.rng)
-        pick = self.rng.integers(len(self.rows), size=cfg.batch_size)
+        metrics = self.bc.update(self.rng, self.shard)
+        pick = self.shard(self.rng.integers(len(self.rows), size=cfg.batch_size))
         rows, next_rows = self.expert.transitions(self.rows[pick])
         state, next_state = self.value_states[rows], self.value_states[next_rows]
         u = torch.rand(len(pick), device=self.device) if cfg.interpolate else None
@@ -639,7 +647,8 @@ class VINS(Learner):
                                                   u, *self.perturbation(len(pick)))
         loss = losses["td"] + cfg.ns_weight * losses["ns"]
         if cfg.goal_weight > 0 and len(self.goals):
-            goals = torch.as_tensor(self.goals[self.rng.integers(len(self.goals), size=cfg.batch_size)], device=self.device)
+            goals = self.goals[self.shard(self.rng.integers(len(self.goals), size=cfg.batch_size))]
+            goals = torch.as_tensor(goals, device=self.device)
             losses["goal"] = self.value(self.value_states[goals]).pow(2).mean()
             loss = loss + cfg.goal_weight * losses["goal"]
         self.step("value", loss)

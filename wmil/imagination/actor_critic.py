@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from typing import Literal, Optional
+from typing import Callable, Literal, Optional
 
 import torch
 from torch import nn
@@ -140,11 +140,17 @@ class ActorCritic:
         return self.config.entropy_discrete if self.discrete else self.config.entropy_continuous
 
     def update(self, imagined: Imagined, reward: Tensor, discount: Optional[Tensor] = None,
-               actor_extra: Optional[Tensor] = None) -> dict[str, float]:
+               actor_extra: Optional[Tensor] = None,
+               gather: Optional[Callable[[Tensor], Tensor]] = None) -> dict[str, float]:
         """One actor and one critic step. ``reward (H, B)``: reward of step k at state k (the
         last imagined state only bootstraps). When :attr:`backprop` (always for continuous
         actors) ``reward`` must keep its gradient w.r.t. ``imagined.features``.
-        ``actor_extra``: a scalar loss added to the actor's (e.g. a behaviour-cloning term)."""
+        ``actor_extra``: a scalar loss added to the actor's (e.g. a behaviour-cloning term).
+        ``gather``: ``(H, B) -> (H, B_global)``, every process's rows of a data-parallel batch
+        (:meth:`wmil.algos.base.Learner.gather`), so that the advantage standardisation and
+        the return range are the global batch's statistics, as in one process (synchronised
+        batch statistics); None: this process's rows are the batch."""
+        gather = gather or (lambda x: x)
         cfg = self.config
         H = imagined.actions.shape[0]
         assert reward.shape == imagined.log_prob.shape, f"reward must be (H, B) = {tuple(imagined.log_prob.shape)}"
@@ -161,10 +167,11 @@ class ActorCritic:
         weight = cumulative_discount(discount)                              # (H, B)
         advantage = (returns - target_value[:-1]).detach()
         if cfg.advantage_scale == "batch":
-            scale = float(returns.detach().std()) + 1e-8
-            advantage = (advantage - advantage.mean()) / (advantage.std() + 1e-8)
+            whole = gather(advantage)
+            scale = float(gather(returns.detach()).std()) + 1e-8
+            advantage = (advantage - whole.mean()) / (whole.std() + 1e-8)
         else:
-            scale = self.returns.update(returns) if cfg.advantage_scale == "return_range" else 1.0
+            scale = self.returns.update(gather(returns.detach())) if cfg.advantage_scale == "return_range" else 1.0
             advantage = advantage / scale
 
         policy_loss = torch.zeros((), device=reward.device)

@@ -85,6 +85,9 @@ def train_policy(algo: str, model: Optional[str | os.PathLike], expert: str | Da
             raise UserError(f"--algo {algo} does not run data-parallel (it draws its batches outside the shared "
                             f"samplers); run it in one process, without torchrun (data-parallel: "
                             f"{', '.join(sorted(n for n in ALGORITHMS if algorithm_class(n).data_parallel))})")
+        refusal = cls.parallel_refusal(algo_cfg)
+        if refusal:
+            raise UserError(f"--algo {algo} under torchrun: {refusal}")
         if callbacks:  # a callback's stop on rank 0 would leave the others waiting
             raise UserError("callbacks run in one process only; train without torchrun to use them")
     group = distributed.current(dev)  # under torchrun: this rank's share (wmil.distributed)
@@ -143,12 +146,16 @@ def train_policy(algo: str, model: Optional[str | os.PathLike], expert: str | Da
         check_finite(step, {k: v for k, v in metrics.items() if k.startswith("loss/")}, run)
         return group.average_scalars(metrics)
 
+    def evaluate() -> dict:
+        with learner.whole_batches():  # rank 0 alone: what one process would draw
+            return learner.evaluate()
+
     def checkpoint() -> dict:
         return {"algo": learner.training_state(), "rng": rng_state(),
                 "world_model": world_model.state_dict() if world_model is not None else None}
 
     if start < train_cfg.steps and group.main:
-        run_loop(run, train_cfg, start, update, lambda step: learner.evaluate(), checkpoint, progress,
+        run_loop(run, train_cfg, start, update, lambda step: evaluate(), checkpoint, progress,
                  desc=f"imagine {algo}", postfix_keys=learner.progress_keys, callbacks=callbacks)
     else:  # another rank: the same updates, nothing written (rank 0 evaluates and checkpoints)
         for step in range(start + 1, train_cfg.steps + 1):

@@ -24,6 +24,8 @@ Usage::
 
     python -m benchmarks.world_model                      # vector-small and pixel-small, fp32 and bf16
     python -m benchmarks.world_model --configs pixel-paper --rounds 3 --no-reference
+    python -m benchmarks.world_model --device cuda --configs vector-small,pixel-small,pixel-paper \
+        --out benchmarks/results/world_model-gpu.md   # on a GPU machine: the single-GPU rate
 
 Writes ``benchmarks/results/world_model.md``.
 """
@@ -229,11 +231,11 @@ def make_batch(spec: DataSpec, B: int, T: int) -> SequenceBatch:
                          action_mask=torch.ones(B, T, dtype=torch.bool))
 
 
-def wmil_updater(precision: str):
+def wmil_updater(precision: str, device: str = "cpu"):
     """The update of ``wmil train-model`` in ``precision`` (less the sampler and bookkeeping)."""
 
     def update(model, optimizer, batch):
-        with autocast("cpu", precision):
+        with autocast(device, precision):
             losses, _, _ = model.loss(batch)
         loss = total_loss(losses, model.loss_scales)
         optimizer.zero_grad(set_to_none=True)
@@ -260,32 +262,45 @@ def count_flops(update, model, optimizer, batch) -> int:
     return counter.get_total_flops()
 
 
-def gemm_rate(size: int = 1024, repeats: int = 30, dtype=torch.float32) -> float:
-    """Median GEMM FLOP/s in ``dtype`` on the current thread count."""
-    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
+def synchronize(device: str) -> None:
+    """Wait for queued GPU work (CUDA launches return before they finish); a no-op on the CPU."""
+    if device.startswith("cuda"):
+        torch.cuda.synchronize(device)
+
+
+def gemm_rate(size: int = 1024, repeats: int = 30, dtype=torch.float32, device: str = "cpu") -> float:
+    """Median GEMM FLOP/s in ``dtype`` on ``device`` (the current thread count on the CPU)."""
+    if device.startswith("cuda"):
+        size = max(size, 8192)  # a 1024³ product is launch-bound on a GPU
+    a = torch.randn(size, size, dtype=dtype, device=device)
+    b = torch.randn(size, size, dtype=dtype, device=device)
     for _ in range(3):
         a @ b
     times = []
     for _ in range(repeats):
+        synchronize(device)
         start = time.perf_counter()
         a @ b
+        synchronize(device)
         times.append(time.perf_counter() - start)
     return 2 * size ** 3 / statistics.median(times)
 
 
-def timed(update, model, optimizer, batch, updates: int) -> float:
+def timed(update, model, optimizer, batch, updates: int, device: str = "cpu") -> float:
+    synchronize(device)
     start = time.perf_counter()
     for _ in range(updates):
         update(model, optimizer, batch)
+    synchronize(device)
     return (time.perf_counter() - start) / updates
 
 
 def bench(config: BenchConfig, rounds: int, updates: int, reference: bool, precisions: list[str],
-          heads: bool) -> dict:
+          heads: bool, device: str = "cpu") -> dict:
     spec = DataSpec(config.obs_shape, "uint8" if len(config.obs_shape) == 3 else "float32",
                     action_dim=ACTIONS, discrete=True)
     model_config = config_for("rssm", config.preset)
-    batch = make_batch(spec, config.batch, config.steps)
+    batch = make_batch(spec, config.batch, config.steps).to(device)
     runners = {}
 
     def adam(net):
@@ -296,12 +311,12 @@ def bench(config: BenchConfig, rounds: int, updates: int, reference: bool, preci
     for precision, with_heads in variants:
         torch.manual_seed(0)
         extra = dict(reward_head=True, continue_head=True) if with_heads else {}
-        model = make_world_model("rssm", spec, config_for("rssm", config.preset, **extra))
+        model = make_world_model("rssm", spec, config_for("rssm", config.preset, **extra)).to(device)
         name = f"wmil{' + heads' if with_heads else ''} {precision}"
-        runners[name] = (wmil_updater(precision), model, adam(model), precision)
+        runners[name] = (wmil_updater(precision, device), model, adam(model), precision)
     if reference and config.preset != "paper":  # at paper size it takes minutes and adds nothing
         torch.manual_seed(0)
-        ref = ReferenceRSSM(spec, model_config)
+        ref = ReferenceRSSM(spec, model_config).to(device)
         runners["reference fp32"] = (reference_update, ref, adam(ref), "fp32")
     result = {"config": config, "params": sum(p.numel() for p in runners[next(iter(runners))][1].parameters()),
               "runners": list(runners), "precision": {n: r[3] for n, r in runners.items()}}
@@ -313,7 +328,7 @@ def bench(config: BenchConfig, rounds: int, updates: int, reference: bool, preci
         names = list(runners)
         for name in names[r % len(names):] + names[:r % len(names)]:
             update, net, optimizer, _ = runners[name]
-            times[name].append(timed(update, net, optimizer, batch, updates))
+            times[name].append(timed(update, net, optimizer, batch, updates, device))
     frames = config.batch * config.steps
     base = f"wmil {precisions[0]}"
     for name in runners:  # per-round ratios to the first wmil row: each round ran all back to back
@@ -358,6 +373,9 @@ def main(argv=None) -> None:
                         help="also time wmil with its reward and continue heads on, for vector "
                              "observations (vector-small's like-for-like row against dreamerv3-torch)")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="cpu",
+                        help="cpu, or cuda / cuda:N: the single-GPU rate (the table then names the GPU; "
+                             "compare with a CPU table of the same configs for the speed-up)")
     parser.add_argument("--rounds", type=int, default=5, help="timed rounds per model (median)")
     parser.add_argument("--updates", type=int, default=3, help="updates per timed round")
     parser.add_argument("--no-reference", action="store_true",
@@ -369,13 +387,20 @@ def main(argv=None) -> None:
         parser.error(f"--precisions: choose from {PRECISIONS}")
     torch.set_num_threads(args.threads)
     info = machine()
-    gemm = {p: gemm_rate(dtype=torch.float32 if p == "fp32" else torch.bfloat16) for p in PRECISIONS}
-    print("GEMM 1024^3 on {} threads: {}".format(args.threads, ", ".join(
+    if args.device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            parser.error("--device cuda: torch sees no GPU here")
+        info["cpu"] = f"GPU {torch.cuda.get_device_name(args.device)} (host CPU: {info['cpu']})"
+    gemm = {p: gemm_rate(dtype=torch.float32 if p == "fp32" else torch.bfloat16, device=args.device)
+            for p in PRECISIONS}
+    where = args.device if args.device.startswith("cuda") else f"{args.threads} threads"
+    print("GEMM on {}: {}".format(where, ", ".join(
         f"{p} {r / 1e9:.1f} GFLOP/s" for p, r in gemm.items())), flush=True)
 
     rows = []
     for name in args.configs.split(","):
-        result = bench(CONFIGS[name], args.rounds, args.updates, not args.no_reference, precisions, args.heads)
+        result = bench(CONFIGS[name], args.rounds, args.updates, not args.no_reference, precisions, args.heads,
+                       args.device)
         rows.append(result)
         print(f"{name}: " + ", ".join(f"{n} {result[f'{n}_fps']:,.0f} f/s" for n in result["runners"]), flush=True)
     load_end = os.getloadavg()[0]
@@ -383,7 +408,7 @@ def main(argv=None) -> None:
     command = "python " + " ".join([os.path.relpath(__file__, ROOT)] + sys.argv[1:]) \
         if argv is None else "python -m benchmarks.world_model " + " ".join(argv)
     lines = [
-        "# World-model update throughput (CPU)",
+        f"# World-model update throughput ({'GPU' if args.device.startswith('cuda') else 'CPU'})",
         "",
         f"- date: {datetime.date.today().isoformat()}",
         f"- commit: `{info['commit']}`",
@@ -391,7 +416,8 @@ def main(argv=None) -> None:
         f"{args.threads} threads; 1-min load average {info['load']:.2f} at start, {load_end:.2f} at end "
         "(shared machine)",
         f"- command: `{command}` (from the repository root)",
-        f"- measured GEMM rate (1024³, {args.threads} threads, median): "
+        f"- measured GEMM rate ({'8192³, ' + args.device if args.device.startswith('cuda') else f'1024³, {args.threads} threads'}"
+        ", median): "
         + ", ".join(f"**{p} {r / 1e9:.1f} GFLOP/s**" for p, r in gemm.items()),
         "- one update = `wmil train-model`'s step: forward over the sequence + loss (bf16: under "
         "autocast) + backward + grad clip + Adam step; frames = B×T; median of "

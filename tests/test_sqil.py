@@ -86,6 +86,48 @@ def test_sqil_q_ranks_demo_actions_above_others(tmp_path):
     assert (q_demo - q_other).mean() > 0.3
 
 
+def test_the_imagined_half_ranks_the_actions_the_demos_leave_untried(tmp_path):
+    """Two actions, each demonstrated in half of the states (1 iff x > 0, as CartPole's expert
+    uses both): on demos alone a state's other action is never trained and Q generalises across
+    the actions. The default λ_samp (1 on vectors) ranks the demo action first on ≥ 90 % of demo
+    states; the paper's Lunar Lander value 1e-6 (the imagined half all but off) ranks worse."""
+    rng = np.random.default_rng(7)
+    episodes = []
+    for _ in range(6):
+        obs = np.zeros((13, 3), np.float32)
+        obs[:, :2] = rng.uniform(-1, 1, (13, 2))
+        episodes.append((obs, (obs[:-1, 0] > 0).astype(np.int64), True))
+    expert = write_episodes("wm/threshold2-v0", episodes, gym.spaces.Box(-np.inf, np.inf, (3,), np.float32),
+                            gym.spaces.Discrete(2))
+    wm = tiny_world_model(expert, tmp_path / "wm", "dynamics", steps=2,
+                          overrides={**WM_TINY, "seq_len": "6", "open_loop_context": "2"})
+
+    def accuracy(**overrides):
+        seed_everything(0)
+        config = SqilConfig.preset("tiny", {"batch_size": 32, "units": 64, "critic_lr": 3e-3, "gamma": 0.9,
+                                            **overrides})
+        learner = Sqil(frozen(wm), expert, config, torch.device("cpu"))
+        for step in range(1, 101):
+            learner.update(step)
+        demo_action = learner.expert.action[torch.as_tensor(learner.action_rows)].argmax(-1)
+        return learner.lambda_samp, float((learner.q_on_demo().argmax(-1) == demo_action).float().mean())
+
+    (default, balanced), (_, demos_only) = accuracy(), accuracy(lambda_samp=1e-6)
+    assert default == 1.0
+    assert balanced >= 0.9 and balanced > demos_only + 0.05, (balanced, demos_only)
+
+
+def test_default_lambda_samp_by_kind_of_task():
+    from wmil.algos.sqil import default_lambda_samp
+    from wmil.types import DataSpec
+
+    vectors = DataSpec(obs_shape=(4,), obs_dtype="float32", action_dim=2, discrete=True)
+    pixels = DataSpec(obs_shape=(3, 64, 64), obs_dtype="uint8", action_dim=5, discrete=True)
+    continuous = DataSpec(obs_shape=(3,), obs_dtype="float32", action_dim=1, discrete=False,
+                          action_low=(-2.0,), action_high=(2.0,))
+    assert [default_lambda_samp(s) for s in (vectors, pixels, continuous)] == [1.0, 0.01, 1.0]
+
+
 def test_sqil_q_grows_toward_its_known_value_on_a_chain(tmp_path):
     """A demonstrated chain of T = 30 steps into a terminal state, action 0 of 2 at every step:
     Q(s_t, a_E) = 1 + γ·V(s_{t+1}) with V ≥ Q(·, a_E), so Q is at least (1 − γ^(T−t))/(1 − γ)

@@ -18,7 +18,8 @@ reward prefers the expert's action) are stamped beside the cells.
 
 ``vmil`` is D-GAIL with (z, a, z') pairs on the Gaussian RSSM. Results merge into
 ``results/quality-<tasks>.md`` / ``.jsonl`` (a rerun of a cell and seed replaces it; ``--fresh``
-starts over); run directories are kept under ``--runs`` and reused (a finished run is only
+starts over; ``quality-<tasks>.notes.md``, kept by hand — what a label means, where a model came
+from — heads every report of those tasks); run directories are kept under ``--runs`` and reused (a finished run is only
 re-evaluated).
 """
 
@@ -356,6 +357,9 @@ def report_results(args, details: list[dict], wm_details: list[dict]) -> None:
         f"{args.episodes or TASKS[t]['episodes']} episodes per seed and protocol" for t in args.tasks)
     png = plot_cells(details, results / name.replace(".md", ".png"))
     body += f"\n\n![score against demos]({png.name})"
+    notes = results / name.replace(".md", ".notes.md")
+    if notes.exists():  # what the labels mean, where a model came from: kept by hand, copied into every report
+        body = notes.read_text().strip() + "\n\n" + body
     write(name, "Offline imitation quality", body, results)
     jsonl.write_text("".join(json.dumps(d) + "\n" for d in wm_details + details))
 

@@ -27,12 +27,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import RESULTS, ensure_dataset, table, write
+if not __package__:  # run as a script: its folder first on sys.path would shadow the minatar package
+    sys.path[0] = str(Path(__file__).resolve().parent.parent)
+
+from benchmarks.common import RESULTS, ensure_dataset, table, write  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -27,16 +27,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-if not __package__:  # run as a script: its folder first on sys.path would shadow the minatar package
-    sys.path[0] = str(Path(__file__).resolve().parent.parent)
-
-from benchmarks.common import RESULTS, ensure_dataset, table, write  # noqa: E402
+from benchmarks.common import RESULTS, ensure_dataset, table, write
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -139,6 +139,8 @@ class Learner:
         self.steps_done = 0
         #: This process's place in a data-parallel run (set by the trainer; None: one process).
         self.group = None
+        #: Inside :meth:`whole_batches`: :meth:`shard` keeps every row.
+        self._whole = False
 
     # ---- set-up -------------------------------------------------------------------------------
     def add_network(self, name: str, module: nn.Module, lr: Optional[float] = None, **adam) -> nn.Module:
@@ -187,7 +189,7 @@ class Learner:
         """This process's block of a global draw ``rows`` (an array or tensor of N·k rows, the
         same on every process: the generator is seeded alike) — all of it in one process, and
         inside :meth:`whole_batches`."""
-        if self.processes == 1 or getattr(self, "_whole", False):
+        if self.processes == 1 or self._whole:
             return rows
         size = len(rows) // self.processes
         return rows[self.group.rank * size:(self.group.rank + 1) * size]
@@ -196,7 +198,7 @@ class Learner:
     def whole_batches(self) -> Iterator[None]:
         """Inside, :meth:`shard` keeps every row: for the evaluations rank 0 runs alone, which
         draw what one process would (GPRIL's held-out triples come from the samplers)."""
-        previous, self._whole = getattr(self, "_whole", False), True
+        previous, self._whole = self._whole, True
         try:
             yield
         finally:
@@ -212,9 +214,7 @@ class Learner:
         """The global batch of a sharded ``tensor`` (every process's block along ``dim``, in
         rank order; itself in one process): for batch statistics that must be the whole
         batch's, e.g. the actor-critic's advantage standardisation."""
-        if self.group is None or self.processes == 1:
-            return tensor
-        return self.group.gather(tensor, dim)
+        return tensor if self.group is None else self.group.gather(tensor, dim)
 
     def mean_over_processes(self, values: dict[str, float]) -> dict[str, float]:
         """``values`` averaged over the processes of a data-parallel run (as they are in one):

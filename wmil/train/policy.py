@@ -146,7 +146,7 @@ def train_policy(algo: str, model: Optional[str | os.PathLike], expert: str | Da
         check_finite(step, {k: v for k, v in metrics.items() if k.startswith("loss/")}, run)
         return group.average_scalars(metrics)
 
-    def evaluate() -> dict:
+    def evaluate(step: int) -> dict:
         with learner.whole_batches():  # rank 0 alone: what one process would draw
             return learner.evaluate()
 
@@ -155,7 +155,7 @@ def train_policy(algo: str, model: Optional[str | os.PathLike], expert: str | Da
                 "world_model": world_model.state_dict() if world_model is not None else None}
 
     if start < train_cfg.steps and group.main:
-        run_loop(run, train_cfg, start, update, lambda step: evaluate(), checkpoint, progress,
+        run_loop(run, train_cfg, start, update, evaluate, checkpoint, progress,
                  desc=f"imagine {algo}", postfix_keys=learner.progress_keys, callbacks=callbacks)
     else:  # another rank: the same updates, nothing written (rank 0 evaluates and checkpoints)
         for step in range(start + 1, train_cfg.steps + 1):

@@ -190,6 +190,10 @@ def main():
                         help="world-model overrides key=value (e.g. kl_scale=1.0), for every world model")
     parser.add_argument("--wm-label", default="", help="names a world-model variant (its overrides or --wm-steps): "
                         "its own run dirs, and its name in the table's model column")
+    parser.add_argument("--wm-init-from", metavar="LABEL",
+                        help="start each world model from the same task and seed's model of variant LABEL ('' for the "
+                        "plain one; train-model --init-from), e.g. to add a head: --wm-label 16k-cont --wm-init-from 16k "
+                        "--wm-override continue_head=true --wm-steps 2000 (its steps count from there)")
     args = parser.parse_args()
     if args.report_only:
         return report_results(args, [], [])
@@ -220,8 +224,13 @@ def main():
         steps = args.wm_steps or spec["wm"]["steps"]
         done = RunDir(out, "world_model").checkpoints() if (out / "config.yaml").exists() else []
         reused = bool(done) and int(done[-1].stem.split("_")[-1]) >= steps  # trained by an earlier run
+        init_from = None
+        if args.wm_init_from is not None:
+            init_from = runs / task / f"wm-{kind}{'-' + args.wm_init_from if args.wm_init_from else ''}-s{seed}"
+            overrides["init_from"] = str(init_from)  # recorded with the row
         train_world_model(ensure_dataset(spec["world"]), model=kind, preset="small", out=out, steps=steps,
-                          seed=seed, overrides=overrides, progress=False)
+                          seed=seed, overrides={k: v for k, v in overrides.items() if k != "init_from"},
+                          progress=False, init_from=init_from)
         minutes = (time.perf_counter() - started) / 60
         check = evaluate_world_model(out, expert=expert, horizon=15)
         wm_details.append(dict(kind="world_model", task=task, model=kind + wm_label, seed=seed, minutes=minutes,

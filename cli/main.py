@@ -404,10 +404,13 @@ def datasets_delete(name, yes):
               help="Also load checkpoints that need unpickling (written by older wmil versions). Unpickling can "
                    "run code stored in the file: use only for files you trust.")
 @click.option("--allow-nonfinite", is_flag=True, help="Accept NaN/inf in observations, rewards and actions (an error otherwise); recorded as train.allow_nonfinite.")
+@click.option("--init-from", type=click.Path(file_okay=False, exists=True),
+              help="Start from another train-model run's parameters (same model and data layout; heads it lacks, "
+                   "e.g. -o continue_head=true, start fresh). Read when the run starts, not when it resumes.")
 @memory_budget_option
 @threads_option
 def train_model_cmd(datasets, model, preset, steps, seed, out, device, precision, overrides, quiet, trust_checkpoint,
-                    allow_nonfinite):
+                    allow_nonfinite, init_from):
     """Train a world model on all given datasets (mixed quality is the point).
 
     Data-parallel: `torchrun --nproc-per-node N --no-python wmil train-model ...` splits each
@@ -420,7 +423,7 @@ def train_model_cmd(datasets, model, preset, steps, seed, out, device, precision
         pairs["train.allow_nonfinite"] = "true"
     trained = train_world_model(list(datasets), model=model, preset=preset, out=out, steps=steps, seed=seed,
                                 device=device, overrides=pairs, progress=not quiet, trust_checkpoint=trust_checkpoint,
-                                precision=precision)
+                                precision=precision, init_from=init_from)
     from wmil.distributed import launched
 
     if launched()[0] == 0:  # under torchrun, rank 0 speaks for the run

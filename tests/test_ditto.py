@@ -136,3 +136,35 @@ def test_early_starts_draw_that_share_of_starts_from_each_episodes_first_steps(t
         assert len(ditto.early_rows) == 3 * 3  # H = 3 steps of each of 3 episodes
         expected = share + (1 - share) * len(ditto.early_rows) / len(ditto.starts)  # uniform draws hit them too
         assert abs((t < 3).mean() - expected) < 0.06, (share, (t < 3).mean())
+
+
+def test_a_continue_head_discounts_the_imagined_rollout(tmp_path, write_dataset):
+    """With a world model that has a continue head, DITTO's (and D-GAIL's) discount of imagined
+    step k is γ · P(continue | s_{k+1}); without a head, or with ``continue_discount=false``, it
+    is the constant γ. A model sure that every episode ends at once leaves each λ-return its
+    first reward alone."""
+    from wmil.imagination.actor_critic import imagine
+
+    world = write_dataset("cd/world-v0", [12, 14, 16, 11])
+    expert = write_dataset("cd/expert-v0", [10, 9])
+    with_head = load_world_model(tiny_world_model(world, tmp_path / "wm-c", steps=2,
+                                                  overrides={"continue_head": "true"}))
+    without = load_world_model(tiny_world_model(world, tmp_path / "wm", steps=2))
+    config = DittoConfig.preset("tiny", {"horizon": 3})
+    ditto = Ditto(with_head, expert, config, torch.device("cpu"))
+    start, _ = ditto.sample_starts()
+    imagined = imagine(with_head, ditto.actor, start, 3, config.features)
+    expected = config.gamma * with_head.continue_prob(imagined.states[1:])
+    torch.testing.assert_close(ditto.discount(imagined), expected)
+    assert ditto.discount(imagined).shape == (3, config.batch_size)
+    off = Ditto(with_head, expert, DittoConfig.preset("tiny", {"horizon": 3, "continue_discount": False}),
+                torch.device("cpu"))
+    assert off.discount(imagined) is None
+    assert Ditto(without, expert, config, torch.device("cpu")).discount(imagined) is None
+
+    metrics = ditto.update(0)
+    assert 0 < metrics["imagine/continue"] < 1
+    with_head.continue_prob = lambda state: torch.zeros(state.deter.shape[:-1])
+    metrics = ditto.update(1)
+    assert metrics["imagine/continue"] == 0
+    assert metrics["critic/lambda_return"] == pytest.approx(metrics["reward/mean"], abs=1e-6)

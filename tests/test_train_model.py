@@ -259,3 +259,41 @@ def test_dataset_weights_set_each_datasets_share_of_a_batch(write_dataset, tmp_p
     with pytest.raises(UserError, match="weights must be >= 0 with a positive one"):
         train_world_model([a, b], out=tmp_path / "y", overrides={**TINY, "dataset_weights": "0,0"}, **kw)
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists(), "nothing is written"
+
+
+def test_init_from_starts_from_another_runs_parameters_and_adds_a_head(world, tmp_path, capsys):
+    """``init_from``: the new run starts with the source's tensors and a fresh continue head,
+    records where it came from, resumes without the flag, and refuses a source that does not fit."""
+    from wmil.train.world_model import warm_start
+    from wmil.types import DataSpec
+    from wmil.world_models import config_for, make_world_model
+
+    kw = dict(model="rssm", preset="tiny", progress=False, device="cpu")
+    source = load_world_model(train_world_model(world, out=tmp_path / "a", steps=3, overrides=TINY, **kw).run_dir)
+    spec = DataSpec.from_dict(source.run_config["spec"])
+    config = {"model": "rssm", "spec": source.run_config["spec"]}
+    fresh = make_world_model("rssm", spec, config_for("rssm", "tiny", continue_head=True))
+    added = warm_start(fresh, source, config)
+    assert added and all(name.startswith("cont.") for name in added)
+    theirs = source.state_dict()
+    for name, value in fresh.state_dict().items():
+        if name in theirs:
+            assert torch.equal(value, theirs[name]), name
+
+    head = {**TINY, "continue_head": "true", "continue_input": "deter"}
+    out = tmp_path / "b"
+    trained = train_world_model(world, out=out, steps=2, overrides=head, init_from=tmp_path / "a", **kw)
+    assert "new parameters: cont." in capsys.readouterr().err
+    recorded = RunDir(out, "world_model").read_config()["init_from"]
+    assert recorded == {"run": str(tmp_path / "a"), "step": 3, "fingerprint": source.fingerprint}
+    assert trained.continue_prob(trained.initial(2)).shape == (2,)
+    resumed = train_world_model(world, out=out, steps=4, overrides=head, **kw)  # no init_from: it resumes
+    assert load_world_model(out).checkpoint_step == 4 and "cont.net.0.weight" in resumed.state_dict()
+
+    for model, extra, message in (("dynamics", {}, "its model is 'rssm'"), ("rssm", {"deter": "24"}, "sizes differ")):
+        with pytest.raises(UserError, match=message):
+            train_world_model(world, model=model, preset="tiny", out=tmp_path / f"x-{model}-{len(extra)}", steps=1,
+                              overrides={**TINY, **extra}, progress=False, device="cpu", init_from=tmp_path / "a")
+    with_reward = train_world_model(world, out=tmp_path / "r", steps=1, overrides={**TINY, "reward_head": "true"}, **kw)
+    with pytest.raises(UserError, match="has no reward"):
+        train_world_model(world, out=tmp_path / "x-r", steps=1, overrides=TINY, init_from=with_reward.run_dir, **kw)

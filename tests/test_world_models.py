@@ -558,3 +558,22 @@ def test_learns_a_point_mass_and_beats_repeating_the_last_observation(name, disc
     model_error = (predicted - truth).pow(2).mean().item()
     repeat_error = (repeat - truth).pow(2).mean().item()
     assert model_error < 0.5 * repeat_error, (model_error, repeat_error)
+
+
+@pytest.mark.parametrize("name", ["rssm", "gaussian_rssm"])
+def test_continue_head_reads_h_alone_when_asked(name):
+    """``continue_prob`` is P(continue) from the continue head, None without one; with
+    ``continue_input='deter'`` it depends on h only (the stochastic part can change freely)."""
+    plain, spec = build(name, "vector", True)
+    batch = make_batch(spec)
+    assert plain.continue_prob(plain.encode_sequence(batch)) is None
+    for source in ("features", "deter"):
+        model, _ = build(name, "vector", True, continue_head=True, continue_input=source)
+        state = model.encode_sequence(batch)
+        prob = model.continue_prob(state)
+        assert prob.shape == (B, T) and ((prob > 0) & (prob < 1)).all()
+        other = State(deter=state.deter, stoch=torch.roll(state.stoch, 1, 0),
+                      **{k: v for k, v in state.tensors().items() if k not in ("deter", "stoch")})
+        assert torch.equal(model.continue_prob(other), prob) == (source == "deter"), source
+        losses, _, _ = model.loss(batch)
+        assert "cont" in losses and torch.isfinite(losses["cont"])

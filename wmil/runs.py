@@ -51,7 +51,7 @@ _EVENTS_PREFIX = "events.out.tfevents."
 #: ``history``): the step count (a finished run is extended by asking for more steps), what the
 #: divergence guard does, and where the datasets / the world model live (moved directories; the
 #: world model's identity is its ``world_model_checkpoint`` fingerprint, which must not change).
-MAY_CHANGE = ("train.steps", "train.on_divergence", "dataset_paths", "world_model_run", "world_size")
+MAY_CHANGE = ("train.steps", "train.on_divergence", "dataset_paths", "world_model_run", "world_size", "init_from")
 
 #: Config fields every run of a kind must have (loaders read them).
 REQUIRED_FIELDS = {

@@ -432,6 +432,8 @@ class ImitationConfig(ActorCriticConfig, LatentConfig):
     loss (0: the papers' algorithms, reward only; > 0: a regularised variant, e.g. "DITTO + BC")."""
     bc_batch_size: PosInt = 256
     """Expert (latent, action) rows per update of the behaviour-cloning term."""
+    continue_discount: bool = True
+    """When the world model has a continue head (``-o continue_head=true`` when training it), discount each imagined step by γ times the predicted probability that the episode goes on, so nothing after a predicted ending counts (DreamerV2's actor-critic). The DITTO authors' world models have no such head, so by default nothing changes; false ignores a head that is there."""
 
 
 class ImitationLearner(LatentLearner):
@@ -441,6 +443,18 @@ class ImitationLearner(LatentLearner):
     config: ImitationConfig
     evaluation_act = "sample"  # the DITTO authors evaluate their agents with sampled actions
     data_parallel = True
+
+    def discount(self, imagined: Imagined) -> Optional[Tensor]:
+        """``(H, B)``: γ · P(continue) of each imagined state after the start (the discount of
+        what follows it, :mod:`wmil.imagination.returns`), without gradients; None (a constant
+        γ) when the world model has no continue head or ``continue_discount`` is off."""
+        # Optional in the protocol: a world model written before it (or outside wmil) may lack it.
+        predict = getattr(self.world_model, "continue_prob", None)
+        if not self.config.continue_discount or predict is None:
+            return None
+        with torch.no_grad():
+            prob = predict(imagined.states[1:])
+        return None if prob is None else self.config.gamma * prob
 
     def batch_counts(self) -> dict[str, int]:
         cfg = self.config

@@ -241,5 +241,6 @@ class DGail(ImitationLearner):
         metrics = self.update_discriminator(transitions.reshape(-1, transitions.shape[-1]))
         reward = self.reward(transitions)                                        # (H, B)
         bc, bc_metrics = self.bc_term()
-        metrics.update(self.ac.update(imagined, reward, actor_extra=bc, gather=self.gather), **bc_metrics)
+        metrics.update(self.ac.update(imagined, reward, self.discount(imagined), actor_extra=bc, gather=self.gather),
+                       **bc_metrics)
         return metrics

@@ -18,7 +18,10 @@ shared actor-critic in imagination (:mod:`wmil.imagination.actor_critic`): λ-re
 REINFORCE for discrete actions, dynamics backprop for continuous ones (``actor_grad='dynamics'``
 backpropagates through the model for discrete actions too, with straight-through one-hots),
 Adam at 3e-4, a target critic copied every 100 updates. Policies act by sampling at test time,
-as the authors evaluate. The environment is never touched.
+as the authors evaluate. The environment is never touched. On a world model trained with a
+continue head (``-o continue_head=true``; the authors' models have none) each imagined step is
+discounted by γ · P(continue) (DreamerV2's actor-critic, ``continue_discount``): an imagined
+episode end costs every reward the window would still have paid.
 
 Measured option for covariate shift: ``features='mean'`` (the actor reads [h, E z]). On CartPole
 from shifted starts (1 demo, 2 seeds, ``benchmarks/results/quality-cartpole.md``) it scored
@@ -95,6 +98,7 @@ class Ditto(ImitationLearner):
         imagined = imagine(self.world_model, self.actor, start, self.config.horizon, self.config.features)
         reward, similarity = self.rewards(imagined, expert)
         bc, bc_metrics = self.bc_term()
-        metrics = {**self.ac.update(imagined, reward, actor_extra=bc, gather=self.gather), **bc_metrics}
+        metrics = {**self.ac.update(imagined, reward, self.discount(imagined), actor_extra=bc,
+                                      gather=self.gather), **bc_metrics}
         metrics["reward/latent_distance"] = float(1 - similarity[1:].detach().mean())
         return metrics

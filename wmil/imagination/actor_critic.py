@@ -154,6 +154,7 @@ class ActorCritic:
         cfg = self.config
         H = imagined.actions.shape[0]
         assert reward.shape == imagined.log_prob.shape, f"reward must be (H, B) = {tuple(imagined.log_prob.shape)}"
+        predicted = discount is not None
         if discount is None:
             discount = torch.full_like(reward, cfg.gamma)
         if not self.backprop:
@@ -190,7 +191,8 @@ class ActorCritic:
         critic_norm = apply_gradients(self.critic_opt, critic_loss, cfg.grad_clip)
         self.updates += 1
         update_target(self.target_critic, self.critic, self.updates, cfg.target_every, cfg.target_tau)
-        return {
+        extra = {"imagine/continue": float(discount.mean() / cfg.gamma)} if predicted else {}
+        return {**extra,
             "loss/actor": float(actor_loss.detach()), "loss/policy": float(policy_loss.detach()),
             "loss/critic": float(critic_loss.detach()),
             "actor/entropy": float(imagined.entropy.detach().mean()), "actor/return_scale": float(scale),

@@ -9,6 +9,7 @@ directory resumes exactly (model, optimiser, step and every random state are res
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Literal, Optional, Sequence
@@ -105,7 +106,8 @@ def train_world_model(dataset: str | Dataset | Sequence[str | Dataset], model: s
                       out: Optional[str | os.PathLike] = None, steps: Optional[int] = None, seed: Optional[int] = None,
                       device: str = "auto", overrides: Optional[dict[str, str]] = None, progress: bool = True,
                       trust_checkpoint: bool = False, precision: Optional[str] = None,
-                      callbacks: Sequence[Callable[[int, dict], Any]] = ()) -> WorldModelBase:
+                      callbacks: Sequence[Callable[[int, dict], Any]] = (),
+                      init_from: Optional[str | os.PathLike] = None) -> WorldModelBase:
     """Train (or resume) a world model; returns the trained model (in eval mode, ``run_dir`` set).
 
     ``dataset`` is one or more dataset names/paths/objects; ``overrides`` are ``-o`` pairs such
@@ -114,7 +116,9 @@ def train_world_model(dataset: str | Dataset | Sequence[str | Dataset], model: s
     that needs unpickling (older versions): only for files you trust, since it can run code.
     ``callbacks``: functions ``(step, metrics)`` called with every logged row (validation rows
     included; rank 0 only under torchrun); one that returns True stops training there, after a
-    checkpoint.
+    checkpoint. ``init_from``: another ``train-model`` run whose newest checkpoint gives the
+    starting parameters (:func:`warm_start`; e.g. to add a head to a trained model); it is read
+    only when the run starts, not when it resumes.
     """
     names = [dataset] if isinstance(dataset, (str, Dataset, os.PathLike)) else list(dataset)
     datasets = load_all(names)
@@ -138,6 +142,11 @@ def train_world_model(dataset: str | Dataset | Sequence[str | Dataset], model: s
         "dataset_paths": [str(d.data_dir.parent) for d in datasets], "spec": spec.to_dict(),
         "train": to_dict(train_cfg), "model_config": to_dict(model_cfg), "world_size": group.size,
     }
+    source = None
+    if init_from is not None:
+        source = load_world_model(init_from, trust=trust_checkpoint)
+        config["init_from"] = {"run": str(source.run_dir), "step": source.checkpoint_step,
+                               "fingerprint": source.fingerprint}
     # What runs written before a field existed did: fp32, a Gaussian observation likelihood.
     resume = group.open_run(run, config, trust_checkpoint,
                             defaults={"train.precision": "fp32", "model_config.obs_likelihood": "gaussian",
@@ -151,6 +160,11 @@ def train_world_model(dataset: str | Dataset | Sequence[str | Dataset], model: s
         # Vector observations only: images are scaled to [-0.5, 0.5] instead (and a float64 copy
         # of a pixel dataset would take 8× its size).
         world_model.set_normalizer(*_obs_stats(train_sets))
+    if source is not None and resume is None:
+        fresh = warm_start(world_model, source, config)
+        if fresh and group.main:
+            print(f"{run.path}: from {source.run_dir} (step {source.checkpoint_step}); "
+                  f"new parameters: {', '.join(fresh)}", file=sys.stderr)
     world_model.to(dev)
     optimizer = torch.optim.Adam(world_model.parameters(), lr=model_cfg.lr, eps=model_cfg.adam_eps)
     weights = _dataset_weights(train_cfg.dataset_weights, datasets, [len(t) > 0 for t, _ in split])
@@ -254,6 +268,31 @@ def _validate(world_model, val: _ValidationSampler, cfg: WorldModelTrainConfig, 
         return {k: float(np.mean(v)) for k, v in totals.items()}
     finally:
         torch.set_rng_state(cpu_state)
+
+
+def warm_start(world_model: WorldModelBase, source: WorldModelBase, config: dict) -> list[str]:
+    """Copy ``source``'s parameters and buffers into ``world_model`` (a new run's, described by
+    ``config``), which must be the same kind of model on the same data layout; the tensors the
+    source lacks (a head it did not have) keep their fresh initialisation and their names are
+    returned. Anything else that does not fit is a UserError naming it."""
+    where = source.run_dir
+    theirs = source.run_config
+    for field in ("model", "spec"):
+        if theirs.get(field) != config[field]:
+            raise UserError(f"--init-from {where}: its {field} is {theirs.get(field)!r}, this run's is "
+                            f"{config[field]!r}; start from a run of the same model on data of the same layout")
+    mine = world_model.state_dict()
+    given = source.state_dict()
+    extra = sorted(set(given) - set(mine))
+    if extra:
+        raise UserError(f"--init-from {where}: this model has no {', '.join(extra)} (a head or layer the source "
+                        "has); set the same model options as the source, except for heads to add")
+    wrong = [f"{k} {tuple(given[k].shape)} vs {tuple(v.shape)}" for k, v in mine.items()
+             if k in given and given[k].shape != v.shape]
+    if wrong:
+        raise UserError(f"--init-from {where}: sizes differ ({'; '.join(wrong[:3])}); set the same sizes as the source")
+    world_model.load_state_dict({**mine, **given})
+    return sorted(set(mine) - set(given))
 
 
 def load_world_model(run_dir: str | os.PathLike, device: str = "cpu", trust: bool = False) -> WorldModelBase:

@@ -64,6 +64,10 @@ class WorldModel(Protocol):
         """``(*batch,) -> (*batch, F)`` for ``mode`` 'sample' (F = ``feature_dim``); see
         :data:`FEATURES` for the others (:func:`feature_size` gives their width)."""
 
+    def continue_prob(self, state: State) -> Optional[Tensor]:
+        """P(the episode goes on) at ``state``, ``(*batch,)``; None without a continue head.
+        Optional: learners treat a model without the method as one without the head."""
+
     def decode(self, features: Tensor) -> Tensor:
         """Observation prediction ``(*batch, F) -> (*batch, *O)`` in ``preprocess_obs`` space."""
 
@@ -128,6 +132,11 @@ class WorldModelBase(nn.Module):
         assert tuple(prev_action.shape) == (B, T, self.spec.action_dim), \
             f"prev_action must be (B, T, A) = {(B, T, self.spec.action_dim)}, " \
             f"got {tuple(prev_action.shape)}"
+
+    def continue_prob(self, state: State) -> Optional[Tensor]:
+        """P(the episode goes on) at ``state (*batch,)`` -> ``(*batch,)`` for a model with a
+        continue head; None (the default) for one without."""
+        return None
 
     @torch.no_grad()
     def encode_sequence(self, batch: SequenceBatch) -> State:

@@ -97,7 +97,9 @@ class RecurrentConfig(OptimizerConfig):
     reward_scale: NonNegFloat = 1.0
     """Weight of the reward term (when reward_head)."""
     continue_head: bool = False
-    """Also predict 1 - is_terminal from the features (off by default)."""
+    """Also predict 1 - is_terminal from the features (off by default, as the DITTO authors' world models; DreamerV2 has one). Imagination learners then discount an imagined rollout by the predicted continuation (``continue_discount``)."""
+    continue_input: Literal["features", "deter"] = "features"
+    """What the continue head reads: 'features' [h, z] (DreamerV2), or 'deter' h alone, so that it must predict an episode's end from the dynamics rather than from the last frame's own latent (in imagination z comes from the prior, which may not show a rare ending: MinAtar Breakout, README Benchmarks)."""
     continue_scale: NonNegFloat = 1.0
     """Weight of the continue term (when continue_head)."""
 
@@ -170,8 +172,8 @@ class RSSM(WorldModelBase):
                                config.mlp_units, config.act, config.norm)
         self.reward = (MLP(self.feature_dim, 1, config.mlp_layers, config.mlp_units, config.act,
                            config.norm) if config.reward_head else None)
-        self.cont = (MLP(self.feature_dim, 1, config.mlp_layers, config.mlp_units, config.act,
-                         config.norm) if config.continue_head else None)
+        self.cont = (MLP(D if config.continue_input == "deter" else self.feature_dim, 1, config.mlp_layers,
+                         config.mlp_units, config.act, config.norm) if config.continue_head else None)
 
     # ------------------------------------------------------------------ latent hooks
     def _stoch_size(self) -> int:
@@ -270,6 +272,15 @@ class RSSM(WorldModelBase):
             return state.deter  # (..., D)
         stoch = state.stoch if mode == "sample" else self._stoch_mean(self._params(state))
         return torch.cat([state.deter, stoch], -1)  # (..., D + S)
+
+    def _continue_logits(self, state: State) -> Tensor:
+        inputs = state.deter if self.config.continue_input == "deter" else self.features(state)
+        return float32(self.cont(inputs)).squeeze(-1)
+
+    def continue_prob(self, state: State) -> Optional[Tensor]:
+        """P(the episode goes on) at ``state (*batch,)`` -> ``(*batch,)``, from the continue
+        head; None without one."""
+        return None if self.cont is None else torch.sigmoid(self._continue_logits(state))
 
     def decode(self, features: Tensor) -> Tensor:
         prediction = predict(float32(self.decoder(features)), self.likelihood)  # (..., *O), standardised for vectors
@@ -385,7 +396,7 @@ class RSSM(WorldModelBase):
             reward = float32(self.reward(features)).squeeze(-1)
             losses["reward"] = masked_mean(0.5 * (reward - batch.reward).pow(2), mask)
         if self.cont is not None:
-            logits = float32(self.cont(features)).squeeze(-1)
+            logits = self._continue_logits(posterior)
             target_cont = (~batch.is_terminal).to(logits.dtype)
             losses["cont"] = masked_mean(F.binary_cross_entropy_with_logits(logits, target_cont, reduction="none"), mask)
         assert set(losses) == set(self.loss_scales), "loss terms and loss_scales differ"

@@ -297,3 +297,24 @@ def test_init_from_starts_from_another_runs_parameters_and_adds_a_head(world, tm
     with_reward = train_world_model(world, out=tmp_path / "r", steps=1, overrides={**TINY, "reward_head": "true"}, **kw)
     with pytest.raises(UserError, match="has no reward"):
         train_world_model(world, out=tmp_path / "x-r", steps=1, overrides=TINY, init_from=with_reward.run_dir, **kw)
+
+
+def test_end_windows_draw_that_share_of_windows_ending_where_an_episode_terminates(write_dataset, tmp_path):
+    """``end_windows=f``: round(f·B) windows of each batch end at a terminated episode's last
+    observation (its terminal flag on the window's last step); 0 draws as before."""
+    from wmil.data.dataset import MixedSampler
+
+    data = write_dataset("ew/world-v0", [12, 15, 9, 20, 11, 14], discrete=True)
+    ends = lambda batch: batch.is_terminal[:, -1]
+    plain = MixedSampler([data], 16, 8, seed=0)
+    assert float(ends(plain.sample()).float().mean()) < 0.5
+    reference = MixedSampler([data], 16, 8, seed=0, end_share=0.0).sample()
+    torch.testing.assert_close(reference.obs, MixedSampler([data], 16, 8, seed=0).sample().obs)
+    sampler = MixedSampler([data], 16, 8, seed=0, end_share=0.25)
+    for _ in range(5):
+        batch = sampler.sample()
+        assert ends(batch)[:4].all()
+        assert batch.is_first[:, 0].sum() < 16  # still windows, not whole episodes
+    trained = train_world_model(data, model="rssm", preset="tiny", out=tmp_path / "e", steps=2,
+                                overrides={**TINY, "end_windows": "0.5"}, progress=False, device="cpu")
+    assert RunDir(trained.run_dir, "world_model").read_config()["train"]["end_windows"] == 0.5

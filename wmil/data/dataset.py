@@ -419,9 +419,14 @@ class AlignedArrays:
 
 
 class SequenceSampler:
-    """Uniform windows of ``length`` observations; ``sample()`` returns a SequenceBatch."""
+    """Uniform windows of ``length`` observations; ``sample()`` returns a SequenceBatch.
 
-    def __init__(self, dataset: Dataset, batch_size: int, length: int, seed: int = 0, pad: bool = False):
+    ``end_share``: that share of each batch (rounded) are windows that end at the last
+    observation of an episode that terminated, drawn uniformly over those episodes; the rest
+    are uniform. 0 (the default) draws exactly as before."""
+
+    def __init__(self, dataset: Dataset, batch_size: int, length: int, seed: int = 0, pad: bool = False,
+                 end_share: float = 0.0):
         if len(dataset) == 0:
             raise UserError(f"dataset {dataset.name}: no episodes to sample from")
         self.dataset, self.batch_size, self.length, self.pad = dataset, batch_size, length, pad
@@ -435,6 +440,10 @@ class SequenceSampler:
             )
         self.cum_windows = np.cumsum(windows)
         self.rng = np.random.default_rng(seed)
+        self.end_share = end_share
+        last = self.arrays.offsets + n_obs - 1
+        # Episodes whose last observation is terminal and that hold a whole window (or any, padded).
+        self.ending = np.flatnonzero(self.arrays.is_terminal[last] & (windows > 0))
 
     def __iter__(self):
         while True:
@@ -446,6 +455,10 @@ class SequenceSampler:
         flat = self.rng.integers(self.cum_windows[-1], size=B)
         episode = np.searchsorted(self.cum_windows, flat, side="right")
         start = flat - np.concatenate([[0], self.cum_windows])[episode]
+        n_end = int(round(B * self.end_share)) if len(self.ending) else 0
+        if n_end:
+            episode[:n_end] = self.rng.choice(self.ending, n_end)
+            start[:n_end] = np.maximum(a.n_obs[episode[:n_end]] - T, 0)
         steps = np.arange(T)
         valid = steps[None, :] < a.n_obs[episode][:, None]                       # (B, T)
         local = np.minimum(start[:, None] + steps[None, :], a.n_obs[episode][:, None] - 1)
@@ -530,8 +543,8 @@ class MixedSampler:
     a multinomial draw with these probabilities."""
 
     def __init__(self, datasets: Sequence[Dataset], batch_size: int, length: int, seed: int, pad: bool = True,
-                 weights: Optional[Sequence[float]] = None):
-        self.samplers = [SequenceSampler(d, batch_size, length, seed=seed + 7919 * i, pad=pad)
+                 weights: Optional[Sequence[float]] = None, end_share: float = 0.0):
+        self.samplers = [SequenceSampler(d, batch_size, length, seed=seed + 7919 * i, pad=pad, end_share=end_share)
                          for i, d in enumerate(datasets)]
         if weights is None:
             weights = [s.cum_windows[-1] for s in self.samplers]

@@ -49,6 +49,8 @@ class WorldModelTrainConfig(LoopConfig):
     """'fp32', or 'bf16' autocast for the forward pass (KL, losses, latents and the GRU state stay float32)."""
     dataset_weights: Optional[tuple[NonNegFloat, ...]] = None
     """Share of each batch drawn from each dataset, in the order given (e.g. 0.7,0.3; normalised); None: in proportion to each dataset's number of training windows."""
+    end_windows: Prob = 0.0
+    """Share of each batch's windows that end where an episode terminates (0: uniform windows, DreamerV2). An option for data where every episode ends in the event that matters and the model must imagine it: in MinAtar Breakout the one terminal frame per episode (the missed ball) is ~0.5 % of the data, and a model trained on uniform windows imagined a bounce in every branch where the paddle missed (README Benchmarks)."""
 
     DEFAULTS: ClassVar = dict(steps=5000, log_every=50, eval_every=500, checkpoint_every=1000)
     PRESETS: ClassVar = {
@@ -150,7 +152,7 @@ def train_world_model(dataset: str | Dataset | Sequence[str | Dataset], model: s
     # What runs written before a field existed did: fp32, a Gaussian observation likelihood.
     resume = group.open_run(run, config, trust_checkpoint,
                             defaults={"train.precision": "fp32", "model_config.obs_likelihood": "gaussian",
-                                      "world_size": 1, "train.dataset_weights": None})
+                                      "world_size": 1, "train.dataset_weights": None, "train.end_windows": 0.0})
     seed_everything(train_cfg.seed)
     world_model = make_world_model(model, spec, model_cfg)
     split = [d.split(train_cfg.validation_fraction, seed=train_cfg.seed) for d in datasets]
@@ -168,7 +170,8 @@ def train_world_model(dataset: str | Dataset | Sequence[str | Dataset], model: s
     world_model.to(dev)
     optimizer = torch.optim.Adam(world_model.parameters(), lr=model_cfg.lr, eps=model_cfg.adam_eps)
     weights = _dataset_weights(train_cfg.dataset_weights, datasets, [len(t) > 0 for t, _ in split])
-    sampler = MixedSampler(train_sets, train_cfg.batch_size, train_cfg.seq_len, seed=train_cfg.seed, weights=weights)
+    sampler = MixedSampler(train_sets, train_cfg.batch_size, train_cfg.seq_len, seed=train_cfg.seed, weights=weights,
+                           end_share=train_cfg.end_windows)
     eval_len = train_cfg.open_loop_context + max(HORIZONS)
     val_sampler = _validation_sampler(val_sets or train_sets, train_cfg, eval_len)
     start = 0

@@ -7,6 +7,19 @@ the world model's observation likelihood on 10×10 binary grids.
 ``experts`` plays each scripted expert and a uniformly random policy for ``--episodes`` episodes
 (seeds 0..N-1, the recipes' 1,000-step limit) and writes ``results/minatar-experts.md``.
 
+``misses`` asks whether a Breakout world model can imagine the ball being missed where a policy
+misses it. It plays the policy of a run (``--policy RUN``, sampled actions) in the real game; for
+each of the last ``--before`` decisions before every lost ball where one first move catches the
+ball and another loses it, it branches the real game (a deterministic copy: the move, then the
+scripted expert) and, from the model's posterior after the real frames up to there, imagines the
+same moves open loop. It counts, at the step where the losing branch ends: whether the model's
+imagined frame puts the ball in the bottom row (only a miss does: a caught ball stays in row 8)
+and the continue head's P(continue) in losing and catching branches; and P(continue) at the
+terminal frame of held-out world episodes (filtered). Writes ``results/minatar-misses.md``
+(``--out`` to name it).
+
+    python -m benchmarks.minatar misses --policy RUN --models WM_RUN [WM_RUN …] [--episodes 30]
+
 ``likelihood`` trains the ``rssm`` world model (small preset, batch 16×50) on the game's world
 dataset (built from its recipe when missing) once with each likelihood and compares, on held-out
 episodes: open-loop MSE at horizons 1/5/15 against repeating the last frame, and how well the
@@ -174,6 +187,139 @@ def likelihood(args) -> None:
     jsonl.write_text("".join(json.dumps(d) + "\n" for d in details))
 
 
+def _filter(world_model, frames: list, actions: list):
+    """Posterior states ``(T,)`` of one episode's frames (``actions[k]`` taken after frame k)."""
+    import torch
+    import torch.nn.functional as F
+
+    A = world_model.spec.action_dim
+    T = len(frames)
+    prev = torch.zeros(1, T, A)
+    if T > 1:
+        prev[0, 1:] = F.one_hot(torch.as_tensor(actions[:T - 1]), A).float()
+    first = torch.zeros(1, T, dtype=torch.bool)
+    first[0, 0] = True
+    with torch.no_grad():
+        posterior, _ = world_model.observe(torch.as_tensor(np.stack(frames))[None], prev, first)
+    return posterior[0]
+
+
+def _branch(state, first: int, steps: int):
+    """The real game from privileged ``state``: ``first``, then the scripted expert, until the
+    ball is lost or ``steps`` moves. Returns (moves, index of the move that lost the ball or None)."""
+    from wmil.data.minatar_experts import BreakoutExpert
+    from wmil.envs.minatar import game_state, restore_game
+
+    game, expert, moves = restore_game("breakout", state), BreakoutExpert(), []
+    game_actions = [0, 1, 3]  # the -v1 indices' game codes (noop, left, right)
+    for j in range(steps):
+        move = first if j == 0 else expert.act(game_state(game))
+        _, terminal = game.act(game_actions[move])
+        moves.append(move)
+        if terminal:
+            return moves, j
+    return moves, None
+
+
+def misses(args) -> None:
+    import torch
+    import torch.nn.functional as F
+
+    from wmil.data import load
+    from wmil.envs import EnvConfig, make_env
+    from wmil.train.policy import load_policy
+    from wmil.train.world_model import load_world_model
+
+    policy = load_policy(args.policy)
+    env = make_env(EnvConfig(GAMES["breakout"], max_episode_steps=1000))
+    episodes = []  # (frames, actions, states) of the policy's episodes that lost the ball
+    for seed in range(args.seed, args.seed + args.episodes):
+        frame, info = env.reset(seed=seed)
+        policy.reset()
+        frames, actions, states = [frame], [], [info["state"]]
+        while True:
+            action = int(policy.act(frame, deterministic=False))
+            frame, _, terminated, truncated, info = env.step(action)
+            actions.append(action)
+            if terminated or truncated:
+                break
+            frames.append(frame)
+            states.append(info["state"])
+        if terminated:
+            episodes.append((frames, actions, states, frame))
+    world = load(args.world)
+    _, held_out = world.split(0.1, seed=0)
+    rows, details = [], []
+    for run in args.models:
+        torch.manual_seed(0)
+        model = load_world_model(run)
+        counts = {"lost": [0, 0, []], "caught": [0, 0, []]}  # [branches, ball in row 9, P(continue)]
+        decisions = wrong = 0
+        for frames, actions, states, _ in episodes:
+            posterior = _filter(model, frames, actions)
+            T = len(actions)
+            for t in range(max(0, T - args.before), T):
+                branches = {a: _branch(states[t], a, 12) for a in range(3)}
+                ends = [lost for _, lost in branches.values() if lost is not None]
+                if not ends or len(ends) == 3:
+                    continue  # every move loses, or none does: nothing to tell apart here
+                j = min(ends)
+                decisions += 1
+                wrong += branches[actions[t]][1] == j
+                for moves, lost in branches.values():
+                    state = posterior[t:t + 1]
+                    with torch.no_grad():
+                        for move in moves[:j + 1]:
+                            state = model.imagine_step(state, F.one_hot(torch.tensor([move]), 3).float())
+                        ball = (model.decode(model.features(state))[0, 1] + 0.5).clamp(0, 1)  # channel 1: ball
+                        cont = model.continue_prob(state)
+                    kind = "lost" if lost == j else "caught"
+                    counts[kind][0] += 1
+                    counts[kind][1] += int(ball[9].sum() > ball[8].sum())
+                    if cont is not None:
+                        counts[kind][2].append(float(cont[0]))
+        terminal = []
+        for i, episode in enumerate(held_out.episodes()):
+            if len(terminal) >= args.held_out:
+                break
+            if episode.terminations[-1]:
+                acts = np.asarray(episode.actions).reshape(-1).astype(int).tolist()
+                cont = model.continue_prob(_filter(model, list(episode.observations), acts))
+                if cont is not None:
+                    terminal.append(float(cont[-1]))
+        name = Path(run).name
+        row = {"model": name, "decisions": decisions, "policy_wrong": wrong}
+        for kind in ("lost", "caught"):
+            n, row9, cont = counts[kind]
+            row[f"{kind}_branches"] = n
+            row[f"{kind}_ball_row9"] = row9 / max(n, 1)
+            row[f"{kind}_continue_mean"] = float(np.mean(cont)) if cont else None
+            row[f"{kind}_continue_below_half"] = float(np.mean(np.array(cont) < 0.5)) if cont else None
+        row["terminal_continue_mean"] = float(np.mean(terminal)) if terminal else None
+        row["terminal_below_half"] = float(np.mean(np.array(terminal) < 0.5)) if terminal else None
+        details.append(row)
+        fmt = lambda x: "—" if x is None else f"{x:.2f}"
+        rows.append([name, f"{decisions} ({wrong})", f"{row['lost_ball_row9']:.2f} of {row['lost_branches']}",
+                     f"{row['caught_ball_row9']:.2f} of {row['caught_branches']}",
+                     fmt(row["lost_continue_mean"]), fmt(row["lost_continue_below_half"]),
+                     fmt(row["caught_continue_mean"]), fmt(row["caught_continue_below_half"]),
+                     fmt(row["terminal_continue_mean"]), fmt(row["terminal_below_half"])])
+        print(json.dumps(row), flush=True)
+    body = table(["world model", "decisions (policy's move lost)", "losing branches: ball in row 9",
+                  "catching branches: ball in row 9", "losing: P(continue) mean", "losing: share < ½",
+                  "catching: P(continue) mean", "catching: share < ½", "held-out terminal frames: P(continue)",
+                  "share < ½"], rows)
+    body += (f"\n\nPolicy `{args.policy}` (sampled actions), {args.episodes} episodes from seed {args.seed}, "
+             f"{len(episodes)} of them lost the ball; decisions: the last {args.before} steps before each loss where "
+             "one first move catches the ball and another loses it (real game, the scripted expert after the first "
+             "move); the model imagines the same moves from its posterior after the real frames up to the decision. "
+             "'Ball in row 9': the imagined frame at the losing branch's last step has more ball in the bottom row "
+             f"than in row 8 (only a miss puts it there). Held-out terminal frames: {args.held_out} terminated "
+             "episodes of the world dataset's validation split, P(continue) at their last frame (filtered).")
+    write(args.out, "MinAtar Breakout: can the world model imagine a miss?", body)
+    (RESULTS / args.out).with_suffix(".jsonl").write_text("".join(json.dumps(d) + "\n" for d in details))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -186,8 +332,17 @@ def main() -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
     p.add_argument("--variants", nargs="+", choices=sorted(VARIANTS), default=["bernoulli", "gaussian"])
     p.add_argument("--runs", default=str(ROOT / "runs" / "minatar"))
+    p = sub.add_parser("misses", help="does a Breakout world model imagine the misses a policy makes?")
+    p.add_argument("--policy", required=True, help="an imagine run (its policy is played)")
+    p.add_argument("--models", nargs="+", required=True, help="train-model runs to check")
+    p.add_argument("--world", default="minatar-breakout/world-v0", help="world dataset (held-out terminal frames)")
+    p.add_argument("--episodes", type=int, default=30)
+    p.add_argument("--seed", type=int, default=1000)
+    p.add_argument("--before", type=int, default=6, help="decisions checked before each loss")
+    p.add_argument("--held-out", type=int, default=33, help="held-out terminated world episodes")
+    p.add_argument("--out", default="minatar-misses.md")
     args = parser.parse_args()
-    {"experts": experts, "likelihood": likelihood}[args.command](args)
+    {"experts": experts, "likelihood": likelihood, "misses": misses}[args.command](args)
 
 
 if __name__ == "__main__":

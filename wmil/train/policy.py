@@ -121,7 +121,8 @@ def train_policy(algo: str, model: Optional[str | os.PathLike], expert: str | Da
         "train": to_dict(train_cfg), "algo_config": to_dict(algo_cfg), "world_size": group.size,
     }
     # What runs written before these fields existed did: fp32, one process.
-    resume = group.open_run(run, config, trust_checkpoint, defaults={"train.precision": "fp32", "world_size": 1})
+    resume = group.open_run(run, config, trust_checkpoint, defaults={"train.precision": "fp32", "world_size": 1,
+                                                                   "algo_config.continue_discount": True})
     seed_everything(train_cfg.seed)
     if world_model is not None:
         for parameter in world_model.parameters():

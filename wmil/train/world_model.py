@@ -152,7 +152,8 @@ def train_world_model(dataset: str | Dataset | Sequence[str | Dataset], model: s
     # What runs written before a field existed did: fp32, a Gaussian observation likelihood.
     resume = group.open_run(run, config, trust_checkpoint,
                             defaults={"train.precision": "fp32", "model_config.obs_likelihood": "gaussian",
-                                      "world_size": 1, "train.dataset_weights": None, "train.end_windows": 0.0})
+                                      "world_size": 1, "train.dataset_weights": None, "train.end_windows": 0.0,
+                                      "model_config.continue_input": "features"})
     seed_everything(train_cfg.seed)
     world_model = make_world_model(model, spec, model_cfg)
     split = [d.split(train_cfg.validation_fraction, seed=train_cfg.seed) for d in datasets]

@@ -249,31 +249,3 @@ def test_conv_transpose2x_under_bf16_autocast():
     got.float().sum().backward()
     assert layer.weight.grad.dtype == torch.float32 and x.grad.dtype == torch.float32
 
-
-@pytest.mark.parametrize("channels", [1, 3])
-def test_space_to_depth_first_convolution_is_the_layer_itself(channels):
-    """The encoder's first layer computed on 2×2 blocks stacked as channels is the same linear
-    map as the 4×4 stride-2 convolution: outputs and gradients (input, weight, bias) agree."""
-    from wmil.nets.conv import space_to_depth_conv
-
-    torch.manual_seed(0)
-    layer = torch.nn.Conv2d(channels, 5, 4, stride=2).double()
-    x = torch.randn(3, channels, 64, 64, dtype=torch.float64, requires_grad=True)
-    ours = space_to_depth_conv(x, layer)
-    assert ours.shape == (3, 5, 31, 31) and ours.is_contiguous(memory_format=torch.channels_last)
-    grad = torch.randn_like(ours)
-    mine = torch.autograd.grad(ours, [x, layer.weight, layer.bias], grad)
-    reference = layer(x)
-    theirs = torch.autograd.grad(reference, [x, layer.weight, layer.bias], grad)
-    torch.testing.assert_close(ours, reference)
-    for a, b in zip(mine, theirs):
-        torch.testing.assert_close(a, b)
-    # A wrong phase order would still give the right shape: a kernel that reads one input pixel
-    # must see exactly that pixel.
-    with torch.no_grad():
-        layer.weight.zero_()
-        layer.bias.zero_()
-        layer.weight[0, 0, 3, 1] = 1.0  # output (i, j) reads input (2i + 3, 2j + 1)
-    torch.testing.assert_close(space_to_depth_conv(x, layer)[:, 0], x[:, 0, 3::2, 1::2][:, :31, :31].detach())
-    with pytest.raises(AssertionError, match="even-sized"):
-        space_to_depth_conv(torch.randn(1, channels, 63, 63, dtype=torch.float64), layer)

@@ -89,37 +89,12 @@ def conv_transpose2x(x: torch.Tensor, layer: nn.ConvTranspose2d) -> torch.Tensor
     return _TransposedConv2x.apply(x, weight, bias)
 
 
-def space_to_depth_conv(x: torch.Tensor, layer: nn.Conv2d) -> torch.Tensor:
-    """``layer(x)`` for a 4×4, stride-2, unpadded ``nn.Conv2d`` on an even-sized map, computed
-    as a 2×2 stride-1 convolution of the map's 2×2 blocks stacked as channels (space to depth):
-    output row i reads input rows 2i + 2q + a (q, a ∈ {0, 1}), i.e. block row i + q, phase a.
-    The same linear map (float32 rounding differs). Meant for the encoder's first layer, whose
-    1 or 3 input channels make oneDNN's strided kernel slow on this CPU: (800, 1, 64, 64) →
-    16 channels, 2 threads, forward + weight gradient 82 ms in fp32 and 41 ms in bf16 against
-    32 ms and 12 ms this way (the input needs no gradient there, but one is computed if asked).
-    ``(N, C, H, W)`` → ``(N, Cout, H/2 − 1, W/2 − 1)``, channels-last."""
-    assert layer.kernel_size == (4, 4) and layer.stride == (2, 2) and layer.padding == (0, 0) \
-        and layer.dilation == (1, 1) and layer.groups == 1, "space_to_depth_conv: 4×4, stride 2"
-    n, c, h, w = x.shape
-    assert h % 2 == 0 and w % 2 == 0, f"space_to_depth_conv needs an even-sized map, got {h}×{w}"
-    # (N, C, H/2, a, W/2, b) -> (N, H/2, W/2, a, b, C): channel a·2C + b·C + c, laid out
-    # channels-last, as the convolution below wants it.
-    blocks = x.reshape(n, c, h // 2, 2, w // 2, 2).permute(0, 2, 4, 3, 5, 1).reshape(n, h // 2, w // 2, 4 * c)
-    blocks = blocks.permute(0, 3, 1, 2)
-    out_c = layer.out_channels
-    # weight[o, c, 2q + a, 2r + b] -> block weight[o, a·2C + b·C + c, q, r]
-    weight = layer.weight.reshape(out_c, c, 2, 2, 2, 2).permute(0, 3, 5, 1, 2, 4).reshape(out_c, 4 * c, 2, 2)
-    return F.conv2d(blocks, weight.contiguous(memory_format=torch.channels_last), layer.bias)
-
-
 class ConvEncoder(nn.Module):
     """Four 4x4 stride-2 convolutions, depth x (1, 2, 4, 8) channels: 64 -> 31 -> 14 -> 6 -> 2.
 
     ``(N, C, 64, 64)`` float -> ``(N, 32 * depth)``. Leading dimensions beyond N are flattened
     and restored, so ``(B, T, C, 64, 64)`` works too. Runs in channels-last memory format,
-    which oneDNN's CPU convolutions prefer (about 1.3-2x faster per layer here); the first
-    convolution, with only C input channels, goes through :func:`space_to_depth_conv` (the
-    same layer, 2.5-3.5x faster).
+    which oneDNN's CPU convolutions prefer (about 1.3-2x faster per layer here).
     """
 
     def __init__(self, channels: int, depth: int = 48, act: str = "elu"):
@@ -138,11 +113,9 @@ class ConvEncoder(nn.Module):
         lead = obs.shape[:-3]
         assert obs.shape[-3:] == (self.channels, IMAGE_SIZE, IMAGE_SIZE), \
             f"ConvEncoder expects (..., {self.channels}, 64, 64), got {tuple(obs.shape)}"
-        x = space_to_depth_conv(obs.reshape(-1, *obs.shape[-3:]), self.net[0])
-        for layer in self.net[1:]:
-            x = layer(x)
+        x = obs.reshape(-1, *obs.shape[-3:]).contiguous(memory_format=torch.channels_last)
         # Flatten in (C, H, W) order whatever the memory format.
-        return x.contiguous().reshape(*lead, self.out_dim)
+        return self.net(x).contiguous().reshape(*lead, self.out_dim)
 
 
 class ConvDecoder(nn.Module):

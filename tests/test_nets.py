@@ -248,4 +248,3 @@ def test_conv_transpose2x_under_bf16_autocast():
     torch.testing.assert_close(got.float(), expected.float(), rtol=0.02, atol=0.02)
     got.float().sum().backward()
     assert layer.weight.grad.dtype == torch.float32 and x.grad.dtype == torch.float32
-

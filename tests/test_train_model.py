@@ -292,12 +292,15 @@ def test_init_from_starts_from_another_runs_parameters_and_adds_a_head(world, tm
     assert load_world_model(out).checkpoint_step == 4 and "cont.net.0.weight" in resumed.state_dict()
 
     for model, extra, message in (("dynamics", {}, "its model is 'rssm'"), ("rssm", {"deter": "24"}, "sizes differ")):
+        refused = tmp_path / f"x-{model}-{len(extra)}"
         with pytest.raises(UserError, match=message):
-            train_world_model(world, model=model, preset="tiny", out=tmp_path / f"x-{model}-{len(extra)}", steps=1,
+            train_world_model(world, model=model, preset="tiny", out=refused, steps=1,
                               overrides={**TINY, **extra}, progress=False, device="cpu", init_from=tmp_path / "a")
+        assert not refused.exists()  # refused before anything is written
     with_reward = train_world_model(world, out=tmp_path / "r", steps=1, overrides={**TINY, "reward_head": "true"}, **kw)
     with pytest.raises(UserError, match="has no reward"):
         train_world_model(world, out=tmp_path / "x-r", steps=1, overrides=TINY, init_from=with_reward.run_dir, **kw)
+    assert not (tmp_path / "x-r").exists()
 
 
 def test_end_windows_draw_that_share_of_windows_ending_where_an_episode_terminates(write_dataset, tmp_path):

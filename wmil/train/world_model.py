@@ -149,6 +149,7 @@ def train_world_model(dataset: str | Dataset | Sequence[str | Dataset], model: s
         source = load_world_model(init_from, trust=trust_checkpoint)
         config["init_from"] = {"run": str(source.run_dir), "step": source.checkpoint_step,
                                "fingerprint": source.fingerprint}
+        warm_start(make_world_model(model, spec, model_cfg), source, config)  # refuse before anything is written
     # What runs written before a field existed did: fp32, a Gaussian observation likelihood.
     resume = group.open_run(run, config, trust_checkpoint,
                             defaults={"train.precision": "fp32", "model_config.obs_likelihood": "gaussian",

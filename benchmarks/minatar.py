@@ -211,10 +211,10 @@ def _branch(state, first: int, steps: int):
     from wmil.envs.minatar import game_state, restore_game
 
     game, expert, moves = restore_game("breakout", state), BreakoutExpert(), []
-    game_actions = [0, 1, 3]  # the -v1 indices' game codes (noop, left, right)
+    game_code = {index: code for code, index in BreakoutExpert.actions.items()}  # -v1 index -> game action
     for j in range(steps):
         move = first if j == 0 else expert.act(game_state(game))
-        _, terminal = game.act(game_actions[move])
+        _, terminal = game.act(game_code[move])
         moves.append(move)
         if terminal:
             return moves, j
@@ -227,11 +227,13 @@ def misses(args) -> None:
 
     from wmil.data import load
     from wmil.envs import EnvConfig, make_env
+    from wmil.imagination.expert import ExpertLatents
     from wmil.train.policy import load_policy
     from wmil.train.world_model import load_world_model
 
     policy = load_policy(args.policy)
     env = make_env(EnvConfig(GAMES["breakout"], max_episode_steps=1000))
+    torch.manual_seed(args.seed)  # the policy's sampled actions
     episodes = []  # (frames, actions, states) of the policy's episodes that lost the ball
     for seed in range(args.seed, args.seed + args.episodes):
         frame, info = env.reset(seed=seed)
@@ -246,16 +248,17 @@ def misses(args) -> None:
             frames.append(frame)
             states.append(info["state"])
         if terminated:
-            episodes.append((frames, actions, states, frame))
-    world = load(args.world)
-    _, held_out = world.split(0.1, seed=0)
+            episodes.append((frames, actions, states))
+    _, held_out = load(args.world).split(0.1, seed=0)
+    ended = held_out.filter(lambda episode: bool(episode.terminations[-1]))
+    ended = ended.head(min(args.held_out, len(ended)))
     rows, details = [], []
     for run in args.models:
-        torch.manual_seed(0)
+        torch.manual_seed(0)  # the model's latent samples, the same for every model
         model = load_world_model(run)
         counts = {"lost": [0, 0, []], "caught": [0, 0, []]}  # [branches, ball in row 9, P(continue)]
         decisions = wrong = 0
-        for frames, actions, states, _ in episodes:
+        for frames, actions, states in episodes:
             posterior = _filter(model, frames, actions)
             T = len(actions)
             for t in range(max(0, T - args.before), T):
@@ -278,15 +281,11 @@ def misses(args) -> None:
                     counts[kind][1] += int(ball[9].sum() > ball[8].sum())
                     if cont is not None:
                         counts[kind][2].append(float(cont[0]))
-        terminal = []
-        for i, episode in enumerate(held_out.episodes()):
-            if len(terminal) >= args.held_out:
-                break
-            if episode.terminations[-1]:
-                acts = np.asarray(episode.actions).reshape(-1).astype(int).tolist()
-                cont = model.continue_prob(_filter(model, list(episode.observations), acts))
-                if cont is not None:
-                    terminal.append(float(cont[-1]))
+        torch.manual_seed(0)  # the posterior's samples: the same draws whatever ran before
+        with torch.no_grad():
+            latents = ExpertLatents.encode(model, ended)
+            cont = model.continue_prob(latents.states[torch.as_tensor(latents.offsets + latents.n_obs - 1)])
+        terminal = [] if cont is None else cont.tolist()  # P(continue) at each episode's last frame
         name = Path(run).name
         row = {"model": name, "decisions": decisions, "policy_wrong": wrong}
         for kind in ("lost", "caught"):
@@ -314,7 +313,7 @@ def misses(args) -> None:
              "one first move catches the ball and another loses it (real game, the scripted expert after the first "
              "move); the model imagines the same moves from its posterior after the real frames up to the decision. "
              "'Ball in row 9': the imagined frame at the losing branch's last step has more ball in the bottom row "
-             f"than in row 8 (only a miss puts it there). Held-out terminal frames: {args.held_out} terminated "
+             f"than in row 8 (only a miss puts it there). Held-out terminal frames: {len(ended)} terminated "
              "episodes of the world dataset's validation split, P(continue) at their last frame (filtered).")
     write(args.out, "MinAtar Breakout: can the world model imagine a miss?", body)
     (RESULTS / args.out).with_suffix(".jsonl").write_text("".join(json.dumps(d) + "\n" for d in details))

@@ -227,14 +227,13 @@ def main():
         init_from = None
         if args.wm_init_from is not None:
             init_from = runs / task / f"wm-{kind}{'-' + args.wm_init_from if args.wm_init_from else ''}-s{seed}"
-            overrides["init_from"] = str(init_from)  # recorded with the row
         train_world_model(ensure_dataset(spec["world"]), model=kind, preset="small", out=out, steps=steps,
-                          seed=seed, overrides={k: v for k, v in overrides.items() if k != "init_from"},
-                          progress=False, init_from=init_from)
+                          seed=seed, overrides=overrides, progress=False, init_from=init_from)
         minutes = (time.perf_counter() - started) / 60
         check = evaluate_world_model(out, expert=expert, horizon=15)
+        recorded = dict(overrides, init_from=str(init_from)) if init_from else overrides  # with the row
         wm_details.append(dict(kind="world_model", task=task, model=kind + wm_label, seed=seed, minutes=minutes,
-                               reused=reused, overrides=overrides, **{k: v for k, v in check.items()
+                               reused=reused, overrides=recorded, **{k: v for k, v in check.items()
                                                                        if k.startswith(("open_loop/ratio",
                                                                                         "reward_check/",
                                                                                         "start_recall/"))}))

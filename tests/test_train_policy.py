@@ -112,6 +112,8 @@ def test_imagine_precision_is_recorded_and_a_resume_with_another_is_refused(tmp_
     config = yaml.safe_load(path.read_text())
     del config["train"]["precision"]
     del config["algo_config"]["continue_discount"]  # added later too: on by default, a no-op without a head
+    for field in ("starts", "world_episodes"):      # DITTO's world-data starts, added later: expert starts
+        del config["algo_config"][field]
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     train_policy("ditto", wm, "pr/expert-v0", out=old, preset="tiny", steps=4, overrides=AC, progress=False)
     assert [m["step"] for m in RunDir(old, "policy").read_metrics()][-1] == 4

@@ -501,10 +501,11 @@ class ImitationLearner(LatentLearner):
         """``count`` expert start rows of a global batch, drawn uniformly with replacement."""
         return self.rng.choice(self.starts, count)
 
-    def sample_starts(self) -> tuple[State, Tensor]:
-        """``batch_size`` expert start states ``(B,)`` and the reward latents of the expert
-        windows that follow them ``(H+1, B, L)`` (row k: k steps on); this process's share."""
-        rows = self.shard(self.start_rows(self.config.batch_size))
+    def sample_starts(self, count: Optional[int] = None) -> tuple[State, Tensor]:
+        """``count`` (default ``batch_size``, global) expert start states ``(B,)`` and the reward
+        latents of the expert windows that follow them ``(H+1, B, L)`` (row k: k steps on); this
+        process's share."""
+        rows = self.shard(self.start_rows(self.config.batch_size if count is None else count))
         index = self.expert.window(rows, self.config.horizon)
         return self.expert.states[index[0]], self.expert_latent[index]
 

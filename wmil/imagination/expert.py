@@ -69,8 +69,13 @@ class ExpertLatents:
     @staticmethod
     @torch.no_grad()
     def of_world_model(world_model, max_episodes: int, device="cpu", features: str = "sample") -> "ExpertLatents":
-        """Posterior latents of (the first ``max_episodes`` episodes of each of) the datasets the
-        world model was trained on (its run config names them), laid end to end."""
+        """Posterior latents of (``max_episodes`` episodes, evenly spaced, of each of) the datasets
+        the world model was trained on (its run config names them), laid end to end.
+
+        Evenly spaced rather than the first ones: the recipes record their ε values in blocks
+        (``epsilon: [0, 0.25, 0.5, 1]`` is the expert's 250 episodes, then ε = 0.25's, …), so the
+        first 200 of 1,000 MinAtar episodes, or of 400 LunarLander ones, were the expert's own
+        play only, and "world-data states" held none of the drift they are meant to show."""
         from wmil.data.dataset import load
 
         names = (getattr(world_model, "run_config", None) or {}).get("datasets")
@@ -80,8 +85,8 @@ class ExpertLatents:
         parts = []
         for name in names:
             dataset = load(name)
-            parts.append(ExpertLatents.encode(world_model, dataset.head(min(max_episodes, len(dataset))), device,
-                                              features=features))
+            keep = np.unique(np.linspace(0, len(dataset) - 1, min(max_episodes, len(dataset))).round().astype(int))
+            parts.append(ExpertLatents.encode(world_model, dataset.select(keep), device, features=features))
         return ExpertLatents.concat(parts)
 
     @staticmethod

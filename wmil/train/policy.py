@@ -122,7 +122,10 @@ def train_policy(algo: str, model: Optional[str | os.PathLike], expert: str | Da
     }
     # What runs written before these fields existed did: fp32, one process.
     resume = group.open_run(run, config, trust_checkpoint, defaults={"train.precision": "fp32", "world_size": 1,
-                                                                   "algo_config.continue_discount": True})
+                                                                   "algo_config.continue_discount": True,
+                                                                   # DITTO before its world-data starts:
+                                                                   "algo_config.starts": "expert",
+                                                                   "algo_config.world_episodes": 200})
     seed_everything(train_cfg.seed)
     if world_model is not None:
         for parameter in world_model.parameters():

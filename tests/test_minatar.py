@@ -329,3 +329,28 @@ def test_start_recall_counts_the_cells_the_filter_shows_after_an_episode_starts(
     for k in (0, 1, 2):
         assert report[f"start_recall/c1_t{k}"] == 0.0 and report[f"start_recall/c0_t{k}"] == 1.0
     assert all(report[f"start_recall/c{c}_t{k}"] == 1.0 for c in range(3) for k in (5, 10, 20))
+
+
+@pytest.mark.parametrize("channels", [4, 6])
+def test_open_loop_strip_draws_grids_of_any_channel_count(tmp_path, channels):
+    """The strip of ``evaluate-model`` draws object-channel grids one colour per channel: a
+    6-channel grid (SpaceInvaders) was handed to PIL as a 6-band image and failed, and a
+    4-channel one (Breakout, Asterix) came out as RGBA."""
+    from types import SimpleNamespace
+
+    from PIL import Image
+
+    from wmil.envs.minatar import PALETTE
+    from wmil.eval.world_model import save_strip
+
+    obs = torch.zeros(1, 20, channels, 10, 10, dtype=torch.uint8)
+    obs[0, :, channels - 1, 3, 7] = 255                                 # the last channel's object
+    model = SimpleNamespace(open_loop=lambda batch, context, horizon: batch.obs[:, context:context + horizon]
+                            .float() / 255 - 0.5)
+    path = save_strip(model, SimpleNamespace(obs=obs), 5, tmp_path / "strip.png")
+    with Image.open(path) as image:
+        assert image.mode == "RGB" and image.size == (15 * 80, 2 * 80)     # 15 frames, 8 pixels a cell
+        pixels = np.asarray(image)
+    for row in (0, 1):                                                  # truth, then the model
+        np.testing.assert_array_equal(pixels[row * 80 + 3 * 8 + 4, 7 * 8 + 4], PALETTE[(channels - 1) % len(PALETTE)])
+        assert pixels[row * 80 + 4, 4].max() <= 40                      # an empty cell stays dark

@@ -139,20 +139,19 @@ def _per_dimension(model, batch, context: int, horizon: int = 15) -> tuple[torch
 
 @torch.no_grad()
 def save_strip(model, batch, context: int, path: Path, horizon: int = 15) -> Path:
-    """Truth (top) and open-loop prediction (bottom) of the first window, side by side in time."""
+    """Truth (top) and open-loop prediction (bottom) of the first window, side by side in time,
+    each frame drawn by :func:`image_frame` (grey or RGB images at twice their size; object-channel
+    grids, whatever their channel count, one colour per channel)."""
     from PIL import Image
 
     predicted = model.open_loop(batch, context, horizon)[0]                # (H, C, h, w) in [-0.5, 0.5]
     truth = batch.obs[0, context:context + horizon].float() / 255.0 - 0.5
     rows = []
     for frames in (truth, predicted):
-        images = ((frames.clamp(-0.5, 0.5) + 0.5) * 255).round().to(torch.uint8).numpy()  # (H, C, h, w)
-        images = np.transpose(images, (0, 2, 3, 1))                          # (H, h, w, C)
-        rows.append(np.concatenate(list(images), axis=1))
-    strip = np.concatenate(rows, axis=0)
-    if strip.shape[-1] == 1:
-        strip = strip[..., 0]
-    Image.fromarray(strip).resize((strip.shape[1] * 2, strip.shape[0] * 2), Image.NEAREST).save(path)
+        images = ((frames.clamp(-0.5, 0.5) + 0.5) * 255).round().to(torch.uint8).cpu().numpy()  # (H, C, h, w)
+        size = max(2 * images.shape[-2], 80)
+        rows.append(np.concatenate([image_frame(image, size=size) for image in images], axis=1))
+    Image.fromarray(np.concatenate(rows, axis=0)).save(path)
     return path
 
 

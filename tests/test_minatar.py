@@ -354,3 +354,60 @@ def test_open_loop_strip_draws_grids_of_any_channel_count(tmp_path, channels):
     for row in (0, 1):                                                  # truth, then the model
         np.testing.assert_array_equal(pixels[row * 80 + 3 * 8 + 4, 7 * 8 + 4], PALETTE[(channels - 1) % len(PALETTE)])
         assert pixels[row * 80 + 4, 4].max() <= 40                      # an empty cell stays dark
+
+
+def test_a_bernoulli_decoder_starts_at_the_datas_base_rate(tmp_path, monkeypatch):
+    """A fresh Bernoulli world model's output bias is the log-odds of each channel's share of 'on'
+    cells in the training data (both image decoders); a Gaussian model, or a resumed run, is left
+    as it is."""
+    import gymnasium as gym
+
+    from wmil.data.storage import DatasetWriter, Episode
+    from wmil.nets.conv import ConvDecoder
+    from wmil.train.world_model import train_world_model
+    from wmil.world_models.registry import config_for, make_world_model
+    from wmil.world_models.rssm import RSSM
+
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path / "minari"))
+    rng = np.random.default_rng(0)
+    space = gym.spaces.Box(0, 255, (3, 10, 10), np.uint8)
+    with DatasetWriter("rates/world-v0", space, gym.spaces.Discrete(3)) as writer:
+        for e, T in enumerate([20, 30, 25]):
+            obs = np.zeros((T + 1, 3, 10, 10), np.uint8)
+            obs[:, 1] = 255                                                   # always on
+            obs[:, 2] = (rng.random((T + 1, 10, 10)) < 0.05) * 255            # sparse
+            terms = np.zeros(T, bool)
+            terms[-1] = True
+            writer.add(Episode(obs, rng.integers(0, 3, T), np.zeros(T), terms, np.zeros(T, bool), seed=e))
+    seen = []
+    monkeypatch.setattr(RSSM, "set_pixel_rates", lambda self, share: seen.append(np.asarray(share)))
+    common = dict(preset="tiny", steps=2, progress=False, device="cpu",
+                  overrides={"batch_size": "2", "seq_len": "8", "eval_every": "2", "checkpoint_every": "2",
+                             "log_every": "2", "open_loop_context": "3", "eval_batches": "1"})
+    train_world_model("rates/world-v0", model="rssm", out=tmp_path / "g", **common)
+    assert seen == []                                                          # Gaussian: left as it is
+    bern = {**common["overrides"], "obs_likelihood": "bernoulli"}
+    train_world_model("rates/world-v0", model="rssm", out=tmp_path / "b", **{**common, "overrides": bern})
+    assert len(seen) == 1
+    from wmil.data import load
+
+    train = load("rates/world-v0").split(0.1, seed=0)[0]                       # the trainer's training split
+    cells = np.concatenate([train.episode(i).observations for i in range(len(train))]) > 127
+    np.testing.assert_allclose(seen[0], cells.mean((0, 2, 3)))
+    assert seen[0][0] == 0 and seen[0][1] == 1 and 0.02 < seen[0][2] < 0.08
+    train_world_model("rates/world-v0", model="rssm", out=tmp_path / "b", **{**common, "steps": 4, "overrides": bern})
+    assert len(seen) == 1                                                      # a resume keeps its parameters
+    monkeypatch.undo()
+
+    share = np.array([0.0, 1.0, 0.05])                                         # clamped to [1e-3, 1 - 1e-3]
+    expected = torch.tensor([math.log(1e-3 / (1 - 1e-3)), math.log((1 - 1e-3) / 1e-3), math.log(0.05 / 0.95)])
+    for shape in [(3, 10, 10), (3, 64, 64)]:
+        spec = DataSpec(shape, "uint8", 3, True)
+        model = make_world_model("rssm", spec, config_for("rssm", "tiny", obs_likelihood="bernoulli"))
+        assert isinstance(model.decoder, GridDecoder if shape[1] == 10 else ConvDecoder)
+        model.set_pixel_rates(share)
+        torch.testing.assert_close(model.decoder.output_bias.detach(), expected)
+        gaussian = make_world_model("rssm", spec, config_for("rssm", "tiny"))
+        before = gaussian.decoder.output_bias.detach().clone()
+        gaussian.set_pixel_rates(share)
+        torch.testing.assert_close(gaussian.decoder.output_bias.detach(), before)

@@ -332,6 +332,11 @@ class Dataset:
             raise UserError(f"dataset {self.name}: asked for {k} episodes but it has only {len(self)}")
         return self.select(np.arange(k))
 
+    def spaced(self, k: int) -> "Dataset":
+        """A view of ``k`` episodes evenly spaced over this one (every episode when ``k`` ≥ its
+        length): a sample that spans recipes which record their ε values in blocks."""
+        return self.select(np.unique(np.linspace(0, len(self) - 1, min(k, len(self))).round().astype(np.int64)))
+
     def filter(self, predicate: Callable[[Episode], bool]) -> "Dataset":
         return self.select([i for i in range(len(self)) if predicate(self.episode(i))])
 

@@ -85,8 +85,7 @@ class ExpertLatents:
         parts = []
         for name in names:
             dataset = load(name)
-            keep = np.unique(np.linspace(0, len(dataset) - 1, min(max_episodes, len(dataset))).round().astype(int))
-            parts.append(ExpertLatents.encode(world_model, dataset.select(keep), device, features=features))
+            parts.append(ExpertLatents.encode(world_model, dataset.spaced(max_episodes), device, features=features))
         return ExpertLatents.concat(parts)
 
     @staticmethod

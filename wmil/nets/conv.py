@@ -144,6 +144,11 @@ class ConvDecoder(nn.Module):
         self.in_dim = in_dim
         self.depth = depth
 
+    @property
+    def output_bias(self) -> torch.Tensor:
+        """``(C,)``: the per-channel bias of the last layer."""
+        return self.net[-1].bias
+
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         lead = features.shape[:-1]
         x = self.first_act(self.first(self.linear(features.reshape(-1, self.in_dim))))

@@ -73,6 +73,11 @@ class GridDecoder(nn.Module):
         )
         self.out = nn.Conv2d(depth, C, 3, padding=1)
 
+    @property
+    def output_bias(self) -> torch.Tensor:
+        """``(C,)``: the per-channel bias of the last layer."""
+        return self.out.bias
+
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         lead = features.shape[:-1]
         x = self.linear(features.reshape(-1, self.in_dim))

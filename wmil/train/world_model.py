@@ -81,6 +81,19 @@ def _obs_stats(datasets: Sequence[Dataset]) -> tuple[torch.Tensor, torch.Tensor]
     return torch.tensor(mean, dtype=torch.float32), torch.tensor(std, dtype=torch.float32)
 
 
+def _pixel_rates(datasets: Sequence[Dataset], episodes: int = 100) -> np.ndarray:
+    """``(C,)``: the share of 'on' pixels (> 127) per channel over up to ``episodes`` episodes of
+    each dataset, evenly spaced (recipes record their ε values in blocks)."""
+    on, total = 0.0, 0
+    for d in datasets:
+        sample = d.spaced(episodes)
+        for i in range(len(sample)):
+            obs = np.asarray(sample.episode(i).observations)                # (T + 1, C, H, W) uint8
+            on = on + (obs > 127).sum((0, 2, 3))
+            total += obs.shape[0] * obs.shape[2] * obs.shape[3]
+    return np.asarray(on, np.float64) / max(total, 1)
+
+
 def _dataset_weights(weights: Optional[tuple[float, ...]], datasets: Sequence[Dataset],
                      trained: Sequence[bool]) -> Optional[list[float]]:
     """``dataset_weights`` checked against the datasets, for the ones with training episodes."""
@@ -164,6 +177,8 @@ def train_world_model(dataset: str | Dataset | Sequence[str | Dataset], model: s
         # Vector observations only: images are scaled to [-0.5, 0.5] instead (and a float64 copy
         # of a pixel dataset would take 8× its size).
         world_model.set_normalizer(*_obs_stats(train_sets))
+    if spec.pixels and resume is None and getattr(world_model, "likelihood", None) == "bernoulli":
+        world_model.set_pixel_rates(_pixel_rates(train_sets))  # the decoder starts at the base rate
     if source is not None and resume is None:
         fresh = warm_start(world_model, source, config)
         if fresh and group.main:

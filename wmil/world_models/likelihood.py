@@ -17,6 +17,16 @@ kept its latents (entropy 9.2) and closed most of the gap, still short of the Ga
 cell error 1.6 %, 15-step MSE 0.91 of repeating). One seed each; the longer comparison is
 ``python -m benchmarks.minatar likelihood --steps 3000 --seeds 0 1 --variants gaussian
 bernoulli-unimix``.
+
+Where the Gaussian fails: on MinAtar Asterix (10,000 updates, `rssm` small, 16×50) the Gaussian
+model never shows the player (a single cell: reconstructed at 0.04 where it is, recall 0 at
+every step after a reset) nor, until 12,000 updates, the gold; on SpaceInvaders it never shows
+the enemy bullets (0.05). A missed cell costs it ½ nat, little beside the frame. The Bernoulli
+model collapsed there too (KL 0.06 by update 200, latents at the ``unimix`` floor, every frame
+decoded as the base rates), while its logits were pushed from 0 toward the base rates; started
+at the data's base rate instead (the trainer's ``set_pixel_rates`` on a fresh run: output bias
+= log-odds of each channel's share of 'on' cells), the same model kept its latents (KL 18–24,
+posterior entropy 33 at update 400; `benchmarks/results/quality-minatar-asterix.notes.md`).
 """
 
 from __future__ import annotations

@@ -232,6 +232,19 @@ class RSSM(WorldModelBase):
         self.obs_mean.copy_(mean)
         self.obs_std.copy_(std.clamp(min=self.config.std_floor))
 
+    @torch.no_grad()
+    def set_pixel_rates(self, on_share) -> None:
+        """Start a Bernoulli decoder at the data's base rate: its output bias becomes the log-odds
+        of ``on_share (C,)``, the share of 'on' pixels in each channel of the training data (the
+        trainer passes it on a fresh start). A no-op for vectors and for the Gaussian likelihood.
+        Why (:mod:`wmil.world_models.likelihood`): from logits of 0 the first updates push every
+        cell towards its base rate, and on MinAtar Asterix the categorical latents saturated and
+        the posterior stopped reading the frame (KL 0.06 by update 200) while they did so."""
+        if not self.spec.pixels or self.likelihood != "bernoulli":
+            return
+        p = torch.as_tensor(on_share, dtype=torch.float32).clamp(1e-3, 1 - 1e-3)
+        self.decoder.output_bias.copy_(torch.log(p / (1 - p)).to(self.decoder.output_bias.device))
+
     def _normalize(self, obs: Tensor) -> Tensor:
         """``preprocess_obs`` output -> the encoder's input and the decoder's target."""
         return obs if self.spec.pixels else (obs - self.obs_mean) / self.obs_std

@@ -40,12 +40,14 @@ reward features). The rollout is then rewarded for rejoining what the expert did
 similar state it visited. The authors start from expert states only, so the reward is defined
 only within H steps of the demonstrations; in MinAtar Breakout most lost balls come from states
 the policy's own earlier moves produced, which such windows rarely reach (README, Benchmarks).
+Measured there (half of the starts, 16 demos, seed 0): 0.08 / 0.11 sampled / greedy against
+0.10 / 0.11 without, so it stays an option.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, Optional
 
 import numpy as np
 import torch
@@ -86,6 +88,9 @@ class Ditto(ImitationLearner):
         super().__init__(world_model, expert, config, device)
         #: The start rows within the first ``horizon`` steps of their episode (``early_starts``).
         self.early_rows = self.expert.starts(config.horizon, first=config.horizon)
+        #: World-data start rows and the expert start rows' reward latents (world starts; on first use).
+        self._world_rows: Optional[np.ndarray] = None
+        self._start_latent: Optional[Tensor] = None
 
     def start_rows(self, count: int) -> np.ndarray:
         """As the base's, with a share ``early_starts`` of them from :attr:`early_rows`."""
@@ -108,7 +113,7 @@ class Ditto(ImitationLearner):
             state, window = super().sample_starts(count - n_world)
             states.append(state)
             windows.append(window)
-        if getattr(self, "_world_rows", None) is None:
+        if self._world_rows is None:
             self._world_rows = self.world.starts(1)
         rows = self.shard(self.rng.choice(self._world_rows, n_world))
         index = torch.as_tensor(rows, device=self.world.features.device)
@@ -124,7 +129,7 @@ class Ditto(ImitationLearner):
         """``(rows (B,), similarity (B,))``: for each reward latent ``(B, L)`` the expert start row
         (one of :attr:`starts`) whose reward latent is most similar under DITTO's similarity
         x·y / max(‖x‖, ‖y‖)², and that similarity."""
-        if getattr(self, "_start_latent", None) is None:
+        if self._start_latent is None:
             self._start_latent = self.expert_latent[torch.as_tensor(self.starts, device=self.expert_latent.device)]
         cand = self._start_latent.to(latent.device)
         norm = torch.maximum(latent.norm(dim=-1)[:, None], cand.norm(dim=-1)[None, :])

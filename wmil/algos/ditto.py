@@ -55,7 +55,7 @@ import torch
 from wmil.algos.base import ImitationConfig, ImitationLearner
 from wmil.config import Prob, StartsConfig
 from wmil.imagination.actor_critic import imagine
-from wmil.imagination.metrics import ditto_similarity
+from wmil.imagination.metrics import ditto_similarity, ditto_similarity_matrix
 from wmil.types import Imagined, State
 
 Tensor = torch.Tensor
@@ -91,6 +91,7 @@ class Ditto(ImitationLearner):
         #: World-data start rows and the expert start rows' reward latents (world starts; on first use).
         self._world_rows: Optional[np.ndarray] = None
         self._start_latent: Optional[Tensor] = None
+        self._match_similarity = 0.0  # of the last batch's world starts (logged as reward/world_match)
 
     def start_rows(self, count: int) -> np.ndarray:
         """As the base's, with a share ``early_starts`` of them from :attr:`early_rows`."""
@@ -131,10 +132,7 @@ class Ditto(ImitationLearner):
         x·y / max(‖x‖, ‖y‖)², and that similarity."""
         if self._start_latent is None:
             self._start_latent = self.expert_latent[torch.as_tensor(self.starts, device=self.expert_latent.device)]
-        cand = self._start_latent.to(latent.device)
-        norm = torch.maximum(latent.norm(dim=-1)[:, None], cand.norm(dim=-1)[None, :])
-        similarity = (latent @ cand.T) / (norm ** 2 + 1e-8)
-        best, where = similarity.max(1)
+        best, where = ditto_similarity_matrix(latent, self._start_latent.to(latent.device)).max(1)
         return self.starts[where.cpu().numpy()], best
 
     def rewards(self, imagined: Imagined, expert: Tensor) -> tuple[Tensor, Tensor]:

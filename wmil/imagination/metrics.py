@@ -32,6 +32,13 @@ def ditto_similarity(expert: Tensor, agent: Tensor, eps: float = 1e-8) -> Tensor
     return dot / (norm ** 2 + eps)
 
 
+def ditto_similarity_matrix(a: Tensor, b: Tensor, eps: float = 1e-8) -> Tensor:
+    """:func:`ditto_similarity` of every row of ``a (M, F)`` with every row of ``b (N, F)``:
+    ``(M, N)``, one matrix product instead of an ``(M, N, F)`` broadcast."""
+    norm = torch.maximum(a.norm(dim=-1)[:, None], b.norm(dim=-1)[None, :])
+    return (a @ b.T) / (norm ** 2 + eps)
+
+
 @torch.no_grad()
 def latent_distance(world_model, actor: ActionHead, expert: ExpertLatents, rows: np.ndarray, horizon: int,
                     seed: int = 0, features: str = "sample", compare: Optional[str] = None) -> float:

@@ -242,8 +242,8 @@ class RSSM(WorldModelBase):
         the posterior stopped reading the frame (KL 0.06 by update 200) while they did so."""
         if not self.spec.pixels or self.likelihood != "bernoulli":
             return
-        p = torch.as_tensor(on_share, dtype=torch.float32).clamp(1e-3, 1 - 1e-3)
-        self.decoder.output_bias.copy_(torch.log(p / (1 - p)).to(self.decoder.output_bias.device))
+        logits = torch.logit(torch.as_tensor(on_share, dtype=torch.float32), eps=1e-3)  # shares clamped to [ε, 1 − ε]
+        self.decoder.output_bias.copy_(logits.to(self.decoder.output_bias.device))
 
     def _normalize(self, obs: Tensor) -> Tensor:
         """``preprocess_obs`` output -> the encoder's input and the decoder's target."""

@@ -30,6 +30,29 @@ def test_bc_continuous_vector(reach, tmp_path, loss):
     assert {"loss/bc", "eval/val_loss", "eval/action_mse", "eval/best_val_score"} <= set(last)
 
 
+def test_bc_mse_acts_with_its_mode_when_sampled(reach, tmp_path):
+    """An 'mse' BC trains only the mode (its head's std is never trained), so a sample would be
+    noise of an arbitrary scale: it acts with its mode under 'sample' too, and says so; a
+    'gaussian' BC still samples."""
+    expert, _ = reach
+    obs = np.stack([expert.episode(0).observations[0]] * 8)
+    first = [True] * 8
+    for loss in ("mse", "gaussian"):
+        out = tmp_path / loss
+        train_policy("bc", None, expert, out=out, preset="tiny", steps=4, progress=False, device="cpu",
+                     overrides={**RUN_TINY, "continuous_loss": loss})
+        policy = load_policy(out)
+        torch.manual_seed(0)
+        sampled = np.stack(policy.act_batch(obs, first, deterministic=False))
+        greedy = np.stack(policy.act_batch(obs, first, deterministic=True))
+        assert policy.stochastic is (loss == "gaussian")
+        if loss == "mse":
+            np.testing.assert_array_equal(sampled, greedy)
+        else:
+            assert np.abs(sampled - greedy).max() > 1e-3
+            assert np.abs(sampled - sampled[0]).max() > 1e-3
+
+
 def test_bc_pixels(tmp_path, minari_root):
     rng = np.random.default_rng(0)
     episodes = [(rng.integers(0, 256, (7, 1, 64, 64), dtype=np.uint8), rng.integers(0, 2, 6), False) for _ in range(3)]

@@ -32,6 +32,12 @@ class DeployedPolicy(nn.Module):
         self._new_episode = True
 
     @property
+    def stochastic(self) -> bool:
+        """Whether 'sample' and 'greedy' differ: False for a policy with no learned action
+        distribution (BC trained with the 'mse' loss), which acts with its mode either way."""
+        return True
+
+    @property
     def device(self) -> torch.device:
         return next(iter(self.buffers()), next(iter(self.parameters()), torch.empty(0))).device
 

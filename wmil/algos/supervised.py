@@ -171,9 +171,18 @@ class BCNet(nn.Module):
         """Per-sample BC loss ``(B,)`` (see :func:`bc_loss`)."""
         return bc_loss(self.head, self.embed(inputs), action, self.kind)
 
+    @property
+    def stochastic(self) -> bool:
+        """Whether the network has a learned action distribution to sample. The 'mse' loss trains
+        only the mode: the head's std is never trained, so a 'sample' would add noise of an
+        arbitrary scale (FetchPush, 100 demos, 3 seeds: 16 % success sampled against 65 % for
+        the mode). Such a network acts with its mode whatever it is asked."""
+        return self.kind != "mse"
+
     def act(self, inputs: Tensor, deterministic: bool = True) -> Tensor:
-        """Actions ``(B, A)``: the mode (``deterministic``) or a sample of π(· | input)."""
-        action, _, _ = self.head(self.embed(inputs), deterministic)
+        """Actions ``(B, A)``: the mode (``deterministic``, or always for an 'mse' network: see
+        :attr:`stochastic`) or a sample of π(· | input)."""
+        action, _, _ = self.head(self.embed(inputs), deterministic or not self.stochastic)
         return action
 
 
@@ -290,6 +299,10 @@ class ObservationPolicy(DeployedPolicy):
     def __init__(self, net: BCNet, spec: DataSpec):
         super().__init__(spec)
         self.net = net
+
+    @property
+    def stochastic(self) -> bool:
+        return self.net.stochastic
 
     def decide(self, obs: Tensor, first: Tensor, deterministic: bool) -> Tensor:
         return self.net.act(obs, deterministic)

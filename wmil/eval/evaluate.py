@@ -358,7 +358,9 @@ def evaluate_policy(policy_or_run, env=None, *, env_id: Optional[str] = None, en
 
     ``act``: 'sample' (a sample of the policy's action distribution), 'greedy' (its most likely
     action) or 'auto' (the algorithm's convention: sampled for the learners the DITTO authors
-    evaluate that way, greedy for BC and VINS). ``starts``, ``action_noise``, ``obs_noise``: the
+    evaluate that way, greedy for BC and VINS); a policy without a learned action distribution
+    (BC trained with the 'mse' loss: ``policy.stochastic`` is False) acts with its mode under
+    'sample' too, and the report's ``deterministic`` says so. ``starts``, ``action_noise``, ``obs_noise``: the
     covariate-shift protocol (:mod:`wmil.envs.protocols`); under a protocol other than the
     standard one, the expert-normalised score uses the scripted expert's and a random policy's
     returns under the same protocol, on the same episode seeds (``ref_*_score``), where the
@@ -385,7 +387,8 @@ def evaluate_policy(policy_or_run, env=None, *, env_id: Optional[str] = None, en
     policy, run_dir = _load(policy_or_run, trust)
     if act == "auto":
         act = _convention(policy)
-    deterministic = act == "greedy"
+    # A policy without a learned distribution acts with its mode either way (the report says so).
+    deterministic = act == "greedy" or not policy.stochastic
     out_dir = Path(out) if out else run_dir
     if video and out_dir is None:
         raise UserError("videos need a folder: pass out=DIR (or evaluate a run directory)")

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 from helpers import write_episodes
 
-from wmil.eval.reward_check import reward_check
+from wmil.eval.reward_check import candidate_actions, reward_check
 from wmil.types import DataSpec, State
 
 
@@ -82,3 +82,26 @@ def test_continuous_candidates_and_common_random_numbers(minari_root):
     result = reward_check(Noisy(spec), expert, horizon=4, starts=48, perturbations=6, alpha=0.5)
     assert result["reward_check/chance"] == 1 / 7
     assert result["reward_check/pairwise"] > 0.95 and result["reward_check/accuracy"] > 0.8
+
+
+def test_saturated_expert_actions_are_perturbed_inwards(minari_root):
+    """A bang-bang expert (every action on a bound): a perturbation is reflected into the box, so
+    no candidate ties with the expert's action, and an exact model passes the check. Clipped
+    perturbations would land on the expert's action for every outward draw and fail it."""
+    rng = np.random.default_rng(2)
+    episodes = []
+    for _ in range(4):
+        actions = rng.choice([-1.0, 1.0], (20, 2)).astype(np.float32)
+        obs = np.concatenate([np.zeros((1, 2), np.float32), np.cumsum(actions, 0) / 10]).astype(np.float32)
+        episodes.append((obs, actions, False))
+    expert = write_episodes("rc/bang-v0", episodes, gym.spaces.Box(-np.inf, np.inf, (2,), np.float32),
+                            gym.spaces.Box(-1, 1, (2,), np.float32))
+    spec = DataSpec((2,), "float32", 2, False, (-1.0, -1.0), (1.0, 1.0))
+    actions = torch.as_tensor(np.concatenate([e[1] for e in episodes]))
+    candidates, index = candidate_actions(actions, spec, 8, 0.2, torch.Generator().manual_seed(0))
+    perturbed = candidates[1:]
+    assert (index == 0).all() and perturbed.abs().max() <= 1.0
+    assert ((perturbed - actions[None]).abs() > 0).all()          # every coordinate moved, inwards
+    assert (perturbed * actions[None] < 1.0).all()
+    result = reward_check(CounterModel(spec), expert, horizon=4, starts=48)
+    assert result["reward_check/accuracy"] == 1.0 and result["reward_check/pairwise"] == 1.0

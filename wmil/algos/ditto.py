@@ -41,7 +41,10 @@ similar state it visited. The authors start from expert states only, so the rewa
 only within H steps of the demonstrations; in MinAtar Breakout most lost balls come from states
 the policy's own earlier moves produced, which such windows rarely reach (README, Benchmarks).
 Measured there (half of the starts, 16 demos, seed 0): 0.08 / 0.11 sampled / greedy against
-0.10 / 0.11 without, so it stays an option.
+0.10 / 0.11 without. On Pendulum (4 demos, where BC and default DITTO are near random because
+the demos cover few starts) ``starts='world'`` scores 0.30 ± 0.06 standard against −0.01 ± 0.03
+(5 seeds, 500 updates) and 0.46 ± 0.10 with 1,500 (3 seeds), but 0.17 from shifted starts on
+seeds 3 and 4 (benchmarks/results/quality-pendulum.md), so it stays an option.
 """
 
 from __future__ import annotations

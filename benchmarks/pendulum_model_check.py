@@ -1,7 +1,7 @@
 """Does a Pendulum world model answer actions as the real pendulum does? A diagnostic.
 
-Pendulum-v1's dynamics are known in closed form (``w' = clip(w + (15 sin θ + 3u)·0.05, ±8)``,
-``θ' = θ + w'·0.05``), so a world model's imagined rollouts can be checked against the true
+Pendulum-v1's dynamics are known in closed form (``w' = clip(w + (a sin θ + b u)·dt, ±8)``,
+``θ' = θ + w'·dt`` with the constants the scripted expert uses, :class:`PendulumExpert`), so a world model's imagined rollouts can be checked against the true
 ones from the same expert start states under the same action sequences. For each sequence —
 the expert's logged actions, all of them negated, only the first negated, all zero — it reports
 the model's observation error against the true rollout (the decoded prior, 15 steps) and DITTO's
@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from wmil.data.dataset import load
+from wmil.data.experts import PendulumExpert
 from wmil.imagination.expert import ExpertLatents
 from wmil.imagination.metrics import ditto_similarity, eval_rows
 from wmil.train.world_model import load_world_model
@@ -28,11 +29,13 @@ from wmil.train.world_model import load_world_model
 
 def true_rollout(obs0: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
     """``(H, B, 3)`` true Pendulum-v1 observations after each of ``actions (H, B, 1)`` from ``obs0 (B, 3)``."""
+    p = PendulumExpert
     th, w = torch.atan2(obs0[:, 1], obs0[:, 0]), obs0[:, 2].clone()
     out = []
     for a in actions:
-        w = (w + (15.0 * torch.sin(th) + 3.0 * a[:, 0].clamp(-2, 2)) * 0.05).clamp(-8, 8)
-        th = th + w * 0.05
+        u = a[:, 0].clamp(-p.max_torque, p.max_torque)
+        w = (w + (p.a * torch.sin(th) + p.b * u) * p.dt).clamp(-8, 8)
+        th = th + w * p.dt
         out.append(torch.stack([torch.cos(th), torch.sin(th), w], -1))
     return torch.stack(out)
 
@@ -45,6 +48,7 @@ def main(argv=None) -> None:
     parser.add_argument("--horizon", type=int, default=15)
     parser.add_argument("--starts", type=int, default=256)
     args = parser.parse_args(argv)
+    torch.manual_seed(0)  # the posterior samples of the expert latents: the same figures on every run
     model, expert = load_world_model(args.run), load(args.expert)
     latents = ExpertLatents.encode(model, expert)
     H = args.horizon

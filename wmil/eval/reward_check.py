@@ -56,8 +56,9 @@ def candidate_actions(expert_action: Tensor, spec, perturbations: int, alpha: fl
     bounds = ActionBounds(spec).to(expert_action.device)
     noise = torch.rand(perturbations, B, A, generator=generator).to(expert_action.device) * 2 - 1
     step = alpha * bounds.half_range * noise
-    outward = (expert_action[None] + step > bounds.high) | (expert_action[None] + step < bounds.low)
-    perturbed = bounds.clip(expert_action[None] + torch.where(outward, -step, step))
+    moved = expert_action[None] + step
+    outward = (moved > bounds.high) | (moved < bounds.low)
+    perturbed = bounds.clip(torch.where(outward, expert_action[None] - step, moved))
     return torch.cat([expert_action[None], perturbed]), torch.zeros(B, dtype=torch.long, device=expert_action.device)
 
 

@@ -10,7 +10,18 @@ angular velocity in the model and in truth. A model whose reward cannot see acti
 the same similarity for every sequence; one whose dynamics ignore them, a model effect far below
 the true one.
 
-    python -m benchmarks.pendulum_model_check RUN_DIR [--expert pendulum/expert-v0]
+With ``--policy`` (a DITTO run on that model) it also asks what DITTO's reward wants from the
+shifted start — hanging at rest, where the demos never go: the start is filtered for three steps
+at zero torque, paired with the expert window whose first state is nearest on h (as
+``starts='world'`` pairs world-data states), and each action sequence is scored by DITTO's
+discounted imagined return (γ = ``--gamma``) over ``--rest-horizons`` steps — the expert's own
+swing-up (closed loop on the true dynamics, fed to the model), zero torque, a constant ±2, and
+the policy acting in the model (the demos: those the policy learned from). A policy that holds
++2 swings about a point 23° from the bottom and never rises past horizontal (2 N·m against
+gravity's 5 at horizontal); if that sequence out-scores the swing-up, hanging low is DITTO's
+optimum there.
+
+    python -m benchmarks.pendulum_model_check RUN_DIR [--expert pendulum/expert-v0] [--policy DITTO_RUN]
 """
 
 from __future__ import annotations
@@ -23,7 +34,7 @@ import torch
 from wmil.data.dataset import load
 from wmil.data.experts import PendulumExpert
 from wmil.imagination.expert import ExpertLatents
-from wmil.imagination.metrics import ditto_similarity, eval_rows
+from wmil.imagination.metrics import ditto_similarity, ditto_similarity_matrix, eval_rows
 from wmil.train.world_model import load_world_model
 
 
@@ -40,6 +51,56 @@ def true_rollout(obs0: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
     return torch.stack(out)
 
 
+def rest_starts(model, angles: np.ndarray, steps: int = 3):
+    """The model's filtered states ``(B,)`` and the true observations ``(B, 3)`` after ``steps``
+    observations of the pendulum released at rest at ``angles`` (π: straight down), zero torque."""
+    obs = torch.tensor(np.stack([np.cos(angles), np.sin(angles), np.zeros_like(angles)], -1), dtype=torch.float32)
+    n, zero = len(obs), torch.zeros(len(obs), 1)
+    state = model.obs_step(model.initial(n), zero, obs, torch.ones(n, dtype=torch.bool))
+    for _ in range(steps - 1):
+        obs = true_rollout(obs, zero[None])[0]
+        state = model.obs_step(state, zero, obs, torch.zeros(n, dtype=torch.bool))
+    return state, obs
+
+
+def expert_swing_up(obs: torch.Tensor, horizon: int) -> torch.Tensor:
+    """``(H, B, 1)``: the scripted expert's torques, acting on the true dynamics from ``obs (B, 3)``."""
+    expert, actions = PendulumExpert(), []
+    for _ in range(horizon):
+        action = torch.from_numpy(np.stack([expert.act(row) for row in obs.numpy()]))
+        actions.append(action)
+        obs = true_rollout(obs, action[None])[0]
+    return torch.stack(actions)
+
+
+def rest_report(model, latents: ExpertLatents, actor, features: str, horizons, gamma: float) -> None:
+    """Print, per horizon, DITTO's discounted imagined return of each action sequence from the
+    bottom at rest (the module docstring)."""
+    state, obs = rest_starts(model, np.pi + np.linspace(-0.1, 0.1, 9))
+    expert_h = model.features(latents.states, "deter")
+    for H in horizons:
+        starts = latents.starts(H)
+        similarity, where = ditto_similarity_matrix(model.features(state, "deter"),
+                                                    expert_h[torch.as_tensor(starts)]).max(1)
+        rows = starts[where.numpy()]
+        window = expert_h[torch.as_tensor(rows[None] + np.arange(H + 1)[:, None])]
+        discount = gamma ** torch.arange(H, dtype=torch.float32)[:, None]
+        print(f"from hanging at rest, {H} steps: nearest expert state on h at similarity {float(similarity.mean()):.2f}")
+        sequences = {"expert swing-up": expert_swing_up(obs, H), "zero": torch.zeros(H, len(obs), 1),
+                     "+2": torch.full((H, len(obs), 1), 2.0), "-2": torch.full((H, len(obs), 1), -2.0), "policy": None}
+        for name, seq in sequences.items():
+            torch.manual_seed(1)  # the same prior samples for every sequence
+            s, reward, taken = state, [], []
+            for k in range(H):
+                action = actor(model.features(s, features), deterministic=True)[0] if seq is None else seq[k]
+                taken.append(action)
+                s = model.imagine_step(s, action)
+                reward.append(ditto_similarity(window[k + 1], model.features(s, "deter")))
+            speed = true_rollout(obs, torch.stack(taken)).abs()[..., 2].max(0).values.mean()
+            print(f"  {name:16s} return {float((discount * torch.stack(reward)).sum(0).mean()):7.3f}   "
+                  f"true peak |w| {float(speed):.2f}")
+
+
 @torch.no_grad()
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -47,6 +108,9 @@ def main(argv=None) -> None:
     parser.add_argument("--expert", default="pendulum/expert-v0")
     parser.add_argument("--horizon", type=int, default=15)
     parser.add_argument("--starts", type=int, default=256)
+    parser.add_argument("--policy", help="a DITTO run on this model: also score what its reward wants from hanging at rest")
+    parser.add_argument("--rest-horizons", type=int, nargs="+", default=[15, 30, 60])
+    parser.add_argument("--gamma", type=float, default=0.95, help="DITTO's discount (its default)")
     args = parser.parse_args(argv)
     torch.manual_seed(0)  # the posterior samples of the expert latents: the same figures on every run
     model, expert = load_world_model(args.run), load(args.expert)
@@ -77,6 +141,15 @@ def main(argv=None) -> None:
         (pe, te), (pn, tn) = rolled["expert"], rolled[name]
         print(f"effect of '{name}' on w (MSE over the window): model {float(((pe - pn)[..., 2] ** 2).mean()):.3f}, "
               f"true {float(((te - tn)[..., 2] ** 2).mean()):.3f}")
+    if args.policy:
+        from wmil.train.policy import load_policy
+
+        policy = load_policy(args.policy)
+        ids = policy.run_config.get("expert_episode_ids")  # the demos the policy learned from
+        torch.manual_seed(0)
+        demos = ExpertLatents.encode(policy.world_model, expert.select(ids)) if ids else latents
+        print(f"{args.policy}: {len(ids) if ids else 'all'} demos")
+        rest_report(policy.world_model, demos, policy.actor, policy.features, args.rest_horizons, args.gamma)
 
 
 if __name__ == "__main__":

@@ -202,3 +202,23 @@ def test_world_starts_are_paired_with_the_nearest_expert_window(tmp_path, write_
     metrics = ditto.update(0)
     assert 0 < metrics["reward/world_match"] <= 1 + 1e-6
     assert all(np.isfinite(v) for k, v in metrics.items() if k.startswith("loss/"))
+
+
+def test_world_starts_leave_out_first_rows_whose_h_is_the_initial_state(tmp_path, write_dataset):
+    """On an RSSM, h before an episode's first observation is the initial state for every
+    episode, so on h every world episode's first row would tie with every expert first row:
+    world starts leave those rows out. With the reward on [h, z] (z sees the observation) they
+    stay, and so does every other row."""
+    world = write_dataset("wf/world-v0", [12, 14, 16, 11])
+    expert = write_dataset("wf/expert-v0", [10, 9])
+    model = load_world_model(tiny_world_model(world, tmp_path / "wm", steps=3))
+    torch.manual_seed(0)
+    config = {"horizon": 3, "batch_size": 8, "starts": "world"}
+    on_h = Ditto(model, expert, DittoConfig.preset("tiny", config), torch.device("cpu"))
+    first = on_h.world.offsets
+    rows = on_h.matchable_world_rows()
+    assert not np.isin(first, rows).any()
+    np.testing.assert_array_equal(rows, np.setdiff1d(on_h.world.starts(1), first))
+    on_hz = Ditto(model, expert, DittoConfig.preset("tiny", {**config, "reward_features": "sample"}),
+                  torch.device("cpu"))
+    np.testing.assert_array_equal(on_hz.matchable_world_rows(), on_hz.world.starts(1))

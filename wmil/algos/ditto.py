@@ -36,7 +36,8 @@ against 0.22 / 0.21; every DITTO cell there is a miss), so the default stays the
 Option beyond the paper, ``starts='world'`` or ``'mixed'`` (all or half of each batch): start
 from states of the world model's own datasets, the drift the demos never show, each paired with
 the expert window whose first state is nearest to it under the reward's own similarity (on the
-reward features). The rollout is then rewarded for rejoining what the expert did from the most
+reward features; an RSSM episode's first rows are left out when the reward is on h, whose value
+there is the initial state whatever the episode shows). The rollout is then rewarded for rejoining what the expert did from the most
 similar state it visited. The authors start from expert states only, so the reward is defined
 only within H steps of the demonstrations; in MinAtar Breakout most lost balls come from states
 the policy's own earlier moves produced, which such windows rarely reach (README, Benchmarks).
@@ -118,7 +119,7 @@ class Ditto(ImitationLearner):
             states.append(state)
             windows.append(window)
         if self._world_rows is None:
-            self._world_rows = self.world.starts(1)
+            self._world_rows = self.matchable_world_rows()
         rows = self.shard(self.rng.choice(self._world_rows, n_world))
         index = torch.as_tensor(rows, device=self.world.features.device)
         start = self.world.states[index]
@@ -127,6 +128,20 @@ class Ditto(ImitationLearner):
         states.append(start)
         windows.append(self.expert_latent[self.expert.window(matched, horizon)])
         return (states[0], windows[0]) if len(states) == 1 else (State.cat(states), torch.cat(windows, 1))
+
+    @torch.no_grad()
+    def matchable_world_rows(self) -> np.ndarray:
+        """World-data start rows (any but an episode's last observation), without the episodes'
+        first rows where their reward latents are all the same: an RSSM's h before its first
+        observation is its initial state whatever the episode shows, so on h (the default reward
+        features) every first row ties with every expert episode's first row, and the nearest
+        window would be whichever expert episode comes first."""
+        rows, first = self.world.starts(1), self.world.offsets
+        index = torch.as_tensor(first, device=self.world.features.device)
+        latent = self.reward_latent(self.world.states[index], self.world.features[index])
+        if len(first) > 1 and bool(torch.isclose(latent, latent[:1], rtol=0, atol=1e-6).all()):
+            rows = np.setdiff1d(rows, first)
+        return rows
 
     @torch.no_grad()
     def nearest_starts(self, latent: Tensor) -> tuple[np.ndarray, Tensor]:

@@ -129,3 +129,19 @@ def test_learners_may_start_imagination_from_world_data(env_worlds, tmp_path, mo
         assert len(learner.world.n_obs) == len(world.world)  # every world episode (≤ world_episodes)
         metrics = learner.update(1)
         assert all(np.isfinite(v) for k, v in metrics.items() if k.startswith("loss/"))
+
+
+def test_world_starts_name_the_missing_world_dataset_and_the_way_out(env_worlds, tmp_path, monkeypatch):
+    """World-data starts on a world model whose training dataset is not on disk (a shared
+    checkpoint without its data): a one-line error naming the dataset and ``starts=expert``."""
+    from wmil.train.world_model import load_world_model
+
+    world = env_worlds(True)
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(world.datasets))
+    model = load_world_model(world.model("rssm"))
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path / "elsewhere"))
+    learner = Ditto(model, world.expert, DittoConfig.preset("tiny", {"starts": "world"}), torch.device("cpu"))
+    with pytest.raises(UserError, match="not found.*starts=expert") as error:
+        learner.sample_starts()
+    assert "\n" not in str(error.value)
+    assert str(model.run_config["datasets"][0]) in str(error.value)

@@ -84,7 +84,11 @@ class ExpertLatents:
                             "run config naming them; load it from a train-model run (wmil.load_world_model)")
         parts = []
         for name in names:
-            dataset = load(name)
+            try:
+                dataset = load(name)
+            except UserError as error:
+                raise UserError(f"{error} (world-data starts, starts='world' or 'mixed', encode the world model's "
+                                f"training datasets; give -o starts=expert to start from the demos only)") from None
             parts.append(ExpertLatents.encode(world_model, dataset.spaced(max_episodes), device, features=features))
         return ExpertLatents.concat(parts)
 

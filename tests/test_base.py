@@ -52,7 +52,7 @@ def test_bc_weight_adds_behaviour_cloning_to_the_actor(tmp_path, monkeypatch, al
         torch.manual_seed(0)
         if algo == "ditto":
             config = DittoConfig.preset("tiny", {"features": "deter", "actor_lr": 1e-3, "bc_weight": weight,
-                                                 "bc_batch_size": 64})
+                                                 "bc_batch_size": 64, "starts": "expert"})  # the model has no data
             learner = Ditto(IIDModel(dataset.spec), dataset, config, torch.device("cpu"))
         else:
             config = DGailConfig.preset("tiny", {"pair": "zz", "actor_lr": 1e-3, "bc_weight": weight,
@@ -84,10 +84,11 @@ def test_selection_keeps_the_best_parameters():
     assert (restored.best_score, restored.best_step) == (0.3, 2)
 
 
-def test_a_learners_policy_is_its_checkpoints_policy(synthetic_worlds, tmp_path):
+def test_a_learners_policy_is_its_checkpoints_policy(synthetic_worlds, tmp_path, monkeypatch):
     """``policy()`` of a live learner and ``load_policy`` of its checkpoint are built the same
     way and act the same (the one path through ``deployable``)."""
     wm_dir, dataset, _ = synthetic_worlds("rssm", True)
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(dataset.data_dir.parents[2]))  # DITTO's world starts read it
     out = tmp_path / "ditto"
     live = train_policy("ditto", wm_dir, dataset, out=out, preset="tiny", steps=2, device="cpu", overrides=RUN,
                         progress=False)

@@ -10,6 +10,7 @@ import torch
 from helpers import tiny_world_model
 
 from wmil.algos.ditto import Ditto, DittoConfig
+from wmil.errors import UserError
 from wmil.data.build import BuildConfig, build_dataset
 from wmil.eval.evaluate import evaluate_policy
 from wmil.runs import RunDir
@@ -123,7 +124,7 @@ def test_early_starts_draw_that_share_of_starts_from_each_episodes_first_steps(t
     expert = write_dataset("es/expert-v0", [40, 30, 50])
     model = load_world_model(tiny_world_model(world, tmp_path / "wm", steps=2))
     for share in (0.0, 0.5, 1.0):
-        config = DittoConfig.preset("tiny", {"horizon": 3, "batch_size": 64, "early_starts": share})
+        config = DittoConfig.preset("tiny", {"horizon": 3, "batch_size": 64, "early_starts": share, "starts": "expert"})
         ditto = Ditto(model, expert, config, torch.device("cpu"))
         seen = []
         window = ditto.expert.window
@@ -136,6 +137,8 @@ def test_early_starts_draw_that_share_of_starts_from_each_episodes_first_steps(t
         assert len(ditto.early_rows) == 3 * 3  # H = 3 steps of each of 3 episodes
         expected = share + (1 - share) * len(ditto.early_rows) / len(ditto.starts)  # uniform draws hit them too
         assert abs((t < 3).mean() - expected) < 0.06, (share, (t < 3).mean())
+    with pytest.raises(UserError, match="early_starts.*starts=expert"):  # world starts draw no expert rows
+        Ditto(model, expert, DittoConfig.preset("tiny", {"early_starts": 0.5, "starts": "world"}), torch.device("cpu"))
 
 
 def test_a_continue_head_discounts_the_imagined_rollout(tmp_path, write_dataset):

@@ -115,5 +115,9 @@ def test_imagine_precision_is_recorded_and_a_resume_with_another_is_refused(tmp_
     for field in ("starts", "world_episodes"):      # DITTO's world-data starts, added later: expert starts
         del config["algo_config"][field]
     path.write_text(yaml.safe_dump(config, sort_keys=False))
-    train_policy("ditto", wm, "pr/expert-v0", out=old, preset="tiny", steps=4, overrides=AC, progress=False)
+    # It started from expert states, DITTO's default then: resuming with today's world starts is refused.
+    with pytest.raises(UserError, match="algo_config.starts"):
+        train_policy("ditto", wm, "pr/expert-v0", out=old, preset="tiny", steps=4, overrides=AC, progress=False)
+    train_policy("ditto", wm, "pr/expert-v0", out=old, preset="tiny", steps=4, overrides={**AC, "starts": "expert"},
+                 progress=False)
     assert [m["step"] for m in RunDir(old, "policy").read_metrics()][-1] == 4

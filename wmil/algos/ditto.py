@@ -1,6 +1,7 @@
 """DITTO: Dream Imitation (DeMoss et al., 2023, "DITTO: Offline Imitation Learning with World Models").
 
-The agent is unrolled for H steps in the world model from expert start states and rewarded,
+The agent is unrolled for H steps in the world model from expert start states (the authors';
+wmil's default starts from world-data states instead, below) and rewarded,
 for its k-th action, for matching the expert's own latent at the same step of the window that
 followed the start — the state it arrives in against the expert's (the authors' code:
 ``ac_trainer.py``):
@@ -33,25 +34,31 @@ protocol no setting was chosen on: 0.91 / 0.66 / 0.36 (standard / noise / shifte
 (seed 0, standard / shifted: 1 demo 0.31 / 0.22 against 0.27 / 0.17, 4 demos −0.05 / 0.18
 against 0.22 / 0.21; every DITTO cell there is a miss), so the default stays the authors'.
 
-Option beyond the paper, ``starts='world'`` or ``'mixed'`` (all or half of each batch): start
-from states of the world model's own datasets, the drift the demos never show, each paired with
-the expert window whose first state is nearest to it under the reward's own similarity (on the
-reward features; an RSSM episode's first rows are left out when the reward is on h, whose value
-there is the initial state whatever the episode shows). The rollout is then rewarded for rejoining what the expert did from the most
-similar state it visited. The authors start from expert states only, so the reward is defined
-only within H steps of the demonstrations; in MinAtar Breakout most lost balls come from states
-the policy's own earlier moves produced, which such windows rarely reach (README, Benchmarks).
-Measured there (half of the starts, 16 demos, seed 0): 0.08 / 0.11 sampled / greedy against
-0.10 / 0.11 without. On Pendulum (4 demos, where BC and default DITTO are near random because
-the demos cover few starts) ``starts='world'`` scores 0.30 ± 0.06 standard against −0.01 ± 0.03
-(5 seeds, 500 updates) and 0.46 ± 0.10 with 1,500 (3 seeds), but 0.17 from shifted starts on
-seeds 3 and 4 (benchmarks/results/quality-pendulum.md), so it stays an option.
+Default beyond the paper, ``starts='world'`` (``'mixed'``: half of each batch; ``'expert'``: the
+authors' setting): start from states of the world model's own datasets, the drift the demos
+never show, each paired with the expert window whose first state is nearest to it under the
+reward's own similarity (on the reward features; an RSSM episode's first rows are left out when
+the reward is on h, whose value there is the initial state whatever the episode shows). The
+rollout is then rewarded for rejoining what the expert did from the most similar state it
+visited. The authors start from expert states only, so the reward is defined only within H
+steps of the demonstrations. Measured against expert starts on the same world models, in one
+sitting (benchmarks/results/quality-*.md, standard / shifted starts, sampled actions):
+CartPole 1 demo, 5 seeds, 0.94 ± 0.06 / 0.60 ± 0.09 against 0.81 ± 0.07 / 0.34 ± 0.05 (BC
+0.50 / 0.18); LunarLander 4 demos, 3 seeds, 0.42 ± 0.07 / 0.18 ± 0.06 against 0.01 ± 0.10 /
+0.12 ± 0.06 (BC 1.11 / 0.84; both misses), 1 demo, one seed, 0.20 / 0.28 against 0.30 / 0.21;
+Pendulum 4 demos, 5 seeds, 0.30 ± 0.06 / 0.36 ± 0.12 against −0.01 ± 0.03 / 0.12 ± 0.02 (0.46 /
+0.64 with 1,500 updates). MinAtar Breakout (half of the starts, 16 demos, seed 0): 0.08 / 0.11
+sampled / greedy against 0.10 / 0.11, no gain. From Pendulum's hanging-at-rest start the
+nearest expert state is far (similarity 0.55 on h) and, at γ = 0.95, holding +2 N·m out-scores
+the expert's swing-up in the imagined return, so some seeds hang there
+(``benchmarks/pendulum_model_check.py --policy``); a 45-step horizon with γ = 0.99 ranks the
+swing-up first and lifted one such seed from 0.17 to 0.90 (another: 0.17 to 0.33).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar, Optional
+from typing import ClassVar, Literal, Optional
 
 import numpy as np
 import torch
@@ -67,9 +74,11 @@ Tensor = torch.Tensor
 
 @dataclass(frozen=True)
 class DittoConfig(StartsConfig, ImitationConfig):
-    """DITTO = the shared actor-critic + the latent-matching reward (``starts`` other than
-    'expert': world-data starts matched to the nearest expert window, the module's docstring)."""
+    """DITTO = the shared actor-critic + the latent-matching reward (``starts``: world-data starts
+    matched to the nearest expert window by default, the module's docstring)."""
 
+    starts: Literal["expert", "world", "mixed"] = "world"
+    """Start states of imagined rollouts: 'world'-data states, each paired with the expert window whose first state is nearest (the default, a measured departure from the authors, who start from expert states only: the module's docstring), 'expert' states (the authors'), or half of each ('mixed')."""
     early_starts: Prob = 0.0
     """Fraction of each batch's start states drawn from the first ``horizon`` steps of the expert episodes (0: uniform over every start row, the authors'). An option for tasks whose first steps decide an episode and are a sliver of the data: in MinAtar Breakout the first ball is lost about 6 steps after reset, and the two reset frames are 0.1 % of the rows (measured there: 0.03 with and without it, README Benchmarks)."""
 
@@ -89,6 +98,9 @@ class Ditto(ImitationLearner):
     metric_keys = ("loss/actor", "loss/critic", "reward/latent_distance", "actor/entropy")
 
     def __init__(self, world_model, expert, config: DittoConfig, device: torch.device):
+        if config.early_starts and config.starts == "world":
+            raise config.invalid("early_starts", "draws expert start rows, and starts='world' uses none; "
+                                                 "give -o starts=expert or starts=mixed with it")
         super().__init__(world_model, expert, config, device)
         #: The start rows within the first ``horizon`` steps of their episode (``early_starts``).
         self.early_rows = self.expert.starts(config.horizon, first=config.horizon)

@@ -10,8 +10,8 @@ import torch
 from helpers import tiny_world_model
 
 from wmil.algos.ditto import Ditto, DittoConfig
-from wmil.errors import UserError
 from wmil.data.build import BuildConfig, build_dataset
+from wmil.errors import UserError
 from wmil.eval.evaluate import evaluate_policy
 from wmil.runs import RunDir
 from wmil.train.policy import train_policy

@@ -470,11 +470,15 @@ class LatentConfig(LearnerConfig):
     """Expert start states used for the offline metrics."""
 
 
+#: Where imagined rollouts start (:class:`StartsConfig`).
+Starts = Literal["expert", "world", "mixed"]
+
+
 @dataclass(frozen=True)
 class StartsConfig(Config):
     """Where a learner's imagined rollouts start."""
 
-    starts: Literal["expert", "world", "mixed"] = "expert"
+    starts: Starts = "expert"
     """Start states of imagined rollouts: 'expert' states (the papers), 'world'-data states (the states of the world model's own datasets, which the demos may never show), or half of each ('mixed')."""
     world_episodes: PosInt = 200
     """At most this many episodes of each of the world model's datasets are encoded when world-data states are used."""

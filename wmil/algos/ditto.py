@@ -59,13 +59,13 @@ lowered two that swing up at 15 steps (1.01 to 0.87, 0.99 to 0.67), so it stays 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar, Literal, Optional
+from typing import ClassVar, Optional
 
 import numpy as np
 import torch
 
 from wmil.algos.base import ImitationConfig, ImitationLearner
-from wmil.config import Prob, StartsConfig
+from wmil.config import Prob, Starts, StartsConfig
 from wmil.imagination.actor_critic import imagine
 from wmil.imagination.metrics import ditto_similarity, ditto_similarity_matrix
 from wmil.types import Imagined, State
@@ -78,7 +78,7 @@ class DittoConfig(StartsConfig, ImitationConfig):
     """DITTO = the shared actor-critic + the latent-matching reward (``starts``: world-data starts
     matched to the nearest expert window by default, the module's docstring)."""
 
-    starts: Literal["expert", "world", "mixed"] = "world"
+    starts: Starts = "world"
     """Start states of imagined rollouts: 'world'-data states, each paired with the expert window whose first state is nearest (the default, a measured departure from the authors, who start from expert states only: the module's docstring), 'expert' states (the authors'), or half of each ('mixed')."""
     early_starts: Prob = 0.0
     """Fraction of each batch's start states drawn from the first ``horizon`` steps of the expert episodes (0: uniform over every start row, the authors'). An option for tasks whose first steps decide an episode and are a sliver of the data: in MinAtar Breakout the first ball is lost about 6 steps after reset, and the two reset frames are 0.1 % of the rows (measured there: 0.03 with and without it, README Benchmarks)."""

@@ -81,7 +81,8 @@ class ExpertLatents:
         names = (getattr(world_model, "run_config", None) or {}).get("datasets")
         if not names:
             raise UserError("world-data states need the world model's training datasets, but this world model has no "
-                            "run config naming them; load it from a train-model run (wmil.load_world_model)")
+                            "run config naming them; load it from a train-model run (wmil.load_world_model) or "
+                            "give -o starts=expert to start from the demos only")
         parts = []
         for name in names:
             try:

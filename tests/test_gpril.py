@@ -123,3 +123,36 @@ def test_gpril_heldout_flow_likelihood_rises(write_dataset, tmp_path):
     after_s, after_a = learner.heldout_log_likelihood()
     assert after_s > before_s + 10.0, (before_s, after_s)
     assert after_a > before_a, (before_a, after_a)
+
+
+def test_float_masks_give_zukos_products_and_stay_out_of_checkpoints():
+    """The flows' masked layers multiply by a float copy of zuko's boolean mask: the log-densities
+    are zuko's own, the checkpoint holds only the boolean masks, and loading a state dict
+    refreshes the float copies."""
+    from torch.nn import functional as F
+    from zuko.nn import MaskedLinear
+
+    from wmil.types import DataSpec
+
+    spec = DataSpec(obs_shape=(6,), obs_dtype="float32", action_dim=2, discrete=True)
+    config = GprilConfig(flow_units=16, flow_layers=1, flow_passes=3)
+    torch.manual_seed(0)
+    model = PredecessorModel(6, spec, config)
+    layers = [m for m in model.modules() if isinstance(m, MaskedLinear)]
+    assert layers and all(hasattr(m, "float_mask") for m in layers)
+    assert not any("float_mask" in key for key in model.state_dict())
+    s, s_bar = torch.randn(32, 6), torch.randn(32, 6)
+    a = F.one_hot(torch.randint(0, 2, (32,)), 2).float()
+    ours = model.log_prob(s, a, s_bar)
+    for layer in layers:                                         # zuko's own forward: bool mask × weight
+        layer.forward = (lambda m: lambda x: F.linear(x, m.mask * m.weight, m.bias))(layer)
+    zukos = model.log_prob(s, a, s_bar)
+    for layer in layers:
+        del layer.forward
+    for x, y in zip(ours, zukos):
+        torch.testing.assert_close(x, y, rtol=0, atol=0)
+    state = model.state_dict()
+    for layer in layers:
+        layer.float_mask.fill_(1.0)                              # a stale copy …
+    model.load_state_dict(state)
+    assert all(torch.equal(m.float_mask, m.mask.float()) for m in layers)   # … is refreshed on load

@@ -174,6 +174,33 @@ def test_apply_gradients_and_target_updates():
     assert float(target.weight.detach()) == pytest.approx(0.45)
     update_target(target, net, step=4, every=2, tau=0.5)
     assert float(target.weight.detach()) == pytest.approx(0.9)
+
+
+def test_adam_is_fused_and_takes_the_default_kernels_step():
+    """wmil.nets.adam picks torch's fused kernel and moves the parameters as the default Adam does
+    (over several steps, with weight decay), and keeps the default kernel where it cannot fuse."""
+    from wmil.nets import adam
+
+    torch.manual_seed(0)
+    start = [torch.randn(37, 11), torch.randn(11)]
+    grads = [[torch.randn_like(p) for p in start] for _ in range(5)]
+    moved = []
+    for fused in (True, False):
+        params = [p.clone().requires_grad_() for p in start]
+        opt = adam(params, lr=1e-2, eps=1e-5, weight_decay=0.1) if fused else \
+            torch.optim.Adam(params, lr=1e-2, eps=1e-5, weight_decay=0.1)
+        assert bool(opt.defaults["fused"]) is fused
+        for step in grads:
+            for p, g in zip(params, step):
+                p.grad = g.clone()
+            opt.step()
+        moved.append([p.detach() for p in params])
+    for a, b, s in zip(*moved, start):
+        assert (a - s).abs().max() > 0.04                        # five steps of lr 1e-2 moved them
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    assert not adam([torch.zeros(3, dtype=torch.int64)], lr=1e-3).defaults["fused"]
+
+
 def _toy_loop(weights, biases, inputs, tape=None):
     """h_{t+1} = tanh(h_t W1 + (x_t W0 + b0)); returns the stacked states (T, B, D)."""
     from wmil.nets.step_linear import StepTape

@@ -39,7 +39,7 @@ from wmil.errors import UserError
 from wmil.imagination.actor_critic import ActorCritic, ActorCriticConfig
 from wmil.imagination.expert import ExpertLatents
 from wmil.imagination.metrics import action_agreement, eval_rows, latent_distance
-from wmil.nets import ActionHead, apply_gradients
+from wmil.nets import ActionHead, adam, apply_gradients
 from wmil.policy import DeployedPolicy, LatentPolicy
 from wmil.types import DataSpec, Imagined, State
 from wmil.world_models.base import feature_size
@@ -143,13 +143,14 @@ class Learner:
         self._whole = False
 
     # ---- set-up -------------------------------------------------------------------------------
-    def add_network(self, name: str, module: nn.Module, lr: Optional[float] = None, **adam) -> nn.Module:
+    def add_network(self, name: str, module: nn.Module, lr: Optional[float] = None, **settings) -> nn.Module:
         """Register ``module`` (moved to the device; saved in checkpoints) and, with ``lr``, an
-        Adam optimiser for it under the same name (``adam``: e.g. ``eps``, ``weight_decay``)."""
+        Adam optimiser for it under the same name (:func:`wmil.nets.adam`; ``settings``: e.g.
+        ``eps``, ``weight_decay``)."""
         module = module.to(self.device)
         self.networks[name] = module
         if lr is not None:
-            self.optimizers[name] = torch.optim.Adam(module.parameters(), lr=lr, **adam)
+            self.optimizers[name] = adam(module.parameters(), lr=lr, **settings)
         return module
 
     def add_state(self, name: str, obj: Any) -> Any:

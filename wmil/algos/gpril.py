@@ -203,6 +203,41 @@ def _full_precision(x: Tensor):
     return torch.autocast(device_type=x.device.type, enabled=False)
 
 
+def _float_masks(module: nn.Module) -> None:
+    """Make each of zuko's masked linear layers in ``module`` multiply its weight by a float copy
+    of its boolean mask. zuko computes ``mask * weight`` at every call with the mask stored as
+    bool, and torch's mixed-dtype product converts the mask on the way: ~6 ms of 8.5 for the
+    forward and backward pass of a 2448 × 256 layer on one CPU thread, against ~2 ms with a float
+    mask, and GPRIL calls its flows ten times an update. The product is the same number for
+    number (0/1 times the weight). The float copy is kept out of the checkpoint (the boolean mask
+    stays there) and refreshed whenever a state dict is loaded."""
+    from zuko.nn import MaskedLinear
+
+    for layer in module.modules():
+        if isinstance(layer, MaskedLinear):
+            layer.__class__ = _FloatMaskedLinear.get()
+            layer.register_buffer("float_mask", layer.mask.to(layer.weight.dtype), persistent=False)
+
+
+class _FloatMaskedLinear:
+    """zuko's ``MaskedLinear`` with its product taken with ``float_mask`` (see :func:`_float_masks`);
+    the subclass is built on first use, since zuko is imported lazily."""
+
+    cls = None
+
+    @classmethod
+    def get(cls):
+        if cls.cls is None:
+            from zuko.nn import MaskedLinear
+
+            class FloatMaskedLinear(MaskedLinear):
+                def forward(self, x: Tensor) -> Tensor:
+                    return F.linear(x, self.weight * self.float_mask, self.bias)
+
+            cls.cls = FloatMaskedLinear
+        return cls.cls
+
+
 class PredecessorModel(nn.Module):
     """B_s(s | s̄) · B_a(a | s, s̄) on standardised features (zuko MAFs)."""
 
@@ -223,6 +258,8 @@ class PredecessorModel(nn.Module):
         self.bounds = ActionBounds(spec)
         #: Standardises the features (set from the expert latents by the learner).
         self.standardize = Standardizer(feature_dim)
+        _float_masks(self)
+        self.register_load_state_dict_post_hook(lambda module, keys: _float_masks(module))
 
     def log_prob(self, state: Tensor, action: Tensor, target: Tensor, noise: float = 0.0) -> tuple[Tensor, Tensor]:
         """(log B_s(s|s̄), log B_a(a|s,s̄)), each ``(B,)``, on unstandardised features; s and s̄

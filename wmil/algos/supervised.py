@@ -30,7 +30,7 @@ from wmil.algos.base import Selection
 from wmil.config import LearnerConfig, NonNegFloat, NonNegInt, PosInt, Prob
 from wmil.data.dataset import Dataset
 from wmil.errors import UserError
-from wmil.nets import ActionHead, Standardizer, apply_gradients, preprocess_pixels
+from wmil.nets import ActionHead, Standardizer, adam, apply_gradients, preprocess_pixels
 from wmil.nets.grid import image_encoder, is_grid
 from wmil.policy import DeployedPolicy
 from wmil.types import DataSpec
@@ -236,7 +236,7 @@ class BCTrainer:
         self.train, self.val = train.to(device), val.to(device)
         self.net = net.to(device)
         self.net.set_normalizer(self.train.inputs)
-        self.opt = torch.optim.Adam(self.net.parameters(), lr=config.actor_lr, weight_decay=config.weight_decay)
+        self.opt = adam(self.net.parameters(), lr=config.actor_lr, weight_decay=config.weight_decay)
         self.selection_key = selection_key(config, spec)
         self.selection = Selection({name: self.net}, patience=config.patience)
 

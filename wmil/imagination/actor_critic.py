@@ -28,7 +28,7 @@ from torch import nn
 
 from wmil.config import (ActorConfig, CriticConfig, DiscountConfig, EntropyConfig, Prob, TargetConfig)
 from wmil.imagination.returns import ReturnNormalizer, cumulative_discount, lambda_return
-from wmil.nets import MLP, ActionHead, apply_gradients, update_target
+from wmil.nets import MLP, ActionHead, adam, apply_gradients, update_target
 from wmil.types import DataSpec, Imagined, State
 
 Tensor = torch.Tensor
@@ -105,8 +105,8 @@ class ActorCritic:
         self.actor.straight_through = self.backprop and spec.discrete
         self.critic = Critic(feature_dim, config)
         self.target_critic = copy.deepcopy(self.critic).requires_grad_(False)
-        self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=config.actor_lr, eps=1e-5)
-        self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=config.critic_lr, eps=1e-5)
+        self.actor_opt = adam(self.actor.parameters(), lr=config.actor_lr, eps=1e-5)
+        self.critic_opt = adam(self.critic.parameters(), lr=config.critic_lr, eps=1e-5)
         self.returns = ReturnNormalizer()
         self.updates = 0
 

@@ -26,6 +26,19 @@ def reducing_gradients(reduce: Optional[Callable[[list[torch.Tensor]], None]]) -
         _reduce = previous
 
 
+def adam(params: Iterable[torch.Tensor], **kwargs) -> torch.optim.Adam:
+    """``torch.optim.Adam`` over ``params`` with its fused kernel wherever every parameter allows
+    it (floating point, on the CPU or a CUDA device). The update rule is Adam's as before; the
+    fused kernel does each parameter's whole step in one pass instead of a dozen elementwise ops
+    (``benchmarks/results/imagination.md``: on this 2-core CPU one step over GPRIL's ~2 M flow
+    parameters takes 1.4 ms fused against 10.8 ms with torch's default, the for-loop kernel).
+    A run saved before this resumes with the kernel it was saved with (the flag is part of the
+    optimiser's saved parameter groups)."""
+    params = list(params)
+    fused = all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params) or None
+    return torch.optim.Adam(params, fused=fused, **kwargs)
+
+
 def apply_gradients(optimizer: torch.optim.Optimizer, loss: torch.Tensor,
                     clip: Optional[float] = None) -> Optional[float]:
     """One step of ``optimizer`` on ``loss``: zero the gradients, backpropagate, clip the global

@@ -20,6 +20,7 @@ import torch
 from wmil.config import LoopConfig, NonNegFloat, PosInt, Prob, build_config, split_overrides, to_dict
 from wmil.data.dataset import Dataset, MixedSampler, load_all
 from wmil.errors import UserError
+from wmil.nets.optim import adam
 from wmil import distributed
 from wmil.precision import autocast
 from wmil.runs import RunDir, fingerprint, from_config, resolve_device, rng_state, seed_everything, set_rng_state
@@ -185,7 +186,7 @@ def train_world_model(dataset: str | Dataset | Sequence[str | Dataset], model: s
             print(f"{run.path}: from {source.run_dir} (step {source.checkpoint_step}); "
                   f"new parameters: {', '.join(fresh)}", file=sys.stderr)
     world_model.to(dev)
-    optimizer = torch.optim.Adam(world_model.parameters(), lr=model_cfg.lr, eps=model_cfg.adam_eps)
+    optimizer = adam(world_model.parameters(), lr=model_cfg.lr, eps=model_cfg.adam_eps)
     weights = _dataset_weights(train_cfg.dataset_weights, datasets, [len(t) > 0 for t, _ in split])
     sampler = MixedSampler(train_sets, train_cfg.batch_size, train_cfg.seq_len, seed=train_cfg.seed, weights=weights,
                            end_share=train_cfg.end_windows)

@@ -3,8 +3,9 @@ plainly written reference RSSM.
 
 One update = what ``wmil train-model`` does per step on a batch: forward over the whole
 sequence + loss (under bf16 autocast for ``bf16``, as ``--precision bf16`` runs it) + backward +
-gradient clip + Adam step, on synthetic data. For each configuration the script measures,
-interleaved in the same process (round-robin) so that machine noise hits all alike:
+gradient clip + Adam step (fused for wmil, as train-model steps), on synthetic data. For each
+configuration the script measures, interleaved in the same process (round-robin) so that
+machine noise hits all alike:
 
 * frames/s (B×T per second, median of ``--rounds`` rounds of ``--updates`` updates) of the
   wmil ``rssm`` in each of ``--precisions`` (and with its reward and continue heads on, with
@@ -50,6 +51,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from wmil.nets import MLP, preprocess_pixels
+from wmil.nets import adam as wmil_adam
 from wmil.precision import PRECISIONS, autocast
 from wmil.types import DataSpec, SequenceBatch
 from wmil.world_models import config_for, make_world_model, total_loss
@@ -303,7 +305,11 @@ def bench(config: BenchConfig, rounds: int, updates: int, reference: bool, preci
     batch = make_batch(spec, config.batch, config.steps).to(device)
     runners = {}
 
-    def adam(net):
+    def adam(net, fused=True):
+        # wmil's rows step with the fused kernel, as train-model does (wmil.nets.adam); the
+        # reference steps with torch's default kernel, as plainly written trainers do
+        if fused:
+            return wmil_adam(net.parameters(), lr=3e-4, eps=1e-5)
         return torch.optim.Adam(net.parameters(), 3e-4, eps=1e-5)
 
     heads_here = heads and len(config.obs_shape) == 1  # the like-for-like row is vector-small's
@@ -317,7 +323,7 @@ def bench(config: BenchConfig, rounds: int, updates: int, reference: bool, preci
     if reference and config.preset != "paper":  # at paper size it takes minutes and adds nothing
         torch.manual_seed(0)
         ref = ReferenceRSSM(spec, model_config).to(device)
-        runners["reference fp32"] = (reference_update, ref, adam(ref), "fp32")
+        runners["reference fp32"] = (reference_update, ref, adam(ref, fused=False), "fp32")
     result = {"config": config, "params": sum(p.numel() for p in runners[next(iter(runners))][1].parameters()),
               "runners": list(runners), "precision": {n: r[3] for n, r in runners.items()}}
     for name, (update, net, optimizer, _) in runners.items():

@@ -97,6 +97,43 @@ def test_bf16_autocast_lowers_the_products_and_still_learns():
     assert float(probs.min()) > 0.9, probs
 
 
+@pytest.mark.parametrize("grad", ["reinforce", "dynamics"])
+def test_lowering_the_features_once_for_both_critics_changes_nothing(grad, monkeypatch):
+    """Under bf16 autocast ``update`` lowers the imagined features once for the critic and the
+    target critic; two copies updated from the same rollout, one with that step switched off
+    (each critic's first product lowers its input itself, as autocast does), end bit for bit
+    equal."""
+    import copy
+
+    import wmil.imagination.actor_critic as module
+    from wmil.precision import autocast
+
+    class ActionThroughAMatrix(_ActionIsNextState):  # features that low precisions round
+        mix = torch.randn(3, 3) / 3 + torch.eye(3)
+
+        def imagine_step(self, state, action):
+            return super().imagine_step(state, action @ self.mix + 0.1 * state.deter)
+
+    torch.manual_seed(0)
+    first = ActorCritic(3, SPEC, _config(actor_grad=grad, layers=2))
+    second = copy.deepcopy(first)
+    model = ActionThroughAMatrix()
+    results = []
+    for ac, lowered in ((first, module.lowered_dtype), (second, lambda device_type: None)):
+        monkeypatch.setattr(module, "lowered_dtype", lowered)
+        torch.manual_seed(1)
+        with autocast("cpu", "bf16"):
+            for _ in range(3):
+                imagined = imagine(model, ac.actor, _start(16), 4)
+                reward = imagined.features[1:, :, 2]
+                metrics = ac.update(imagined, reward if ac.backprop else reward.detach())
+        results.append(metrics)
+    assert results[0] == results[1]
+    for name, network in first.networks().items():
+        for (key, a), b in zip(network.state_dict().items(), second.networks()[name].state_dict().values()):
+            assert torch.equal(a, b), (name, key)
+
+
 @pytest.mark.parametrize("scale", ["batch", "return_range"])
 def test_two_halves_with_the_global_batch_statistics_take_the_whole_batch_gradient(scale):
     """Data-parallel actor-critic (synchronised batch statistics): two processes holding half

@@ -16,7 +16,7 @@ from wmil.eval.evaluate import evaluate_policy
 from wmil.runs import RunDir
 from wmil.train.policy import train_policy
 from wmil.train.world_model import load_world_model, train_world_model
-from wmil.types import State
+from wmil.types import Imagined, State
 
 AC = {"log_every": "2", "eval_every": "4", "checkpoint_every": "3", "batch_size": "8", "horizon": "3",
       "eval_starts": "8"}
@@ -163,7 +163,16 @@ def test_a_continue_head_discounts_the_imagined_rollout(tmp_path, write_dataset)
     off = Ditto(with_head, expert, DittoConfig.preset("tiny", {"horizon": 3, "continue_discount": False}),
                 torch.device("cpu"))
     assert off.discount(imagined) is None
-    assert Ditto(without, expert, config, torch.device("cpu")).discount(imagined) is None
+    headless = Ditto(without, expert, config, torch.device("cpu"))
+    assert headless.discount(imagined) is None
+    assert ditto.has_continue_head and not headless.has_continue_head
+
+    def no_stacking(self):
+        raise AssertionError("the imagined states were stacked")
+
+    with pytest.MonkeyPatch.context() as patch:  # without a head nothing reads every field of a rollout
+        patch.setattr(Imagined, "states", property(no_stacking))
+        assert "imagine/continue" not in headless.update(0)
 
     metrics = ditto.update(0)
     assert 0 < metrics["imagine/continue"] < 1

@@ -29,6 +29,7 @@ from torch import nn
 from wmil.config import (ActorConfig, CriticConfig, DiscountConfig, EntropyConfig, Prob, TargetConfig)
 from wmil.imagination.returns import ReturnNormalizer, cumulative_discount, lambda_return
 from wmil.nets import MLP, ActionHead, adam, apply_gradients, update_target
+from wmil.precision import lowered_dtype
 from wmil.types import DataSpec, Imagined, State
 
 Tensor = torch.Tensor
@@ -160,6 +161,11 @@ class ActorCritic:
         if not self.backprop:
             reward = reward.detach()  # REINFORCE: the reward is a constant for the actor
         features = imagined.features
+        low = lowered_dtype(features.device.type)
+        if low is not None:
+            # Under bf16 autocast both critics' first products would each lower the (H+1, B, F)
+            # features again; lowering them once gives the same products (~3 % of a DITTO update).
+            features = features.to(low)
         # Bootstrap values from the target critic; with dynamics backprop they stay differentiable
         # w.r.t. the features so the actor gradient sees the whole λ-return.
         value_input = features if self.backprop else features.detach()

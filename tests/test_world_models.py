@@ -241,6 +241,76 @@ def test_bf16_changes_the_loss_only_by_rounding():
     assert terms["bf16"] == pytest.approx(terms["fp32"], rel=0.05)
 
 
+def test_bf16_on_a_cpu_without_native_bf16_warns_once_in_one_line(tmp_path, monkeypatch):
+    """The CPU's flags decide: AVX2 only warns (emulated bf16 measured 6.6× slower than fp32),
+    AVX512-BF16 or AMX-BF16 does not, fp32 never does, unreadable flags (not Linux) stay quiet."""
+    import warnings
+
+    from wmil import precision
+    from wmil.errors import WmilWarning
+
+    original = precision.cpu_flags
+
+    def flags(text):
+        path = tmp_path / "cpuinfo"
+        path.write_text(text)
+        monkeypatch.setattr(precision, "cpu_flags", lambda: original(path))
+
+    cases = {"processor\t: 0\nflags\t\t: fpu sse avx2 fma\n": True,
+             "processor\t: 0\nflags\t\t: avx2 avx512f avx512_bf16\n": False,
+             "processor\t: 0\nflags\t\t: avx2 amx_bf16 amx_tile\n": False}
+    for text, expected in cases.items():
+        flags(text)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            assert precision.warn_if_emulated("cpu", "bf16") is expected
+            assert not precision.warn_if_emulated("cpu", "fp32")
+        messages = [str(w.message) for w in caught if issubclass(w.category, WmilWarning)]
+        assert len(messages) == int(expected), messages
+        assert all("\n" not in m and "--precision fp32" in m for m in messages)
+    assert original(tmp_path / "absent") is None
+    monkeypatch.setattr(precision, "cpu_flags", lambda: None)
+    assert precision.native_bf16("cpu") is None and not precision.warn_if_emulated("cpu", "bf16")
+
+
+@pytest.mark.parametrize("name,discrete", [("rssm", True), ("gaussian_rssm", False)])
+def test_a_frozen_model_imagines_the_same_with_its_step_weights_lowered_once(name, discrete):
+    """A frozen model (as the imagination learners hold it) under bf16 autocast runs
+    ``imagine_step`` on weights cast once and reused, where autocast would cast them at every
+    step: the imagined state equals the plain modules' bit for bit, the cast is reused from one
+    step to the next, and an in-place change of a weight renews it."""
+    model, spec = build(name, "vector", discrete)
+    batch = make_batch(spec)
+    with torch.no_grad():
+        posterior, _ = model.observe(batch.obs, batch.prev_action, batch.is_first)
+    start, action = posterior[:, -1], batch.action[:, -1]
+
+    def step(frozen: bool, precision: str = "bf16") -> dict:
+        model.requires_grad_(not frozen)
+        torch.manual_seed(7)
+        with autocast("cpu", precision):
+            return model.imagine_step(start, action).tensors()
+
+    def equal(a: dict, b: dict) -> bool:
+        return all(torch.equal(a[k], b[k]) for k in a)
+
+    plain, frozen = step(False), step(True)
+    assert equal(plain, frozen)
+    assert not equal(step(True, "fp32"), frozen), "bf16 did not run"
+    with autocast("cpu", "bf16"):
+        first, again = model._lowered_step_weights(), model._lowered_step_weights()
+    assert first is not None and all(w.dtype == torch.bfloat16 for w in first)
+    assert all(a is b for a, b in zip(first, again)), "the cast was not reused"
+    with torch.no_grad():
+        model.prior_out.weight.mul_(1.5)
+    changed = step(True)
+    assert not equal(changed, frozen), "a stale cast was used after the weight changed"
+    assert equal(changed, step(False))
+    model.requires_grad_(True)
+    with autocast("cpu", "bf16"):
+        assert model._lowered_step_weights() is None  # a trained model keeps autocast's cast in the graph
+
+
 @pytest.mark.parametrize("name,obs,discrete", [("rssm", "vector", True), ("gaussian_rssm", "vector", False),
                                                ("dynamics", "vector", False), ("rssm", "pixel", True)])
 def test_padded_steps_do_not_change_the_loss(name, obs, discrete):

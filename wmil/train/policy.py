@@ -20,7 +20,7 @@ from wmil.data.dataset import Dataset, load
 from wmil.errors import UserError
 from wmil.nets import reducing_gradients
 from wmil.policy import DeployedPolicy
-from wmil.precision import autocast
+from wmil.precision import autocast, warn_if_emulated
 from wmil.runs import RunDir, from_config, resolve_device, rng_state, seed_everything, set_rng_state
 from wmil.train.loop import check_finite, run_loop
 from wmil.train.world_model import load_world_model
@@ -92,6 +92,8 @@ def train_policy(algo: str, model: Optional[str | os.PathLike], expert: str | Da
             raise UserError("callbacks run in one process only; train without torchrun to use them")
     group = distributed.current(dev)  # under torchrun: this rank's share (wmil.distributed)
     dev = group.device                # on a GPU node: the local rank's GPU
+    if group.main:
+        warn_if_emulated(dev, train_cfg.precision)
     world_model = (_world_model_from_run(model, str(dev), trust_checkpoint)
                    if model is not None and cls.world_models is not None else None)
     expert_ds = expert if isinstance(expert, Dataset) else load(expert)

@@ -22,7 +22,7 @@ from wmil.data.dataset import Dataset, MixedSampler, load_all
 from wmil.errors import UserError
 from wmil.nets.optim import adam
 from wmil import distributed
-from wmil.precision import autocast
+from wmil.precision import autocast, warn_if_emulated
 from wmil.runs import RunDir, fingerprint, from_config, resolve_device, rng_state, seed_everything, set_rng_state
 from wmil.train.divergence import check_mode
 from wmil.train.loop import check_finite, run_loop
@@ -149,6 +149,8 @@ def train_world_model(dataset: str | Dataset | Sequence[str | Dataset], model: s
     dev = resolve_device(device)
     group = distributed.current(dev)  # under torchrun: this rank's share (wmil.distributed)
     dev = group.device                # on a GPU node: the local rank's GPU
+    if group.main:
+        warn_if_emulated(dev, train_cfg.precision)
     group.check_batch(train_cfg.batch_size, "train.batch_size")
     if callbacks and group.parallel:  # a callback's stop on rank 0 would leave the others waiting
         raise UserError("callbacks run in one process only; train without torchrun to use them")

@@ -37,6 +37,19 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
+def cpu_capability() -> str:
+    """The vector unit torch dispatches to and whether bf16 products are native, e.g.
+    "AVX512, native bf16" or "AVX2, bf16 emulated": two machines of the same model name (both
+    stamp "AMD EPYC") differ here, and a bf16 timing only counts on a native one."""
+    import torch
+
+    from wmil.precision import native_bf16
+
+    native = native_bf16("cpu")
+    bf16 = "bf16 unknown" if native is None else "native bf16" if native else "bf16 emulated"
+    return f"{torch.backends.cpu.get_cpu_capability()}, {bf16}"
+
+
 def stamp() -> str:
     """Date, commit, CPU, cores, torch version and the exact command, as Markdown lines."""
     import torch
@@ -53,7 +66,7 @@ def stamp() -> str:
     return "\n".join([
         f"- date: {datetime.datetime.now().isoformat(timespec='seconds')}",
         f"- commit: {commit}",
-        f"- CPU: {cpu_model()}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}",
+        f"- CPU: {cpu_model()}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}, {cpu_capability()}",
         f"- torch {torch.__version__}, python {platform.python_version()}",
         f"- command: `{command}`",
     ])

@@ -246,6 +246,7 @@ def test_bf16_on_a_cpu_without_native_bf16_warns_once_in_one_line(tmp_path, monk
     AVX512-BF16 or AMX-BF16 does not, fp32 never does, unreadable flags (not Linux) stay quiet."""
     import warnings
 
+    from benchmarks.common import cpu_capability
     from wmil import precision
     from wmil.errors import WmilWarning
 
@@ -268,9 +269,12 @@ def test_bf16_on_a_cpu_without_native_bf16_warns_once_in_one_line(tmp_path, monk
         messages = [str(w.message) for w in caught if issubclass(w.category, WmilWarning)]
         assert len(messages) == int(expected), messages
         assert all("\n" not in m and "--precision fp32" in m for m in messages)
+        # The benchmarks' stamp tells the two kinds of machine apart (both are "AMD EPYC").
+        assert cpu_capability().endswith("bf16 emulated" if expected else "native bf16")
     assert original(tmp_path / "absent") is None
     monkeypatch.setattr(precision, "cpu_flags", lambda: None)
     assert precision.native_bf16("cpu") is None and not precision.warn_if_emulated("cpu", "bf16")
+    assert cpu_capability().endswith("bf16 unknown")
 
 
 @pytest.mark.parametrize("name,discrete", [("rssm", True), ("gaussian_rssm", False)])

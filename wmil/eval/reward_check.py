@@ -87,6 +87,31 @@ def window_returns(world_model, latents: ExpertLatents, rows: np.ndarray, candid
 
 
 @torch.no_grad()
+def candidate_returns(world_model, latents: ExpertLatents, features: str = "deter", horizon: int = 15,
+                      gamma: float = 0.95, starts: int = 256, perturbations: int = 8, alpha: float = 0.2,
+                      seed: int = 0) -> tuple[np.ndarray, Tensor, Tensor]:
+    """``(rows (B,), returns (C, B), expert_index (B,))``: the expert start rows the check draws
+    from ``latents``, every candidate's return from each, and which candidate is the expert's."""
+    device = latents.features.device
+    rows = eval_rows(latents, horizon, starts, seed=seed + 12345)
+    generator = torch.Generator().manual_seed(seed)
+    candidates, expert_index = candidate_actions(latents.action[torch.as_tensor(rows, device=device)],
+                                                 world_model.spec, perturbations, alpha, generator)
+    returns = window_returns(world_model, latents, rows, candidates, horizon, gamma, features, seed)   # (C, B)
+    return rows, returns, expert_index
+
+
+def expert_wins(returns: Tensor, expert_index: Tensor) -> tuple[Tensor, Tensor]:
+    """``(wins (B,) bool, best_other (B,))``: whether the expert's candidate has the highest
+    return at each start, and the best return of the other candidates."""
+    columns = torch.arange(returns.shape[1], device=returns.device)
+    others = returns.clone()
+    others[expert_index, columns] = -torch.inf
+    best_other = others.max(0).values
+    return returns[expert_index, columns] > best_other, best_other
+
+
+@torch.no_grad()
 def reward_check(world_model, expert: Dataset, features: str = "deter", horizon: int = 15, gamma: float = 0.95,
                  starts: int = 256, perturbations: int = 8, alpha: float = 0.2, seed: int = 0,
                  device: Optional[torch.device] = None) -> dict[str, float]:
@@ -97,25 +122,19 @@ def reward_check(world_model, expert: Dataset, features: str = "deter", horizon:
         raise UserError(f"reward check: the expert dataset {expert.name} has {expert.spec.describe()} but the world "
                         f"model has {spec.describe()}")
     latents = ExpertLatents.encode(world_model, expert, device)
-    rows = eval_rows(latents, horizon, starts, seed=seed + 12345)
-    generator = torch.Generator().manual_seed(seed)
-    candidates, expert_index = candidate_actions(latents.action[torch.as_tensor(rows, device=device)], spec,
-                                                 perturbations, alpha, generator)
-    returns = window_returns(world_model, latents, rows, candidates, horizon, gamma, features, seed)   # (C, B)
-    columns = torch.arange(len(rows), device=device)
-    expert_return = returns[expert_index, columns]
-    others = returns.clone()
-    others[expert_index, columns] = -torch.inf
-    best_other = others.max(0).values
-    out = {"reward_check/accuracy": float((expert_return > best_other).float().mean()),
-           "reward_check/chance": 1.0 / candidates.shape[0],
+    rows, returns, expert_index = candidate_returns(world_model, latents, features, horizon, gamma, starts,
+                                                    perturbations, alpha, seed)
+    wins, best_other = expert_wins(returns, expert_index)
+    expert_return = returns[expert_index, torch.arange(len(rows), device=device)]
+    out = {"reward_check/accuracy": float(wins.float().mean()),
+           "reward_check/chance": 1.0 / returns.shape[0],
            "reward_check/margin": float(((expert_return - best_other) / expert_return.abs().clamp_min(1e-8)).mean()),
            "reward_check/starts": float(len(rows))}
     if spec.discrete:
         for c in range(spec.action_dim):
             of_class = expert_index == c
             if of_class.any():
-                out[f"reward_check/accuracy_action{c}"] = float((expert_return > best_other)[of_class].float().mean())
+                out[f"reward_check/accuracy_action{c}"] = float(wins[of_class].float().mean())
                 out[f"reward_check/share_action{c}"] = float(of_class.float().mean())
     else:
         out["reward_check/pairwise"] = float((expert_return[None] > returns[1:]).float().mean())

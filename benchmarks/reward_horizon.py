@@ -21,7 +21,7 @@ from itertools import pairwise
 import numpy as np
 import torch
 
-from benchmarks.common import table, write
+from benchmarks.common import ensure_dataset, table, write
 
 #: The expert dataset recipe of each task (built locally when absent, as the quality benchmark does).
 EXPERTS = {"cartpole": "cartpole-expert.yaml", "lunar": "lunar-expert.yaml", "pendulum": "pendulum-expert.yaml"}
@@ -43,9 +43,8 @@ def main():
     args = parser.parse_args()
     torch.set_num_threads(int(os.environ.get("WMIL_NUM_THREADS", "1")))
 
-    from benchmarks.common import ensure_dataset
     from wmil.data import load
-    from wmil.eval.reward_check import candidate_returns, expert_wins
+    from wmil.eval.reward_check import candidate_returns, expert_and_best_other
     from wmil.imagination.expert import ExpertLatents
     from wmil.train.world_model import load_world_model
 
@@ -61,7 +60,8 @@ def main():
         for horizon in args.horizons:
             starts, returns, expert_index = candidate_returns(model, latents, args.features, horizon, args.gamma,
                                                               args.starts, seed=args.seed)
-            wins = expert_wins(returns, expert_index)[0].numpy()
+            expert_return, best_other = expert_and_best_other(returns, expert_index)
+            wins = (expert_return > best_other).numpy()
             episode = np.searchsorted(latents.offsets, starts, side="right") - 1
             step = starts - latents.offsets[episode]
             cells = []

@@ -101,14 +101,13 @@ def candidate_returns(world_model, latents: ExpertLatents, features: str = "dete
     return rows, returns, expert_index
 
 
-def expert_wins(returns: Tensor, expert_index: Tensor) -> tuple[Tensor, Tensor]:
-    """``(wins (B,) bool, best_other (B,))``: whether the expert's candidate has the highest
-    return at each start, and the best return of the other candidates."""
+def expert_and_best_other(returns: Tensor, expert_index: Tensor) -> tuple[Tensor, Tensor]:
+    """``(expert_return (B,), best_other (B,))``: the expert's candidate's return at each start
+    and the best return of the other candidates (the expert wins where the first is larger)."""
     columns = torch.arange(returns.shape[1], device=returns.device)
     others = returns.clone()
     others[expert_index, columns] = -torch.inf
-    best_other = others.max(0).values
-    return returns[expert_index, columns] > best_other, best_other
+    return returns[expert_index, columns], others.max(0).values
 
 
 @torch.no_grad()
@@ -124,8 +123,8 @@ def reward_check(world_model, expert: Dataset, features: str = "deter", horizon:
     latents = ExpertLatents.encode(world_model, expert, device)
     rows, returns, expert_index = candidate_returns(world_model, latents, features, horizon, gamma, starts,
                                                     perturbations, alpha, seed)
-    wins, best_other = expert_wins(returns, expert_index)
-    expert_return = returns[expert_index, torch.arange(len(rows), device=device)]
+    expert_return, best_other = expert_and_best_other(returns, expert_index)
+    wins = expert_return > best_other
     out = {"reward_check/accuracy": float(wins.float().mean()),
            "reward_check/chance": 1.0 / returns.shape[0],
            "reward_check/margin": float(((expert_return - best_other) / expert_return.abs().clamp_min(1e-8)).mean()),

@@ -25,9 +25,12 @@ so that ``prev_action[t+1] == action[t]`` inside an episode. Algorithms never sh
 from __future__ import annotations
 
 from dataclasses import dataclass, fields, replace
-from typing import Callable, Iterable, Optional, Sequence
+from typing import TYPE_CHECKING, Callable, Iterable, Optional, Sequence
 
 import torch
+
+if TYPE_CHECKING:
+    from wmil.nets.onehot import OneHot
 
 Tensor = torch.Tensor
 
@@ -129,6 +132,10 @@ class State:
     ``dynamics``), ``stoch`` the sampled stochastic part (flat one-hots for categorical latents,
     a Gaussian sample, or width 0). The distribution parameters that produced ``stoch`` are kept
     for the KL terms: ``logits`` (categorical) or ``mean``/``std`` (Gaussian); None otherwise.
+    ``index`` (categorical samples drawn in imagination): the column of each categorical's 1
+    in ``stoch``, so linear maps can read z as a sum of weight columns
+    (:mod:`wmil.nets.onehot`); None where not recorded. :meth:`stack`, :meth:`cat` and
+    :meth:`where` keep the fields every state has.
     """
 
     deter: Tensor                    # (*batch, D)
@@ -136,6 +143,7 @@ class State:
     logits: Optional[Tensor] = None  # (*batch, S) flat categorical logits (rssm)
     mean: Optional[Tensor] = None    # (*batch, S) Gaussian mean (gaussian_rssm)
     std: Optional[Tensor] = None     # (*batch, S) Gaussian std (gaussian_rssm)
+    index: Optional[Tensor] = None   # (*batch, G) int64: the columns of stoch's ones (rssm, imagined)
 
     def tensors(self) -> dict[str, Tensor]:
         """The fields that hold a tensor, by name."""
@@ -174,7 +182,7 @@ class State:
         """Per element of the batch shape: this state where ``mask`` is True, else ``other``."""
         other_tensors = other.tensors()
         return State(**{name: torch.where(mask.unsqueeze(-1), value, other_tensors[name])
-                        for name, value in self.tensors().items()})
+                        for name, value in self.tensors().items() if name in other_tensors})
 
     @staticmethod
     def stack(states: Iterable["State"], dim: int = 0) -> "State":
@@ -183,9 +191,8 @@ class State:
         states = list(states)
         assert states, "State.stack needs at least one state"
         assert dim >= 0, "State.stack: give a non-negative dim (feature axes come last)"
-        names = states[0].tensors().keys()
         return State(**{name: torch.stack([getattr(s, name) for s in states], dim)
-                        for name in names})
+                        for name in _common_fields(states)})
 
     @staticmethod
     def cat(states: Iterable["State"], dim: int = 0) -> "State":
@@ -193,13 +200,18 @@ class State:
         states = list(states)
         assert states, "State.cat needs at least one state"
         assert dim >= 0, "State.cat: give a non-negative dim (feature axes come last)"
-        names = states[0].tensors().keys()
         return State(**{name: torch.cat([getattr(s, name) for s in states], dim)
-                        for name in names})
+                        for name in _common_fields(states)})
 
     def __repr__(self) -> str:
         parts = ", ".join(f"{name}={tuple(value.shape)}" for name, value in self.tensors().items())
         return f"State({parts})"
+
+
+def _common_fields(states: list[State]) -> list[str]:
+    """The tensor fields that every one of ``states`` holds (an optional field such as
+    ``index`` is dropped where one state lacks it)."""
+    return [name for name in states[0].tensors() if all(getattr(s, name) is not None for s in states[1:])]
 
 
 class Imagined:
@@ -211,7 +223,7 @@ class Imagined:
     default) never copies the wide stochastic parts and their logits a second time."""
 
     def __init__(self, steps: Sequence[State], features: Tensor, actions: Tensor, log_prob: Tensor,
-                 entropy: Tensor):
+                 entropy: Tensor, onehot: Optional[OneHot] = None):
         self._steps = list(steps)
         self._states: Optional[State] = None
         self._deter: Optional[Tensor] = None
@@ -219,6 +231,8 @@ class Imagined:
         self.actions = actions      # (H, B, A): action k is taken at state k
         self.log_prob = log_prob    # (H, B)
         self.entropy = entropy      # (H, B)
+        #: Where ``features`` end in one-hot samples: their columns ``(H+1, B, G)`` (wmil.nets.onehot).
+        self.onehot = onehot
 
     @property
     def states(self) -> State:  # (H+1, B)

@@ -74,6 +74,7 @@ from wmil.config import (CriticConfig, DiscountConfig, EntropyConfig, LatentConf
 from wmil.data.dataset import Dataset
 from wmil.imagination.actor_critic import imagine
 from wmil.nets import MLP, ActionHead, categorical, update_target
+from wmil.nets.onehot import OneHot
 from wmil.types import DataSpec
 from wmil.world_models.base import feature_size
 
@@ -157,8 +158,9 @@ class SoftQActor(nn.Module):
     def q_values(self, features: Tensor) -> Tensor:  # (..., F) -> (..., A)
         return self.q(features)
 
-    def forward(self, features: Tensor, deterministic: bool = False) -> tuple[Tensor, Tensor, Tensor]:
-        return categorical(self.q(features) / self.alpha, deterministic)
+    def forward(self, features: Tensor, deterministic: bool = False,
+                onehot: Optional[OneHot] = None) -> tuple[Tensor, Tensor, Tensor]:
+        return categorical(self.q(features, onehot) / self.alpha, deterministic)
 
 
 class TwinQ(nn.Module):

@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import math
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -22,6 +23,7 @@ from torch import nn
 
 from wmil.config import ActorConfig
 from wmil.nets.mlp import MLP
+from wmil.nets.onehot import OneHot
 from wmil.types import DataSpec
 
 Tensor = torch.Tensor
@@ -131,9 +133,11 @@ class ActionHead(nn.Module):
         self.min_std = config.min_std
         self.bounds = ActionBounds(spec)
 
-    def forward(self, x: Tensor, deterministic: bool = False) -> tuple[Tensor, Tensor, Tensor]:
-        """``x (..., in_dim)`` → ``(action (..., A), log_prob (...), entropy (...))``."""
-        return self.from_output(self.net(x), deterministic)
+    def forward(self, x: Tensor, deterministic: bool = False,
+                onehot: Optional[OneHot] = None) -> tuple[Tensor, Tensor, Tensor]:
+        """``x (..., in_dim)`` → ``(action (..., A), log_prob (...), entropy (...))``; ``onehot``:
+        see :meth:`wmil.nets.MLP.forward`."""
+        return self.from_output(self.net(x, onehot), deterministic)
 
     def from_output(self, out: Tensor, deterministic: bool = False) -> tuple[Tensor, Tensor, Tensor]:
         """:meth:`forward` from the network's raw output ``out`` (logits, or mean and raw std)."""

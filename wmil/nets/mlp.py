@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import typing
+from typing import Optional
 
 import torch
 from torch import nn
 
 from wmil.config import Activation
+from wmil.nets.onehot import OneHot, linear
 from wmil.precision import float32
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {
@@ -55,11 +57,19 @@ class MLP(nn.Module):
         #: Whether the output is a head's (float32 under bf16 autocast) or a trunk's (left lowered).
         self.head = out_dim is not None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (..., in_dim) -> (..., out_dim)
+    def forward(self, x: torch.Tensor, onehot: Optional[OneHot] = None) -> torch.Tensor:
+        """``(..., in_dim) -> (..., out_dim)``; ``onehot``: where ``x`` ends in one-hot samples,
+        their columns, so the first layer sums weight columns instead of multiplying zeros
+        (:mod:`wmil.nets.onehot`; the same function)."""
         # A head's output (logits, values, means, discriminator scores) is float32 under bf16
         # autocast, so log-probabilities, returns and losses downstream are computed in float32;
         # a trunk (out_dim None) hands its lowered output to the next matrix product as it is.
-        out = self.net(x)
+        if onehot is None:
+            out = self.net(x)
+        else:
+            out = linear(self.net[0], x, onehot)
+            for module in self.net[1:]:
+                out = module(out)
         return float32(out) if self.head else out
 
 

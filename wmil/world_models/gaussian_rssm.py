@@ -76,14 +76,17 @@ class GaussianRSSM(RSSM):
         std = std_from_raw(raw[..., size:], self.config.min_std)
         return torch.addcmul(raw[..., :size], std, noise)  # mean + std * eps
 
-    def _draw(self, raw: Tensor) -> Tensor:
-        return self._sample(raw, self._noise(tuple(raw.shape[:-1])))
+    def _draw(self, raw: Tensor) -> tuple[Tensor, None]:
+        return self._sample(raw, self._noise(tuple(raw.shape[:-1]))), None
+
+    def _onehot(self, state: State) -> None:  # Gaussian z: no one-hot block
+        return None
 
     def _params_from_raw(self, raw: Tensor) -> Tensor:
         size = self.config.stoch
         return torch.cat([raw[..., :size], std_from_raw(raw[..., size:], self.config.min_std)], -1)
 
-    def _state(self, deter: Tensor, stoch: Tensor, params: Tensor) -> State:
+    def _state(self, deter: Tensor, stoch: Tensor, params: Tensor, index: None = None) -> State:
         size = self.config.stoch
         return State(deter=deter, stoch=stoch, mean=params[..., :size], std=params[..., size:])
 

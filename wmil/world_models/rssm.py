@@ -43,7 +43,10 @@ from torch import nn
 from wmil.config import (Activation, NonNegFloat, NonNegInt, OptimizerConfig, PosFloat, PosInt, Prob,
                          Range)
 from wmil.nets import MLP, LayerNormGRUCell, preprocess_pixels
+from wmil.nets import onehot
 from wmil.nets.grid import image_decoder, image_encoder
+from wmil.nets.onehot import OneHot
+from wmil.nets.reuse import derived
 from wmil.nets.step_linear import StepTape
 from wmil.precision import float32, lowered_dtype
 from wmil.types import DataSpec, SequenceBatch
@@ -191,19 +194,28 @@ class RSSM(WorldModelBase):
         logits = unimix_logits(raw, self.config.classes, self.config.unimix)  # type: ignore[attr-defined]
         return straight_through_sample(logits, self.config.classes, noise)  # type: ignore[attr-defined]
 
-    def _draw(self, raw: Tensor) -> Tensor:
+    def _draw(self, raw: Tensor) -> tuple[Tensor, Optional[Tensor]]:
         """A fresh differentiable sample of z from ``raw`` where no noise is passed in
-        (imagination): the categoricals sampled by inverting their CDF, one uniform each, the
-        distribution of ``_sample``'s Gumbel-max at 1/``classes`` of its random numbers."""
+        (imagination), and the columns of its ones (``State.index``): the categoricals sampled
+        by inverting their CDF, one uniform each, the distribution of ``_sample``'s Gumbel-max
+        at 1/``classes`` of its random numbers."""
         logits = unimix_logits(raw, self.config.classes, self.config.unimix)  # type: ignore[attr-defined]
-        return straight_through_sample(logits, self.config.classes)  # type: ignore[attr-defined]
+        return straight_through_sample(logits, self.config.classes, with_index=True)  # type: ignore[attr-defined]
+
+    def _onehot(self, state: State) -> Optional[OneHot]:
+        """``state.stoch`` as a one-hot block for :func:`wmil.nets.onehot.linear`, or None: its
+        recorded columns, or those read back from an exact one-hot (an imagination start)."""
+        if not onehot.usable(state.stoch):
+            return None
+        index = state.index if state.index is not None else onehot.columns(state.stoch, self.config.classes)  # type: ignore[attr-defined]
+        return None if index is None else OneHot(index, state.stoch.shape[-1])
 
     def _params_from_raw(self, raw: Tensor) -> Tensor:
         """Head output -> the distribution parameters the KL consumes (flat logits)."""
         return unimix_logits(raw, self.config.classes, self.config.unimix)  # type: ignore[attr-defined]
 
-    def _state(self, deter: Tensor, stoch: Tensor, params: Tensor) -> State:
-        return State(deter=deter, stoch=stoch, logits=params)
+    def _state(self, deter: Tensor, stoch: Tensor, params: Tensor, index: Optional[Tensor] = None) -> State:
+        return State(deter=deter, stoch=stoch, logits=params, index=index)
 
     def _params(self, state: State) -> Tensor:
         assert state.logits is not None
@@ -286,6 +298,11 @@ class RSSM(WorldModelBase):
         stoch = state.stoch if mode == "sample" else self._stoch_mean(self._params(state))
         return torch.cat([state.deter, stoch], -1)  # (..., D + S)
 
+    def feature_onehot(self, state: State, mode: str = "sample") -> Optional[OneHot]:
+        """Where ``features(state, mode)`` end in one-hot samples, their columns (the last
+        ``S`` of the features), for the actor's and critic's first layers; else None."""
+        return self._onehot(state) if mode == "sample" else None
+
     def _continue_logits(self, state: State) -> Tensor:
         inputs = state.deter if self.config.continue_input == "deter" else self.features(state)
         return float32(self.cont(inputs)).squeeze(-1)
@@ -319,7 +336,7 @@ class RSSM(WorldModelBase):
         act = self._act
         lowered = self._lowered_step_weights()
         if lowered is None:
-            x = act(self.img_in_stoch(state.stoch) + self.img_in_action(action))
+            x = act(onehot.linear(self.img_in_stoch, state.stoch, self._onehot(state)) + self.img_in_action(action))
             deter = self.cell(x, state.deter)
             raw = float32(self.prior_out(act(self.prior_hidden(deter))))
         else:  # the same ops on weights lowered once (autocast would lower them at every step)
@@ -327,21 +344,21 @@ class RSSM(WorldModelBase):
             x = act(F.linear(state.stoch, w_stoch) + F.linear(action, w_action, b_action))
             deter = self.cell.from_linear(F.linear(self.cell.linear_input(x, state.deter), w_cell), state.deter)
             raw = float32(F.linear(act(F.linear(deter, w_hidden, b_hidden)), w_out, b_out))
-        return self._state(deter, self._draw(raw), self._params_from_raw(raw))
+        stoch, index = self._draw(raw)
+        return self._state(deter, stoch, self._params_from_raw(raw), index)
 
     def _lowered_step_weights(self) -> Optional[tuple[Tensor, ...]]:
-        """The weights of :meth:`imagine_step` in autocast's lower dtype, cast once and reused
-        while they are unchanged — or None (the plain modules) when autocast is off, when any of
-        them requires grad (world-model training: the cast must stay in the graph) or while
-        compiling.
+        """The weights of :meth:`imagine_step` in autocast's lower dtype, cast once per
+        :func:`wmil.nets.reuse.unchanged_weights` block (an imagined rollout) — or None (the
+        plain modules) when autocast is off, when any of them requires grad (world-model
+        training: the cast must stay in the graph) or while compiling.
 
         An imagination learner holds the model frozen (``requires_grad=False``), and autocast
         caches the casts of trainable leaves only, so without this every imagined step re-cast
         ~0.7 M weights of the small RSSM (~6 ms of a bf16 DITTO update on 2 threads). The
         products are the ones autocast runs (the same bf16 round of the same fp32 weights), so
-        the results are equal bit for bit. The cache is keyed on each weight's storage and
-        version counter: an in-place change (an optimiser step, ``load_state_dict``) or a move
-        to another device renews it.
+        the results are equal bit for bit. Outside a block the weights are cast at every call,
+        as autocast would.
         """
         low = lowered_dtype(self.prior_out.weight.device.type)
         if low is None or torch.compiler.is_compiling():
@@ -351,12 +368,7 @@ class RSSM(WorldModelBase):
                    self.prior_out.weight, self.prior_out.bias)
         if any(w.requires_grad for w in weights):
             return None
-        key = (low, *((w.data_ptr(), w._version) for w in weights))
-        cached = self.__dict__.get("_lowered_step")
-        if cached is None or cached[0] != key:
-            cached = (key, tuple(w.to(low) for w in weights))
-            self.__dict__["_lowered_step"] = cached
-        return cached[1]
+        return derived(("rssm-step", low, *(w.data_ptr() for w in weights)), lambda: tuple(w.to(low) for w in weights))
 
     #: Compute the weight gradients of the layers inside the posterior loop once per sequence
     #: (:mod:`wmil.nets.step_linear`) rather than once per step. Only the rounding of those

@@ -25,12 +25,9 @@ so that ``prev_action[t+1] == action[t]`` inside an episode. Algorithms never sh
 from __future__ import annotations
 
 from dataclasses import dataclass, fields, replace
-from typing import TYPE_CHECKING, Callable, Iterable, Optional, Sequence
+from typing import Any, Callable, Iterable, Optional, Sequence
 
 import torch
-
-if TYPE_CHECKING:
-    from wmil.nets.onehot import OneHot
 
 Tensor = torch.Tensor
 
@@ -223,7 +220,7 @@ class Imagined:
     default) never copies the wide stochastic parts and their logits a second time."""
 
     def __init__(self, steps: Sequence[State], features: Tensor, actions: Tensor, log_prob: Tensor,
-                 entropy: Tensor, onehot: Optional[OneHot] = None):
+                 entropy: Tensor, onehot: Optional[Any] = None):
         self._steps = list(steps)
         self._states: Optional[State] = None
         self._deter: Optional[Tensor] = None
@@ -231,7 +228,8 @@ class Imagined:
         self.actions = actions      # (H, B, A): action k is taken at state k
         self.log_prob = log_prob    # (H, B)
         self.entropy = entropy      # (H, B)
-        #: Where ``features`` end in one-hot samples: their columns ``(H+1, B, G)`` (wmil.nets.onehot).
+        #: Where ``features`` end in one-hot samples: a ``wmil.nets.onehot.OneHot`` of their columns
+        #: ``(H+1, B, G)`` (typed Any: types sits below nets).
         self.onehot = onehot
 
     @property

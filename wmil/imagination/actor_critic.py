@@ -78,8 +78,8 @@ def imagine(world_model, actor: ActionHead, start: State, horizon: int, features
     Where the features end in one-hot samples (a categorical RSSM's z, ``features='sample'``)
     the model says so (``feature_onehot``, optional) and ``actor(features, onehot=...)`` (an
     :class:`ActionHead` or one with its signature) and the critics read them as sums of weight
-    columns in their first layer (:mod:`wmil.nets.onehot`; the same function, in about a third
-    of the dense product's time at 32 × 32 latents).
+    columns in their first layer (:mod:`wmil.nets.onehot`: the same function, a DITTO update
+    1.25–1.46× as fast on an AVX2 CPU, ``benchmarks/results/imagination.md``).
     """
     onehot_of = getattr(world_model, "feature_onehot", lambda state, mode: None)
     first = onehot_of(start, features)

@@ -177,9 +177,8 @@ class State:
 
     def where(self, mask: Tensor, other: "State") -> "State":
         """Per element of the batch shape: this state where ``mask`` is True, else ``other``."""
-        other_tensors = other.tensors()
-        return State(**{name: torch.where(mask.unsqueeze(-1), value, other_tensors[name])
-                        for name, value in self.tensors().items() if name in other_tensors})
+        return State(**{name: torch.where(mask.unsqueeze(-1), getattr(self, name), getattr(other, name))
+                        for name in _common_fields([self, other])})
 
     @staticmethod
     def stack(states: Iterable["State"], dim: int = 0) -> "State":

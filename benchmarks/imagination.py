@@ -92,6 +92,7 @@ class _Bench:
         self.learners: dict = {}
         self.warm: set = set()   # (algo, precision, what) already warmed up
         self.step = 0            # update counter passed to train_step
+        self.faults = 0.0        # minor page faults per call of the last measurement
 
     def learner(self, algo: str):
         import torch
@@ -148,13 +149,21 @@ class _Bench:
                 for _ in range(3):
                     work()
                 self.warm.add(key)
-            count, begin = 0, time.perf_counter()
+            count, begin, faults = 0, time.perf_counter(), _minor_faults()
             while True:
                 work()
                 count += 1
                 elapsed = time.perf_counter() - begin
                 if elapsed >= seconds:
+                    self.faults = (_minor_faults() - faults) / count
                     return count * per_call / elapsed
+
+
+def _minor_faults() -> int:
+    """Minor page faults of this process so far (a page the kernel had to map and zero)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
 def worker(root: str, threads: int) -> None:
@@ -169,7 +178,7 @@ def worker(root: str, threads: int) -> None:
         request = json.loads(line)
         try:
             value = bench.measure(request["algo"], request["precision"], request["seconds"], request["what"])
-            reply = {"value": value}
+            reply = {"value": value, "faults": bench.faults}
         except Exception as error:  # reported as a row, e.g. an algorithm the compared tree lacks
             reply = {"error": f"{type(error).__name__}: {error}".splitlines()[0][:200]}
         out.write(json.dumps(reply) + "\n")
@@ -248,6 +257,7 @@ def main(argv=None) -> None:
         workers = {(label, threads): _Worker(label, tree, scratch, threads)
                    for threads in args.threads for label, tree in trees}
         values: dict = {job: [] for job in jobs}
+        faults: dict = {job: [] for job in jobs}
         errors: dict = {}
         for round_ in range(args.rounds):
             for job in jobs:
@@ -257,6 +267,7 @@ def main(argv=None) -> None:
                     errors[job] = reply["error"]
                 else:
                     values[job].append(reply["value"])
+                    faults[job].append(reply.get("faults", 0.0))
             print(f"round {round_ + 1}/{args.rounds} done", file=sys.stderr)
         for w in workers.values():
             w.close()
@@ -281,9 +292,10 @@ def main(argv=None) -> None:
         target = TARGET.get(algo) if threads == 2 else None
         rows.append([f"{label} ({commits[label]})", threads, algo, precision,
                      f"{value:.2f}" if value else errors.get(job, "—"), ratio,
-                     f"≥ {target:g}" if target else ""])
+                     f"≥ {target:g}" if target else "",
+                     f"{statistics.median(faults[job]):,.0f}" if faults[job] else "—"])
     body = [table(["source", "threads", "algorithm", "precision", "updates/s", f"÷ {args.compare} fp32"
-                   if args.compare else "ratio", "target"], rows)]
+                   if args.compare else "ratio", "target", "page faults / update"], rows)]
     rollout = [job for job in jobs if job[4] == "rollout"]
     if rollout:
         body.append("Imagined rollout alone (starts, H steps of actor + prior, with the actor's graph), latent "

@@ -1,5 +1,7 @@
 """Building blocks of wmil.nets: shapes, pixel scaling, and the GRU cell's equations."""
 
+from unittest import mock
+
 import pytest
 import torch
 
@@ -64,6 +66,7 @@ import math  # noqa: E402
 
 from wmil.config import ActorConfig  # noqa: E402
 from wmil.nets import ActionBounds, ActionHead, Standardizer, apply_gradients, categorical, update_target  # noqa: E402
+from wmil.nets.heads import inverse_cdf  # noqa: E402
 from wmil.types import DataSpec  # noqa: E402
 
 
@@ -138,6 +141,20 @@ def test_categorical_samples_and_straight_through_gradients():
     torch.manual_seed(0)
     draws = torch.stack([categorical(torch.log(torch.tensor([0.2, 0.8])))[0] for _ in range(2000)])
     assert abs(float(draws[:, 1].mean()) - 0.8) < 0.03
+
+
+def test_inverse_cdf_draws_each_class_with_its_probability_and_never_an_impossible_one():
+    torch.manual_seed(0)
+    probs = torch.tensor([[0.0, 0.2, 0.0, 0.5, 0.3], [0.0, 0.0, 0.0, 0.0, 1.0]]).repeat(20000, 1)
+    index = inverse_cdf(probs).squeeze(-1)
+    first, second = index[0::2], index[1::2]
+    frequencies = torch.bincount(first, minlength=5).float() / len(first)
+    torch.testing.assert_close(frequencies, probs[0], atol=0.01, rtol=0)
+    assert not bool(((first == 0) | (first == 2)).any()), "classes of probability 0 are never drawn"
+    assert bool((second == 4).all())
+    # u = 0 (torch.rand's smallest value) still skips a leading class of probability 0
+    with mock.patch("torch.rand", lambda *a, **k: torch.zeros(1, 1)):
+        assert int(inverse_cdf(torch.tensor([[0.0, 1.0]]))) == 1
 
 
 def test_action_bounds_and_standardizer():

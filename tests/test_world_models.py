@@ -16,7 +16,8 @@ from wmil.world_models import (PRESETS, WORLD_MODELS, State, config_for, field_d
                                make_world_model, total_loss)
 from wmil.world_models.base import FEATURES, feature_size
 from wmil.world_models.latent import (categorical_kl, free_nats, gaussian_kl, gumbel_noise, kl_balance,
-                                      std_from_raw, straight_through_sample, unimix_logits)
+                                      std_from_raw, straight_through_sample, unimix_draw,
+                                      unimix_logits)
 
 B, T = 3, 6
 RESET = (1, 3)  # (batch element, step) of an episode start inside the window
@@ -567,6 +568,40 @@ def test_straight_through_samples_follow_the_probabilities(draw):
     assert torch.equal(sample.reshape(-1, 2, 4).sum(-1), torch.ones(40000, 2)), "one class per categorical"
     assert torch.allclose(sample.mean(0), probs, atol=0.01)
     assert sample[:, [1, 6, 7]].sum() == 0, "classes of probability 0 are never drawn"
+
+
+@pytest.mark.parametrize("unimix", [0.01, 0.0])
+def test_unimix_draw_is_unimix_logits_then_a_straight_through_sample(unimix):
+    """Imagination's one-pass draw: the logits of unimix_logits, the sample that
+    straight_through_sample draws from them with the same uniforms, and the same gradients."""
+    torch.manual_seed(3)
+    raw = (torch.randn(64, 8 * 6) * 3).requires_grad_()
+    weights = torch.randn(64, 8 * 6)
+    torch.manual_seed(11)
+    sample, index, logits = unimix_draw(raw, 6, unimix)
+    ((sample * weights).sum() + logits.sum()).backward()
+    grad, raw.grad = raw.grad.clone(), None
+    torch.manual_seed(11)
+    logits_two = unimix_logits(raw, 6, unimix)
+    sample_two, index_two = straight_through_sample(logits_two, 6, with_index=True)
+    ((sample_two * weights).sum() + logits_two.sum()).backward()
+    torch.testing.assert_close(logits, logits_two)
+    assert torch.equal(sample, sample_two) and torch.equal(index, index_two)
+    torch.testing.assert_close(grad, raw.grad)
+    assert torch.equal(sample.detach().reshape(64, 8, 6).argmax(-1) + torch.arange(8) * 6, index)
+
+
+def test_gaussian_draw_is_its_parameters_and_a_reparameterised_sample():
+    spec = DataSpec((3,), "float32", 2, False, (-1.0, -1.0), (1.0, 1.0))
+    model = make_world_model("gaussian_rssm", spec, config_for("gaussian_rssm", "tiny"))
+    raw = torch.randn(5, 2 * model.config.stoch)
+    torch.manual_seed(4)
+    stoch, index, params = model._draw(raw)
+    torch.manual_seed(4)
+    noise = model._noise((5,))
+    size = model.config.stoch
+    assert index is None and torch.equal(params, model._params_from_raw(raw))
+    torch.testing.assert_close(stoch, params[:, :size] + params[:, size:] * noise)
 
 
 def test_unimix_mixes_in_the_uniform_distribution():

@@ -76,8 +76,11 @@ class GaussianRSSM(RSSM):
         std = std_from_raw(raw[..., size:], self.config.min_std)
         return torch.addcmul(raw[..., :size], std, noise)  # mean + std * eps
 
-    def _draw(self, raw: Tensor) -> tuple[Tensor, None]:
-        return self._sample(raw, self._noise(tuple(raw.shape[:-1]))), None
+    def _draw(self, raw: Tensor) -> tuple[Tensor, None, Tensor]:
+        params = self._params_from_raw(raw)
+        size = self.config.stoch
+        noise = self._noise(tuple(raw.shape[:-1]))
+        return torch.addcmul(params[..., :size], params[..., size:], noise), None, params
 
     def _onehot(self, state: State) -> None:  # Gaussian z: no one-hot block
         return None

@@ -54,7 +54,8 @@ from wmil.types import State
 from wmil.world_models.base import WorldModelBase, check_features
 from wmil.world_models.likelihood import observation_nll, predict, resolve_likelihood
 from wmil.world_models.latent import (categorical_entropy, categorical_kl, gumbel_noise,
-                                      kl_balance, masked_mean, straight_through_sample, unimix_logits)
+                                      kl_balance, masked_mean, straight_through_sample, unimix_draw,
+                                      unimix_logits)
 
 Tensor = torch.Tensor
 
@@ -194,13 +195,13 @@ class RSSM(WorldModelBase):
         logits = unimix_logits(raw, self.config.classes, self.config.unimix)  # type: ignore[attr-defined]
         return straight_through_sample(logits, self.config.classes, noise)  # type: ignore[attr-defined]
 
-    def _draw(self, raw: Tensor) -> tuple[Tensor, Optional[Tensor]]:
+    def _draw(self, raw: Tensor) -> tuple[Tensor, Optional[Tensor], Tensor]:
         """A fresh differentiable sample of z from ``raw`` where no noise is passed in
-        (imagination), and the columns of its ones (``State.index``): the categoricals sampled
-        by inverting their CDF, one uniform each, the distribution of ``_sample``'s Gumbel-max
-        at 1/``classes`` of its random numbers."""
-        logits = unimix_logits(raw, self.config.classes, self.config.unimix)  # type: ignore[attr-defined]
-        return straight_through_sample(logits, self.config.classes, with_index=True)  # type: ignore[attr-defined]
+        (imagination), the columns of its ones (``State.index``) and the distribution's
+        parameters (``_params_from_raw(raw)``, computed once with the sample): the categoricals
+        sampled by inverting their CDF, one uniform each, the distribution of ``_sample``'s
+        Gumbel-max at 1/``classes`` of its random numbers."""
+        return unimix_draw(raw, self.config.classes, self.config.unimix)  # type: ignore[attr-defined]
 
     def _onehot(self, state: State) -> Optional[OneHot]:
         """``state.stoch`` as a one-hot block for :func:`wmil.nets.onehot.linear`, or None: its
@@ -344,8 +345,8 @@ class RSSM(WorldModelBase):
             x = act(F.linear(state.stoch, w_stoch) + F.linear(action, w_action, b_action))
             deter = self.cell.from_linear(F.linear(self.cell.linear_input(x, state.deter), w_cell), state.deter)
             raw = float32(F.linear(act(F.linear(deter, w_hidden, b_hidden)), w_out, b_out))
-        stoch, index = self._draw(raw)
-        return self._state(deter, stoch, self._params_from_raw(raw), index)
+        stoch, index, params = self._draw(raw)
+        return self._state(deter, stoch, params, index)
 
     def _lowered_step_weights(self) -> Optional[tuple[Tensor, ...]]:
         """The weights of :meth:`imagine_step` in autocast's lower dtype, cast once per

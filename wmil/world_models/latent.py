@@ -85,25 +85,8 @@ def unimix_draw(raw: Tensor, classes: int, unimix: float) -> tuple[Tensor, Tenso
         logits = torch.log(probs)
     else:
         logits = grouped
-    sample, index = _StraightThroughProbs.apply(logits, probs.detach())
+    sample, index = _StraightThrough.apply(logits, None, probs.detach())
     return sample.reshape(shape), flat_index(index.squeeze(-1), classes), logits.reshape(shape)
-
-
-class _StraightThroughProbs(torch.autograd.Function):
-    """:class:`_StraightThrough`'s inverse-CDF sample with the class probabilities given
-    (``probs = softmax(logits)``, computed by the caller)."""
-
-    @staticmethod
-    def forward(ctx, logits: Tensor, probs: Tensor):
-        index = inverse_cdf(probs)
-        ctx.save_for_backward(probs)
-        ctx.mark_non_differentiable(index)
-        return torch.zeros_like(probs).scatter_(-1, index, 1.0), index
-
-    @staticmethod
-    def backward(ctx, grad: Tensor, _index_grad):
-        (probs,) = ctx.saved_tensors
-        return torch._softmax_backward_data(grad, probs, -1, probs.dtype), None
 
 
 def straight_through_sample(logits: Tensor, classes: int, noise: Optional[Tensor] = None,
@@ -129,7 +112,7 @@ def straight_through_sample(logits: Tensor, classes: int, noise: Optional[Tensor
     logits = logits.reshape(*shape[:-1], -1, classes)
     if noise is not None:
         noise = noise.reshape(logits.shape)
-    sample, index = _StraightThrough.apply(logits, noise)
+    sample, index = _StraightThrough.apply(logits, noise, None)
     sample = sample.reshape(shape)
     return (sample, flat_index(index.squeeze(-1), classes)) if with_index else sample
 
@@ -138,11 +121,14 @@ class _StraightThrough(torch.autograd.Function):
     """``one_hot + (probs − sg(probs))`` as one autograd node: the forward value is the one-hot
     (exactly: ``probs − probs`` is 0), the gradient that of ``softmax`` (the same kernel
     autograd would run). Two elementwise kernels and three graph nodes fewer per sample,
-    which the posterior loop draws once per time step. ``noise`` None: inverse-CDF sampling."""
+    which the posterior loop draws once per time step. ``noise`` None: inverse-CDF sampling.
+    ``probs``: ``softmax(logits)`` where the caller has it already (:func:`unimix_draw`)."""
 
     @staticmethod
-    def forward(ctx, logits: Tensor, noise: Optional[Tensor]) -> Tensor:  # (..., stoch, classes)
-        probs = torch.softmax(logits, -1)
+    def forward(ctx, logits: Tensor, noise: Optional[Tensor],
+                probs: Optional[Tensor]) -> Tensor:  # (..., stoch, classes)
+        if probs is None:
+            probs = torch.softmax(logits, -1)
         if noise is None:
             index = inverse_cdf(probs)
         else:
@@ -154,7 +140,7 @@ class _StraightThrough(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: Tensor, _index_grad):
         (probs,) = ctx.saved_tensors
-        return torch._softmax_backward_data(grad, probs, -1, probs.dtype), None
+        return torch._softmax_backward_data(grad, probs, -1, probs.dtype), None, None
 
 
 def categorical_mode(logits: Tensor, classes: int) -> Tensor:

@@ -73,8 +73,9 @@ def unimix_draw(raw: Tensor, classes: int, unimix: float) -> tuple[Tensor, Tenso
     probabilities again, up to rounding — and imagination used to compute the logits twice as
     well (the state's and the sample's). Here the mixture's probabilities both draw the sample
     and give the straight-through gradient (that of ``softmax(logits)``, whose value they are),
-    and the logits are their log: 1.2–1.3 ms fewer per imagined step of 256 × 32 × 32 latents on
-    one AVX2 thread. The same distribution and the same random numbers; a sample can differ
+    and the logits are their log. Against the three passes, per imagined step of 256 × 32 × 32
+    latents on one AVX2 thread: 3.1 → 1.2 ms (quiet), 4.7 → 2.2 ms (a slower machine, a job
+    beside it). The same distribution and the same random numbers; a sample can differ
     from the two calls' only where a uniform falls within rounding of a class boundary."""
     raw = float32(raw)  # bf16 logits would shift the sampled probabilities
     shape = raw.shape

@@ -32,7 +32,10 @@ def _sparse(out) -> bool:
 
 
 @pytest.mark.parametrize("dense, bias", [(3, True), (0, False), (3, False)])
-def test_the_sparse_product_and_its_gradients_are_the_dense_ones(dense, bias):
+@pytest.mark.parametrize("dense_weight_grad", [False, True])
+def test_the_sparse_product_and_its_gradients_are_the_dense_ones(dense, bias, dense_weight_grad, monkeypatch):
+    """Both ways of the weight gradient: the per-categorical sums and the product gradᵀ x."""
+    monkeypatch.setattr(onehot, "_dense_weight_grad", lambda rows: dense_weight_grad)
     torch.manual_seed(0)
     layer = nn.Linear(dense + G * C, 6, bias=bias)
     x, hot = _input((2, 7), dense)
@@ -45,6 +48,14 @@ def test_the_sparse_product_and_its_gradients_are_the_dense_ones(dense, bias):
     torch.testing.assert_close(sparse, plain, rtol=1e-5, atol=1e-5)
     for mine, theirs in zip(sparse_grads, plain_grads):
         torch.testing.assert_close(mine, theirs, rtol=1e-5, atol=1e-5)
+
+
+def test_the_weight_gradient_is_the_dense_product_only_for_small_batches_on_several_threads(monkeypatch):
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    assert onehot._dense_weight_grad(onehot.DENSE_GRAD_ROWS)
+    assert not onehot._dense_weight_grad(onehot.DENSE_GRAD_ROWS + 1)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
+    assert not onehot._dense_weight_grad(1)
 
 
 def test_the_dense_path_is_taken_where_the_sparse_one_would_differ(monkeypatch):

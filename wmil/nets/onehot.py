@@ -6,8 +6,9 @@ multiplies mostly zeros: ``z Wᵀ`` is the sum of the G weight columns the sampl
 imagination that product runs at every step (the prior's input layer, the actor) and over the
 whole rollout (critic and target critic), and it is most of a DITTO update's matrix products.
 :func:`linear` computes it as that sum (``embedding_bag`` over the picked rows), and its
-weight gradient by adding each row's output gradient into the G picked rows, both exact up to
-float32 rounding (the order of the sums differs).
+weight gradient by adding each row's output gradient into the G picked rows (with several
+threads and at most :data:`DENSE_GRAD_ROWS` rows, the dense product, which is the faster there),
+both exact up to float32 rounding (the order of the sums differs).
 
 The picked columns come from the sampler (``State.index``, set where imagination draws z), or,
 for a start state drawn elsewhere, from :func:`columns`, which reads them back only where the

@@ -59,9 +59,14 @@ def unimix_logits(logits: Tensor, classes: int, unimix: float) -> Tensor:
     if unimix <= 0.0:
         return logits
     shape = logits.shape
-    probs = torch.softmax(logits.reshape(*shape[:-1], -1, classes), -1)
-    probs = (1.0 - unimix) * probs + unimix / classes
-    return torch.log(probs).reshape(shape)
+    return torch.log(_mixture(logits.reshape(*shape[:-1], -1, classes), unimix)).reshape(shape)
+
+
+def _mixture(grouped: Tensor, unimix: float) -> Tensor:
+    """The probabilities of ``softmax(grouped)`` with ``unimix`` of the uniform mixed in
+    (``grouped (..., classes)``; unimix 0: the softmax itself)."""
+    probs = torch.softmax(grouped, -1)
+    return (1.0 - unimix) * probs + unimix / grouped.shape[-1] if unimix > 0.0 else probs
 
 
 def unimix_draw(raw: Tensor, classes: int, unimix: float) -> tuple[Tensor, Tensor, Tensor]:
@@ -80,12 +85,8 @@ def unimix_draw(raw: Tensor, classes: int, unimix: float) -> tuple[Tensor, Tenso
     raw = float32(raw)  # bf16 logits would shift the sampled probabilities
     shape = raw.shape
     grouped = raw.reshape(*shape[:-1], -1, classes)
-    probs = torch.softmax(grouped, -1)
-    if unimix > 0.0:
-        probs = (1.0 - unimix) * probs + unimix / classes
-        logits = torch.log(probs)
-    else:
-        logits = grouped
+    probs = _mixture(grouped, unimix)
+    logits = torch.log(probs) if unimix > 0.0 else grouped
     sample, index = _StraightThrough.apply(logits, None, probs.detach())
     return sample.reshape(shape), flat_index(index.squeeze(-1), classes), logits.reshape(shape)
 

@@ -19,9 +19,12 @@ swing-up (closed loop on the true dynamics, fed to the model), zero torque, a co
 the policy acting in the model (the demos: those the policy learned from). A policy that holds
 +2 swings about a point 23° from the bottom and never rises past horizontal (2 N·m against
 gravity's 5 at horizontal); if that sequence out-scores the swing-up, hanging low is DITTO's
-optimum there.
+optimum there. With ``--world-starts N`` it asks the same of N world-data states, the starts
+``starts='world'`` trains on (:func:`world_report`): each sequence's imagined return beside its
+true discounted cost, by region of the start, and how often the expert's own actions score best.
 
     python -m benchmarks.pendulum_model_check RUN_DIR [--expert pendulum/expert-v0] [--policy DITTO_RUN]
+        [--world-starts 512]
 """
 
 from __future__ import annotations
@@ -101,6 +104,77 @@ def rest_report(model, latents: ExpertLatents, actor, features: str, horizons, g
                   f"true peak |w| {float(speed):.2f}")
 
 
+def true_cost(obs0: torch.Tensor, actions: torch.Tensor, gamma: float) -> torch.Tensor:
+    """``(B,)`` the discounted Pendulum-v1 cost θ² + 0.1·ω² + 0.001·u² (the negated reward) of
+    ``actions (H, B, 1)`` from ``obs0 (B, 3)`` on the true dynamics, θ measured from upright."""
+    p, cost = PendulumExpert, torch.zeros(len(obs0))
+    obs = obs0
+    for k, a in enumerate(actions):
+        th = torch.atan2(obs[:, 1], obs[:, 0])
+        u = a[:, 0].clamp(-p.max_torque, p.max_torque)
+        cost = cost + gamma ** k * (th ** 2 + 0.1 * obs[:, 2] ** 2 + 0.001 * u ** 2)
+        obs = true_rollout(obs, a[None])[0]
+    return cost
+
+
+def world_report(model, latents: ExpertLatents, actor, features: str, world: ExpertLatents, world_obs: torch.Tensor,
+                 horizon: int, gamma: float, count: int) -> dict:
+    """What DITTO's reward wants from world-data starts, as ``starts='world'`` trains on them.
+
+    ``count`` world-data states (any but an episode's first and last observation, drawn with a
+    fixed seed) are each paired with the expert window whose first state is nearest on h, and
+    each action sequence — the scripted expert acting closed loop on the true dynamics from the
+    world observation, zero torque, ±2, and the policy acting in the model — is scored by DITTO's
+    discounted imagined return over ``horizon`` steps. Printed per start region (by the true
+    angle: near the bottom, the sides, near the top): the mean nearest-window similarity, each
+    sequence's mean return and how often the expert's swing-up scores highest. A reward whose
+    optimum is not the expert's behaviour from those starts trains the policy away from it."""
+    rng = np.random.default_rng(2)
+    inner = np.concatenate([np.arange(o + 1, o + n - 1) for o, n in zip(world.offsets, world.n_obs)])
+    rows = rng.choice(inner, min(count, len(inner)), replace=False)
+    index = torch.as_tensor(rows)
+    state, obs = world.states[index], world_obs[index]
+    expert_h = model.features(latents.states, "deter")
+    starts = latents.starts(horizon)
+    similarity, where = ditto_similarity_matrix(model.features(state, "deter"), expert_h[torch.as_tensor(starts)]).max(1)
+    window = expert_h[torch.as_tensor(starts[where.numpy()][None] + np.arange(horizon + 1)[:, None])]
+    discount = gamma ** torch.arange(horizon, dtype=torch.float32)[:, None]
+    sequences = {"expert": expert_swing_up(obs, horizon), "zero": torch.zeros(horizon, len(obs), 1),
+                 "+2": torch.full((horizon, len(obs), 1), 2.0), "-2": torch.full((horizon, len(obs), 1), -2.0),
+                 "policy": None}
+    returns, costs = {}, {}
+    for name, seq in sequences.items():
+        torch.manual_seed(1)  # the same prior samples for every sequence
+        s, reward, taken = state, [], []
+        for k in range(horizon):
+            action = actor(model.features(s, features), deterministic=True)[0] if seq is None else seq[k]
+            taken.append(action)
+            s = model.imagine_step(s, action)
+            reward.append(ditto_similarity(window[k + 1], model.features(s, "deter")))
+        returns[name] = (discount * torch.stack(reward)).sum(0)
+        costs[name] = true_cost(obs, torch.stack(taken), gamma)
+    table = torch.stack(list(returns.values()))                    # (S, B)
+    expert_best = table.argmax(0) == 0
+    cos = obs[:, 0]
+    regions = {"bottom (cos θ < -0.5)": cos < -0.5, "sides": (cos >= -0.5) & (cos <= 0.5), "top (cos θ > 0.5)": cos > 0.5,
+               "all": torch.ones_like(cos, dtype=torch.bool)}
+    names = list(sequences)
+    print(f"world-data starts, {horizon} steps, gamma {gamma}: DITTO's imagined return (true discounted cost)")
+    print(f"  {'region':22s} {'n':>4s} {'match':>6s} " + " ".join(f"{n:>15s}" for n in names) + "  expert best")
+    summary = {}
+    for label, mask in regions.items():
+        if not bool(mask.any()):
+            continue
+        cells = " ".join(f"{float(returns[n][mask].mean()):6.3f} ({float(costs[n][mask].mean()):5.1f})" for n in names)
+        print(f"  {label:22s} {int(mask.sum()):4d} {float(similarity[mask].mean()):6.3f} {cells}  "
+              f"{float(expert_best[mask].float().mean()):.2f}")
+        summary[label] = dict(n=int(mask.sum()), match=float(similarity[mask].mean()),
+                              expert_best=float(expert_best[mask].float().mean()),
+                              **{f"return/{n}": float(returns[n][mask].mean()) for n in names},
+                              **{f"cost/{n}": float(costs[n][mask].mean()) for n in names})
+    return summary
+
+
 @torch.no_grad()
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -111,6 +185,9 @@ def main(argv=None) -> None:
     parser.add_argument("--policy", help="a DITTO run on this model: also score what its reward wants from hanging at rest")
     parser.add_argument("--rest-horizons", type=int, nargs="+", default=[15, 30, 60])
     parser.add_argument("--gamma", type=float, default=0.95, help="DITTO's discount (its default)")
+    parser.add_argument("--world-starts", type=int, default=0,
+                        help="with --policy: also score the sequences from this many world-data starts (world_report)")
+    parser.add_argument("--world-episodes", type=int, default=100, help="world-data episodes (evenly spaced) they come from")
     args = parser.parse_args(argv)
     torch.manual_seed(0)  # the posterior samples of the expert latents: the same figures on every run
     model, expert = load_world_model(args.run), load(args.expert)
@@ -150,6 +227,16 @@ def main(argv=None) -> None:
         demos = ExpertLatents.encode(policy.world_model, expert.select(ids)) if ids else latents
         print(f"{args.policy}: {len(ids) if ids else 'all'} demos")
         rest_report(policy.world_model, demos, policy.actor, policy.features, args.rest_horizons, args.gamma)
+        if args.world_starts:
+            names = (getattr(model, "run_config", None) or getattr(policy.world_model, "run_config", None)
+                     or {}).get("datasets")
+            if not names:
+                raise SystemExit(f"{args.run}: its run config names no training datasets (--world-starts needs them)")
+            world = load(names[0]).spaced(args.world_episodes)
+            torch.manual_seed(0)
+            world_latents = ExpertLatents.encode(policy.world_model, world)
+            world_report(policy.world_model, demos, policy.actor, policy.features, world_latents,
+                         torch.from_numpy(world.aligned.obs), args.horizon, args.gamma, args.world_starts)
 
 
 if __name__ == "__main__":

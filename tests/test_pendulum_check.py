@@ -4,7 +4,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from benchmarks.pendulum_model_check import expert_swing_up, true_rollout
+from benchmarks.pendulum_model_check import expert_swing_up, true_cost, true_rollout
 
 
 def _angle(obs: torch.Tensor) -> torch.Tensor:
@@ -34,3 +34,17 @@ def test_the_expert_swings_up_from_rest_where_a_constant_push_cannot():
     assert _angle(swing).abs().min() < 0.5
     push = true_rollout(start, torch.full((150, 1, 1), 2.0))
     assert (_angle(push).abs() > np.pi / 2).all()
+
+
+def test_true_cost_is_the_negated_discounted_reward_of_gymnasiums_pendulum():
+    """The cost world_report sets beside each imagined return: Pendulum-v1's own rewards of the
+    same torques (clipped alike), negated and discounted."""
+    env = gym.make("Pendulum-v1")
+    obs, _ = env.reset(seed=5)
+    torques = np.random.default_rng(1).uniform(-3, 3, size=(30, 1, 1)).astype(np.float32)
+    gamma, total = 0.9, 0.0
+    for k, u in enumerate(torques):
+        _, reward, *_ = env.step(u[0])
+        total -= gamma ** k * reward
+    cost = true_cost(torch.tensor(env.reset(seed=5)[0])[None], torch.from_numpy(torques), gamma)
+    assert abs(float(cost[0]) - total) < 1e-3 * max(1.0, total)

@@ -80,28 +80,51 @@ def rest_report(model, latents: ExpertLatents, actor, features: str, horizons, g
     """Print, per horizon, DITTO's discounted imagined return of each action sequence from the
     bottom at rest (the module docstring)."""
     state, obs = rest_starts(model, np.pi + np.linspace(-0.1, 0.1, 9))
-    expert_h = model.features(latents.states, "deter")
     for H in horizons:
-        starts = latents.starts(H)
-        similarity, where = ditto_similarity_matrix(model.features(state, "deter"),
-                                                    expert_h[torch.as_tensor(starts)]).max(1)
-        rows = starts[where.numpy()]
-        window = expert_h[torch.as_tensor(rows[None] + np.arange(H + 1)[:, None])]
-        discount = gamma ** torch.arange(H, dtype=torch.float32)[:, None]
+        similarity, window = nearest_windows(model, latents, state, H)
         print(f"from hanging at rest, {H} steps: nearest expert state on h at similarity {float(similarity.mean()):.2f}")
-        sequences = {"expert swing-up": expert_swing_up(obs, H), "zero": torch.zeros(H, len(obs), 1),
-                     "+2": torch.full((H, len(obs), 1), 2.0), "-2": torch.full((H, len(obs), 1), -2.0), "policy": None}
-        for name, seq in sequences.items():
-            torch.manual_seed(1)  # the same prior samples for every sequence
-            s, reward, taken = state, [], []
-            for k in range(H):
-                action = actor(model.features(s, features), deterministic=True)[0] if seq is None else seq[k]
-                taken.append(action)
-                s = model.imagine_step(s, action)
-                reward.append(ditto_similarity(window[k + 1], model.features(s, "deter")))
-            speed = true_rollout(obs, torch.stack(taken)).abs()[..., 2].max(0).values.mean()
-            print(f"  {name:16s} return {float((discount * torch.stack(reward)).sum(0).mean()):7.3f}   "
-                  f"true peak |w| {float(speed):.2f}")
+        scored = imagined_returns(model, state, window, torque_sequences(obs, H, "expert swing-up"), actor, features,
+                                  gamma)
+        for name, (ret, taken) in scored.items():
+            speed = true_rollout(obs, taken).abs()[..., 2].max(0).values.mean()
+            print(f"  {name:16s} return {float(ret.mean()):7.3f}   true peak |w| {float(speed):.2f}")
+
+
+def nearest_windows(model, latents: ExpertLatents, state, horizon: int):
+    """``(similarity (B,), window (H+1, B, D))``: for each model state ``state (B,)`` the expert
+    window of ``latents`` (on h) whose first state is nearest on h, as ``starts='world'`` pairs
+    its starts, and that similarity."""
+    expert_h, starts = model.features(latents.states, "deter"), latents.starts(horizon)
+    similarity, where = ditto_similarity_matrix(model.features(state, "deter"), expert_h[torch.as_tensor(starts)]).max(1)
+    return similarity, expert_h[torch.as_tensor(starts[where.numpy()][None] + np.arange(horizon + 1)[:, None])]
+
+
+def torque_sequences(obs: torch.Tensor, horizon: int, expert_name: str = "expert") -> dict:
+    """The action sequences ``(H, B, 1)`` both reports score from true observations ``obs (B, 3)``:
+    the scripted expert closed loop on the true dynamics, zero, ±2, and ``None`` for the policy
+    acting in the model."""
+    shape = (horizon, len(obs), 1)
+    return {expert_name: expert_swing_up(obs, horizon), "zero": torch.zeros(shape), "+2": torch.full(shape, 2.0),
+            "-2": torch.full(shape, -2.0), "policy": None}
+
+
+def imagined_returns(model, state, window: torch.Tensor, sequences: dict, actor, features: str, gamma: float) -> dict:
+    """``name -> (return (B,), actions taken (H, B, 1))``: DITTO's discounted imagined return of
+    each sequence from ``state (B,)`` against ``window (H+1, B, D)`` on h, with the same prior
+    samples for every sequence (``None``: the policy acts, deterministically, in the model)."""
+    horizon = window.shape[0] - 1
+    discount = gamma ** torch.arange(horizon, dtype=torch.float32)[:, None]
+    out = {}
+    for name, seq in sequences.items():
+        torch.manual_seed(1)  # the same prior samples for every sequence
+        s, reward, taken = state, [], []
+        for k in range(horizon):
+            action = actor(model.features(s, features), deterministic=True)[0] if seq is None else seq[k]
+            taken.append(action)
+            s = model.imagine_step(s, action)
+            reward.append(ditto_similarity(window[k + 1], model.features(s, "deter")))
+        out[name] = ((discount * torch.stack(reward)).sum(0), torch.stack(taken))
+    return out
 
 
 def true_cost(obs0: torch.Tensor, actions: torch.Tensor, gamma: float) -> torch.Tensor:
@@ -134,31 +157,16 @@ def world_report(model, latents: ExpertLatents, actor, features: str, world: Exp
     rows = rng.choice(inner, min(count, len(inner)), replace=False)
     index = torch.as_tensor(rows)
     state, obs = world.states[index], world_obs[index]
-    expert_h = model.features(latents.states, "deter")
-    starts = latents.starts(horizon)
-    similarity, where = ditto_similarity_matrix(model.features(state, "deter"), expert_h[torch.as_tensor(starts)]).max(1)
-    window = expert_h[torch.as_tensor(starts[where.numpy()][None] + np.arange(horizon + 1)[:, None])]
-    discount = gamma ** torch.arange(horizon, dtype=torch.float32)[:, None]
-    sequences = {"expert": expert_swing_up(obs, horizon), "zero": torch.zeros(horizon, len(obs), 1),
-                 "+2": torch.full((horizon, len(obs), 1), 2.0), "-2": torch.full((horizon, len(obs), 1), -2.0),
-                 "policy": None}
-    returns, costs = {}, {}
-    for name, seq in sequences.items():
-        torch.manual_seed(1)  # the same prior samples for every sequence
-        s, reward, taken = state, [], []
-        for k in range(horizon):
-            action = actor(model.features(s, features), deterministic=True)[0] if seq is None else seq[k]
-            taken.append(action)
-            s = model.imagine_step(s, action)
-            reward.append(ditto_similarity(window[k + 1], model.features(s, "deter")))
-        returns[name] = (discount * torch.stack(reward)).sum(0)
-        costs[name] = true_cost(obs, torch.stack(taken), gamma)
+    similarity, window = nearest_windows(model, latents, state, horizon)
+    scored = imagined_returns(model, state, window, torque_sequences(obs, horizon), actor, features, gamma)
+    returns = {name: ret for name, (ret, _) in scored.items()}
+    costs = {name: true_cost(obs, taken, gamma) for name, (_, taken) in scored.items()}
     table = torch.stack(list(returns.values()))                    # (S, B)
     expert_best = table.argmax(0) == 0
     cos = obs[:, 0]
     regions = {"bottom (cos θ < -0.5)": cos < -0.5, "sides": (cos >= -0.5) & (cos <= 0.5), "top (cos θ > 0.5)": cos > 0.5,
                "all": torch.ones_like(cos, dtype=torch.bool)}
-    names = list(sequences)
+    names = list(scored)
     print(f"world-data starts, {horizon} steps, gamma {gamma}: DITTO's imagined return (true discounted cost)")
     print(f"  {'region':22s} {'n':>4s} {'match':>6s} " + " ".join(f"{n:>15s}" for n in names) + "  expert best")
     summary = {}
